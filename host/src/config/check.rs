@@ -1,0 +1,348 @@
+//! Phase two of reading a pipeline file: every rule that serde cannot express,
+//! checked over the whole file so that all problems are reported together.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw;
+use super::units;
+use super::*;
+use crate::subject;
+
+/// Largest batch a pipeline may ask for.
+const MAX_BATCH: i64 = 65_536;
+/// Largest event the host accepts at all (NATS's own ceiling is 64 MiB).
+const MAX_EVENT_BYTES: u64 = 64 << 20;
+/// Bounds on a stage's per-call time budget and memory cap.
+const TIME_BUDGET_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(60));
+const MEMORY_RANGE: (u64, u64) = (1 << 20, 4 << 30);
+
+pub fn check(path: &Path, raw: raw::File) -> Result<PipelineFile, Vec<Problem>> {
+    let mut checker = Checker { base: path.parent().unwrap_or(Path::new(".")).to_path_buf(), problems: Vec::new() };
+    let file = checker.file(path, raw);
+    if checker.problems.is_empty() { Ok(file) } else { Err(checker.problems) }
+}
+
+struct Checker {
+    /// The pipeline file's folder: relative paths in it start here.
+    base: PathBuf,
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn problem<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.problems.push(Problem::at(at.span(), message));
+    }
+
+    /// Runs `parse` on a spanned value, recording its error at the value's place.
+    fn parsed<T, U>(&mut self, value: &Spanned<T>, parse: impl FnOnce(&T) -> Result<U, String>) -> Option<U> {
+        parse(value.get_ref()).map_err(|message| self.problem(value, message)).ok()
+    }
+
+    fn file(&mut self, path: &Path, raw: raw::File) -> PipelineFile {
+        let nats_url = raw.nats.url.map(|url| {
+            if !(url.get_ref().starts_with("nats://") || url.get_ref().starts_with("tls://")) {
+                self.problem(&url, format!("expected a URL such as \"nats://127.0.0.1:4222\", found {:?}", url.get_ref()));
+            }
+            url.into_inner()
+        });
+        let plugin_dir = raw.plugins.dir.as_ref().map(|d| (self.base.join(d.get_ref()), d.clone()));
+
+        let mut stream_names = HashSet::new();
+        let streams: Vec<StreamSpec> = raw
+            .stream
+            .iter()
+            .filter_map(|s| {
+                if !stream_names.insert(s.get_ref().name.get_ref().clone()) {
+                    self.problem(&s.get_ref().name, format!("stream `{}` is declared twice", s.get_ref().name.get_ref()));
+                }
+                self.stream(s.get_ref())
+            })
+            .collect();
+
+        if raw.pipeline.is_empty() {
+            self.problems.push(Problem { span: None, message: "no [[pipeline]] is declared: there is nothing to run".into() });
+        }
+        let mut pipeline_names = HashSet::new();
+        let pipelines = raw
+            .pipeline
+            .iter()
+            .filter_map(|p| {
+                let name = &p.get_ref().name;
+                if !pipeline_names.insert(name.get_ref().clone()) {
+                    self.problem(name, format!("pipeline `{}` is declared twice; names must be unique", name.get_ref()));
+                }
+                self.pipeline(p.get_ref(), plugin_dir.as_ref())
+            })
+            .collect();
+        PipelineFile { path: path.to_path_buf(), nats_url, streams, pipelines }
+    }
+
+    fn name(&mut self, what: &str, name: &Spanned<String>) {
+        let ok = !name.get_ref().is_empty()
+            && name.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !ok {
+            self.problem(name, format!("{what} name {:?} must be non-empty letters, digits, `_` or `-`", name.get_ref()));
+        }
+    }
+
+    fn subject(&mut self, value: &Spanned<String>, wildcards: bool) {
+        self.parsed(value, |s| subject::check(s, wildcards));
+    }
+
+    fn stream(&mut self, raw: &raw::Stream) -> Option<StreamSpec> {
+        self.name("stream", &raw.name);
+        if raw.subjects.get_ref().is_empty() {
+            self.problem(&raw.subjects, format!("stream `{}` needs at least one subject", raw.name.get_ref()));
+        }
+        for s in raw.subjects.get_ref() {
+            self.subject(s, true);
+        }
+        let retention = match raw.retention.as_ref() {
+            None => Some(Retention::Limits),
+            Some(r) => self.parsed(r, |r| match r.as_str() {
+                "limits" => Ok(Retention::Limits),
+                "interest" => Ok(Retention::Interest),
+                "workqueue" => Ok(Retention::WorkQueue),
+                other => Err(format!("expected retention \"limits\", \"interest\" or \"workqueue\", found {other:?}")),
+            }),
+        };
+        let storage = match raw.storage.as_ref() {
+            None => Some(Storage::File),
+            Some(s) => self.parsed(s, |s| match s.as_str() {
+                "file" => Ok(Storage::File),
+                "memory" => Ok(Storage::Memory),
+                other => Err(format!("expected storage \"file\" or \"memory\", found {other:?}")),
+            }),
+        };
+        let max_age = raw.max_age.as_ref().map(|d| self.parsed(d, |d| units::duration(d)));
+        let max_bytes = raw.max_bytes.as_ref().map(|b| self.parsed(b, |b| units::bytes(b)));
+        let duplicate_window = raw.duplicate_window.as_ref().map(|d| self.parsed(d, |d| units::duration(d)));
+        let replicas = match &raw.replicas {
+            None => Some(1),
+            Some(r) => self.parsed(r, |&r| {
+                usize::try_from(r).ok().filter(|r| (1..=5).contains(r)).ok_or(format!("expected 1 to 5 replicas, found {r}"))
+            }),
+        };
+        Some(StreamSpec {
+            name: raw.name.get_ref().clone(),
+            subjects: raw.subjects.get_ref().iter().map(|s| s.get_ref().clone()).collect(),
+            retention: retention?,
+            storage: storage?,
+            max_age: max_age.flatten(),
+            max_bytes: max_bytes.flatten(),
+            duplicate_window: duplicate_window.flatten(),
+            replicas: replicas?,
+        })
+    }
+
+    fn pipeline(&mut self, raw: &raw::Pipeline, plugin_dir: Option<&(PathBuf, Spanned<String>)>) -> Option<PipelineSpec> {
+        self.name("pipeline", &raw.name);
+        let name = raw.name.get_ref().clone();
+        let input = self.input(&name, raw.input.get_ref());
+        self.subject(&raw.dead_letter, false);
+
+        let max_events = match &raw.batch.max_events {
+            None => Some(DEFAULT_MAX_EVENTS),
+            Some(n) => self.parsed(n, |&n| {
+                (1..=MAX_BATCH).contains(&n).then_some(n as usize).ok_or(format!("expected max_events from 1 to {MAX_BATCH}, found {n}"))
+            }),
+        };
+        let max_wait = match &raw.batch.max_wait {
+            None => Some(DEFAULT_MAX_WAIT),
+            Some(d) => self.parsed(d, |d| {
+                units::duration(d).and_then(|d| within(d, (Duration::from_micros(100), Duration::from_secs(60)), "max_wait"))
+            }),
+        };
+        let workers = match &raw.workers {
+            None => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            Some(n) => self.parsed(n, |&n| {
+                (1..=256).contains(&n).then_some(n as usize).ok_or(format!("expected from 1 to 256 workers, found {n}"))
+            }),
+        };
+        let max_event_bytes = match &raw.max_event_bytes {
+            None => Some(DEFAULT_MAX_EVENT_BYTES),
+            Some(b) => self.parsed(b, |b| {
+                units::bytes(b).and_then(|b| {
+                    (1..=MAX_EVENT_BYTES).contains(&b).then_some(b as usize).ok_or(format!("max_event_bytes must be from 1 byte to 64MiB, found {b} bytes"))
+                })
+            }),
+        };
+        let format = match &raw.format {
+            None => Some(BodyFormat::Json),
+            Some(f) => self.parsed(f, |f| match f.as_str() {
+                "json" => Ok(BodyFormat::Json),
+                "bytes" => Ok(BodyFormat::Bytes),
+                other => Err(format!("expected format \"json\" or \"bytes\", found {other:?}")),
+            }),
+        };
+
+        let mut stage_names = HashSet::new();
+        let stages: Vec<Option<StageSpec>> = raw
+            .stage
+            .iter()
+            .map(|s| {
+                let stage_name = &s.get_ref().name;
+                if !stage_names.insert(stage_name.get_ref().clone()) {
+                    self.problem(stage_name, format!("pipeline `{name}` has two stages named `{}`; stage names must be unique", stage_name.get_ref()));
+                }
+                self.stage(s, plugin_dir)
+            })
+            .collect();
+
+        Some(PipelineSpec {
+            name,
+            input: input?,
+            output_jetstream: raw.output.jetstream.unwrap_or(false),
+            dead_letter: raw.dead_letter.get_ref().clone(),
+            max_events: max_events?,
+            max_wait: max_wait?,
+            workers: workers?,
+            max_event_bytes: max_event_bytes?,
+            format: format?,
+            stages: stages.into_iter().collect::<Option<Vec<_>>>()?,
+        })
+    }
+
+    fn input(&mut self, pipeline: &str, raw: &raw::Input) -> Option<InputSpec> {
+        self.subject(&raw.subject, true);
+        let subject = raw.subject.get_ref().clone();
+        let mode = raw.mode.as_ref().map_or("jetstream", |m| m.get_ref().as_str());
+        match mode {
+            "jetstream" => {
+                if let Some(queue) = &raw.queue {
+                    self.problem(queue, "`queue` belongs to a core input (mode = \"core\"); a JetStream input shares load through its durable consumer");
+                }
+                let Some(stream) = &raw.stream else {
+                    self.problem(&raw.subject, format!("pipeline `{pipeline}` reads from JetStream (the default mode), so its input needs `stream = \"NAME\"`; or set mode = \"core\" for best-effort delivery"));
+                    return None;
+                };
+                self.name("stream", stream);
+                let durable = raw.durable.clone().unwrap_or_else(|| Spanned::new(raw.subject.span(), pipeline.to_string()));
+                self.name("durable consumer", &durable);
+                let ack_wait = match &raw.ack_wait {
+                    None => Some(DEFAULT_ACK_WAIT),
+                    Some(d) => self.parsed(d, |d| units::duration(d).and_then(|d| within(d, (Duration::from_secs(1), Duration::from_secs(3600)), "ack_wait"))),
+                };
+                let max_deliver = match &raw.max_deliver {
+                    None => Some(-1),
+                    Some(n) => self.parsed(n, |&n| (n == -1 || n >= 1).then_some(n).ok_or(format!("expected max_deliver -1 (unlimited) or at least 1, found {n}"))),
+                };
+                Some(InputSpec::JetStream {
+                    subject,
+                    stream: stream.get_ref().clone(),
+                    durable: durable.into_inner(),
+                    ack_wait: ack_wait?,
+                    max_deliver: max_deliver?,
+                })
+            }
+            "core" => {
+                for (field, value) in [("stream", &raw.stream), ("durable", &raw.durable)] {
+                    if let Some(value) = value {
+                        self.problem(value, format!("`{field}` belongs to a JetStream input; this input has mode = \"core\""));
+                    }
+                }
+                let queue = raw.queue.clone().unwrap_or_else(|| Spanned::new(raw.subject.span(), pipeline.to_string()));
+                self.name("queue group", &queue);
+                Some(InputSpec::Core { subject, queue: queue.into_inner() })
+            }
+            other => {
+                if let Some(m) = &raw.mode {
+                    self.problem(m, format!("expected mode \"jetstream\" or \"core\", found {other:?}"));
+                }
+                None
+            }
+        }
+    }
+
+    fn stage(&mut self, raw: &Spanned<raw::Stage>, plugin_dir: Option<&(PathBuf, Spanned<String>)>) -> Option<StageSpec> {
+        let stage = raw.get_ref();
+        self.name("stage", &stage.name);
+        let component = match (&stage.plugin, &stage.component) {
+            (Some(plugin), None) => self.plugin(plugin, plugin_dir),
+            (None, Some(component)) => {
+                let path = self.base.join(component.get_ref());
+                if path.is_file() {
+                    Some(path)
+                } else {
+                    self.problem(component, format!("component file {:?} does not exist (looked for {})", component.get_ref(), path.display()));
+                    None
+                }
+            }
+            (Some(plugin), Some(_)) => {
+                self.problem(plugin, format!("stage `{}` names both `plugin` and `component`; keep one", stage.name.get_ref()));
+                None
+            }
+            (None, None) => {
+                self.problem(raw, format!("stage `{}` needs `plugin = \"NAME\"` or `component = \"PATH.wasm\"`", stage.name.get_ref()));
+                None
+            }
+        };
+        let time_budget = match &stage.limits.time {
+            None => Some(DEFAULT_TIME_BUDGET),
+            Some(d) => self.parsed(d, |d| units::duration(d).and_then(|d| within(d, TIME_BUDGET_RANGE, "the time limit"))),
+        };
+        let memory_limit = match &stage.limits.memory {
+            None => Some(DEFAULT_MEMORY_LIMIT),
+            Some(m) => self.parsed(m, |m| {
+                units::bytes(m).and_then(|m| {
+                    (MEMORY_RANGE.0..=MEMORY_RANGE.1).contains(&m).then_some(m).ok_or(format!("the memory limit must be from 1MiB to 4GiB, found {m} bytes"))
+                })
+            }),
+        };
+        let config = toml_to_json(&toml::Value::Table(stage.config.clone().unwrap_or_default())).to_string();
+        Some(StageSpec {
+            name: stage.name.get_ref().clone(),
+            component: component?,
+            time_budget: time_budget?,
+            memory_limit: memory_limit?,
+            config,
+        })
+    }
+
+    fn plugin(&mut self, plugin: &Spanned<String>, plugin_dir: Option<&(PathBuf, Spanned<String>)>) -> Option<PathBuf> {
+        let Some((dir, written)) = plugin_dir else {
+            self.problem(plugin, "`plugin = \"NAME\"` is looked up in [plugins] dir, which this file does not set; set it, or give the file with `component = \"PATH.wasm\"`");
+            return None;
+        };
+        let path = dir.join(format!("{}.wasm", plugin.get_ref()));
+        if path.is_file() {
+            return Some(path);
+        }
+        let mut known: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".wasm").map(str::to_string))
+            .collect();
+        known.sort();
+        let known = if known.is_empty() { "none: has it been built?".to_string() } else { known.join(", ") };
+        self.problem(plugin, format!("unknown plugin {:?}: there is no {}.wasm in {:?} (plugins there: {known})", plugin.get_ref(), plugin.get_ref(), written.get_ref()));
+        None
+    }
+}
+
+fn within(value: Duration, (low, high): (Duration, Duration), what: &str) -> Result<Duration, String> {
+    if (low..=high).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{what} must be from {} to {}, found {}", humantime::format_duration(low), humantime::format_duration(high), humantime::format_duration(value)))
+    }
+}
+
+/// A stage's TOML config as the JSON its plugin receives. Dates become strings.
+fn toml_to_json(value: &toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        toml::Value::String(s) => J::String(s.clone()),
+        toml::Value::Integer(i) => J::from(*i),
+        toml::Value::Float(f) => J::from(*f),
+        toml::Value::Boolean(b) => J::Bool(*b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(items) => J::Array(items.iter().map(toml_to_json).collect()),
+        toml::Value::Table(table) => J::Object(table.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
+    }
+}

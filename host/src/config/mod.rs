@@ -1,0 +1,134 @@
+//! Pipeline files: what they say, once read and checked.
+//!
+//! Reading happens in two phases. `raw` deserialises the TOML into strict
+//! serde structs (unknown fields refused); `check` then validates the whole
+//! file and reports every problem at once, each with file, line and what was
+//! expected. Only a file with no problems becomes a [`PipelineFile`].
+
+mod check;
+mod problem;
+mod raw;
+pub mod units;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use problem::{Problem, Problems};
+
+/// A checked pipeline file.
+#[derive(Debug, Clone)]
+pub struct PipelineFile {
+    pub path: PathBuf,
+    /// The NATS server to use; `None` means start a local one.
+    pub nats_url: Option<String>,
+    /// JetStream streams to create or update at start.
+    pub streams: Vec<StreamSpec>,
+    pub pipelines: Vec<PipelineSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StreamSpec {
+    pub name: String,
+    pub subjects: Vec<String>,
+    pub retention: Retention,
+    pub storage: Storage,
+    pub max_age: Option<Duration>,
+    pub max_bytes: Option<u64>,
+    pub duplicate_window: Option<Duration>,
+    pub replicas: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum Retention {
+    Limits,
+    Interest,
+    WorkQueue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum Storage {
+    File,
+    Memory,
+}
+
+/// One pipeline: an input, a chain of stages, outputs and a dead-letter subject.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PipelineSpec {
+    pub name: String,
+    pub input: InputSpec,
+    /// Publish outputs through JetStream and await its acknowledgements.
+    pub output_jetstream: bool,
+    /// Rejected events go to `<dead_letter>.<stage>`.
+    pub dead_letter: String,
+    pub max_events: usize,
+    pub max_wait: Duration,
+    pub workers: usize,
+    /// Larger events are refused before any plugin sees them.
+    pub max_event_bytes: usize,
+    pub format: BodyFormat,
+    pub stages: Vec<StageSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum InputSpec {
+    /// A durable pull consumer: at-least-once, acked after the outputs are published.
+    JetStream { subject: String, stream: String, durable: String, ack_wait: Duration, max_deliver: i64 },
+    /// A core subscription in a queue group: best effort, at most once.
+    Core { subject: String, queue: String },
+}
+
+impl InputSpec {
+    pub fn subject(&self) -> &str {
+        match self {
+            InputSpec::JetStream { subject, .. } | InputSpec::Core { subject, .. } => subject,
+        }
+    }
+}
+
+/// What the host checks of each body before any stage sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum BodyFormat {
+    /// A UTF-8 JSON object.
+    Json,
+    /// Any bytes.
+    Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageSpec {
+    pub name: String,
+    /// The component file.
+    pub component: PathBuf,
+    /// How long one call into the plugin may run.
+    pub time_budget: Duration,
+    /// How much linear memory one instance may grow to.
+    pub memory_limit: u64,
+    /// The stage's `config` table as JSON, handed to the plugin's `init`.
+    pub config: String,
+}
+
+pub const DEFAULT_MAX_EVENTS: usize = 256;
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(5);
+pub const DEFAULT_TIME_BUDGET: Duration = Duration::from_millis(500);
+pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// Reads and checks a pipeline file.
+pub fn load(path: &Path) -> anyhow::Result<PipelineFile> {
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read pipeline file {}: {e}", path.display()))?;
+    parse(path, &source).map_err(anyhow::Error::from)
+}
+
+/// Checks the text of a pipeline file; `path` locates it (relative paths in it
+/// are resolved against its folder) and names it in problems.
+pub fn parse(path: &Path, source: &str) -> Result<PipelineFile, Problems> {
+    let raw: raw::File = toml::from_str(source).map_err(|e| {
+        let problem = Problem { span: e.span(), message: e.message().trim_end().to_string() };
+        Problems::new(path, source, vec![problem])
+    })?;
+    check::check(path, raw).map_err(|problems| Problems::new(path, source, problems))
+}

@@ -1,0 +1,108 @@
+//! Phase one of reading a pipeline file: strict serde structs that mirror the
+//! TOML exactly. Unknown fields are refused here, with the line they are on;
+//! everything that needs judgement (names, subjects, limits, files) is left to
+//! the validation pass in `check.rs`, which reports every problem at once.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    pub nats: Nats,
+    #[serde(default)]
+    pub plugins: Plugins,
+    #[serde(default)]
+    pub stream: Vec<Spanned<Stream>>,
+    #[serde(default)]
+    pub pipeline: Vec<Spanned<Pipeline>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nats {
+    pub url: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugins {
+    /// Where `plugin = "name"` is looked up, relative to the pipeline file.
+    pub dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stream {
+    pub name: Spanned<String>,
+    pub subjects: Spanned<Vec<Spanned<String>>>,
+    pub retention: Option<Spanned<String>>,
+    pub storage: Option<Spanned<String>>,
+    pub max_age: Option<Spanned<String>>,
+    pub max_bytes: Option<Spanned<String>>,
+    pub duplicate_window: Option<Spanned<String>>,
+    pub replicas: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub name: Spanned<String>,
+    pub input: Spanned<Input>,
+    #[serde(default)]
+    pub output: Output,
+    pub dead_letter: Spanned<String>,
+    #[serde(default)]
+    pub batch: Batch,
+    pub workers: Option<Spanned<i64>>,
+    pub max_event_bytes: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    #[serde(default)]
+    pub stage: Vec<Spanned<Stage>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub subject: Spanned<String>,
+    /// `jetstream` (the default) or `core`.
+    pub mode: Option<Spanned<String>>,
+    pub stream: Option<Spanned<String>>,
+    pub durable: Option<Spanned<String>>,
+    pub queue: Option<Spanned<String>>,
+    pub ack_wait: Option<Spanned<String>>,
+    pub max_deliver: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// Publish through JetStream and wait for its acknowledgements.
+    pub jetstream: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    pub max_events: Option<Spanned<i64>>,
+    pub max_wait: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub name: Spanned<String>,
+    pub plugin: Option<Spanned<String>>,
+    pub component: Option<Spanned<String>>,
+    #[serde(default)]
+    pub limits: Limits,
+    pub config: Option<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub time: Option<Spanned<String>>,
+    pub memory: Option<Spanned<String>>,
+}

@@ -1,0 +1,16 @@
+//! sluice: a host runtime that chains WebAssembly components into event
+//! pipelines declared in TOML, reading from and writing to NATS subjects.
+//!
+//! Layout:
+//! - `config`: pipeline files, read in two phases (strict structs, then a
+//!   validation pass that reports every problem with its line).
+//! - `plugin`: the wasmtime side: engine, component cache, instances with time
+//!   and memory limits, the host imports plugins see.
+//! - `pipeline`: a checked pipeline turned into a runnable version (compiled,
+//!   initialised), and the chain that runs a batch through its stages, isolating
+//!   poison events.
+//! - `subject`: NATS subject checks and wildcard matching.
+
+pub mod config;
+pub mod plugin;
+pub mod subject;

@@ -1,0 +1,13 @@
+//! What the host offers every plugin: a log, a clock and counters. Each import
+//! is a small module implementing the generated `Host` trait on
+//! [`StageState`](super::state::StageState).
+
+pub mod clock;
+pub mod counters;
+pub mod log;
+
+pub use clock::Clock;
+pub use counters::Counters;
+
+/// The `types` interface has no functions; the linker still asks for its trait.
+impl super::bindings::transform::sluice::plugin::types::Host for super::state::StageState {}

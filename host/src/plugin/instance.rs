@@ -1,0 +1,117 @@
+//! One live instance of a transform stage: its own store, memory cap and time
+//! budget. A call that traps, runs out of time or out of memory comes back as a
+//! [`Fault`]; the instance is then spent and the caller makes a new one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use wasmtime::{Engine, Store, Trap};
+
+use super::bindings::transform::{Transform, TransformPre};
+use super::bindings::{Event, Outcome};
+use super::engine::EPOCH_TICK;
+use super::WasmtimeResult;
+use super::state::{StageContext, StageState};
+
+/// Why a call into a plugin did not return normally.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// The call ran past the stage's time budget.
+    Timeout(Duration),
+    /// The plugin tried to grow its memory past the stage's cap.
+    MemoryLimit(u64),
+    /// Any other trap: a panic, an out-of-bounds access, `unreachable`.
+    Trap(String),
+    /// The plugin broke the contract, e.g. fewer outcomes than events.
+    Contract(String),
+}
+
+impl Fault {
+    /// The dead-letter code for an event that caused this fault.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Fault::Timeout(_) => "timeout",
+            Fault::MemoryLimit(_) => "memory_limit",
+            Fault::Trap(_) => "trap",
+            Fault::Contract(_) => "contract",
+        }
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Timeout(budget) => write!(f, "the plugin ran longer than its time budget of {}", humantime::format_duration(*budget)),
+            Fault::MemoryLimit(cap) => write!(f, "the plugin tried to use more than its memory cap of {} MiB", cap >> 20),
+            Fault::Trap(message) => write!(f, "the plugin trapped: {message}"),
+            Fault::Contract(message) => write!(f, "the plugin broke the sluice:plugin contract: {message}"),
+        }
+    }
+}
+
+pub struct TransformInstance {
+    store: Store<StageState>,
+    bindings: Transform,
+    time_budget: Duration,
+}
+
+impl TransformInstance {
+    /// Instantiates the stage and calls its `init` with `config`.
+    pub fn start(
+        engine: &Engine,
+        pre: &TransformPre<StageState>,
+        stage: Arc<StageContext>,
+        time_budget: Duration,
+        memory_limit: u64,
+        config: &str,
+    ) -> Result<Self> {
+        let mut store = Store::new(engine, StageState::new(stage, memory_limit));
+        store.limiter(|state| &mut state.limiter);
+        set_budget(&mut store, time_budget);
+        let bindings = pre.instantiate(&mut store).anyhow().context("cannot instantiate the component")?;
+        let mut instance = Self { store, bindings, time_budget };
+        instance.init(config)?;
+        Ok(instance)
+    }
+
+    fn init(&mut self, config: &str) -> Result<()> {
+        set_budget(&mut self.store, self.time_budget);
+        match self.bindings.call_init(&mut self.store, config) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => anyhow::bail!("the plugin's init refused its config: {message}"),
+            Err(error) => Err(anyhow::anyhow!("the plugin's init failed: {}", classify(&self.store, self.time_budget, error))),
+        }
+    }
+
+    /// Runs one batch: one outcome per event, in order.
+    pub fn process(&mut self, batch: &[Event]) -> Result<Vec<Outcome>, Fault> {
+        set_budget(&mut self.store, self.time_budget);
+        let outcomes = self.bindings.call_process(&mut self.store, batch).map_err(|e| classify(&self.store, self.time_budget, e))?;
+        if outcomes.len() != batch.len() {
+            return Err(Fault::Contract(format!("process returned {} outcomes for {} events", outcomes.len(), batch.len())));
+        }
+        Ok(outcomes)
+    }
+}
+
+fn set_budget(store: &mut Store<StageState>, budget: Duration) {
+    let ticks = budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64;
+    // One tick more: the ticker may advance just after the deadline is set.
+    store.set_epoch_deadline(ticks + 1);
+}
+
+fn classify(store: &Store<StageState>, budget: Duration, error: wasmtime::Error) -> Fault {
+    let state = store.data();
+    if state.limiter.exceeded {
+        return Fault::MemoryLimit(state.limiter.limit());
+    }
+    if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+        return Fault::Timeout(budget);
+    }
+    let detail = match state.last_stderr_line() {
+        Some(line) => format!("{error} ({line})"),
+        None => error.to_string(),
+    };
+    Fault::Trap(detail)
+}

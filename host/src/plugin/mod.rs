@@ -1,0 +1,31 @@
+//! Plugins: WebAssembly components loaded into wasmtime.
+//!
+//! - `bindings`: the code generated from `wit/` (the only `bindgen!`).
+//! - `engine`: the shared engine, linker, epoch ticker and component cache.
+//! - `state`: what one instance's store holds, and its memory cap.
+//! - `instance`: one running transform instance and the faults a call can end in.
+//! - `imports`: the host side of `log`, `clock` and `counters`.
+
+pub mod bindings;
+pub mod engine;
+pub mod imports;
+pub mod instance;
+pub mod state;
+
+pub use bindings::{Event, Outcome, Rejection};
+pub use engine::{Loaded, PluginEngine};
+pub use imports::{Clock, Counters};
+pub use instance::{Fault, TransformInstance};
+pub use state::{StageContext, StageState};
+
+/// wasmtime's error type is its own; this brings its results into `anyhow`
+/// so that `.context(...)` can name what was being done.
+pub(crate) trait WasmtimeResult<T> {
+    fn anyhow(self) -> anyhow::Result<T>;
+}
+
+impl<T> WasmtimeResult<T> for wasmtime::Result<T> {
+    fn anyhow(self) -> anyhow::Result<T> {
+        self.map_err(anyhow::Error::from)
+    }
+}
