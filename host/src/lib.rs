@@ -12,5 +12,7 @@
 //! - `subject`: NATS subject checks and wildcard matching.
 
 pub mod config;
+pub mod nats;
+pub mod pipeline;
 pub mod plugin;
 pub mod subject;

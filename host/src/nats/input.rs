@@ -1,0 +1,144 @@
+//! Reading a pipeline's input in batches: from a JetStream durable pull
+//! consumer (at least once: acked only after the outputs are published), or
+//! from a core subscription in a queue group (best effort). Every worker opens
+//! its own reader on the same consumer or queue group, and so does every other
+//! host running the pipeline: NATS spreads the events among them.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::{AckKind, Message as JetStreamMessage};
+use futures::Stream;
+use tokio_stream::StreamExt;
+
+use super::Connection;
+use crate::config::{InputSpec, PipelineSpec};
+use crate::plugin::Event;
+
+/// One input event and how to settle it.
+pub struct Delivery {
+    pub event: Event,
+    /// A stable name for this input event (`STREAM:sequence`), from which
+    /// output message ids are derived so that a redelivery does not duplicate
+    /// outputs in a stream with a duplicate window.
+    pub id: Option<String>,
+    settle: Settle,
+}
+
+enum Settle {
+    JetStream(JetStreamMessage),
+    Core,
+}
+
+impl Delivery {
+    /// Marks the event done. Core events need nothing.
+    pub async fn ack(&self) {
+        if let Settle::JetStream(message) = &self.settle {
+            if let Err(error) = message.ack().await {
+                tracing::warn!(%error, subject = %self.event.subject, "Cannot ack a JetStream message; it will be redelivered.");
+            }
+        }
+    }
+
+    /// Asks for the event again after `delay` (JetStream); a core event is lost.
+    pub async fn nak(&self, delay: Duration) {
+        if let Settle::JetStream(message) = &self.settle {
+            if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                tracing::warn!(%error, subject = %self.event.subject, "Cannot nak a JetStream message; it will be redelivered after ack_wait.");
+            }
+        }
+    }
+}
+
+pub type Batches = Pin<Box<dyn Stream<Item = Vec<Delivery>> + Send>>;
+
+/// What a pipeline reads from; opened once, then one reader per worker.
+pub enum Source {
+    JetStream(PullConsumer),
+    Core { subject: String, queue: String },
+}
+
+impl Source {
+    /// Finds the stream and creates or updates the durable consumer.
+    pub async fn open(connection: &Connection, spec: &PipelineSpec) -> Result<Self> {
+        match &spec.input {
+            InputSpec::Core { subject, queue } => Ok(Source::Core { subject: subject.clone(), queue: queue.clone() }),
+            InputSpec::JetStream { subject, stream, durable, ack_wait, max_deliver } => {
+                let stream_handle = connection.jetstream.get_stream(stream).await.with_context(|| {
+                    format!("pipeline `{}` reads from stream `{stream}`, which the server does not have: declare it with [[stream]] or create it", spec.name)
+                })?;
+                let in_flight = spec.workers * spec.max_events * 4;
+                let consumer = stream_handle
+                    .create_consumer(pull::Config {
+                        durable_name: Some(durable.clone()),
+                        filter_subject: subject.clone(),
+                        ack_policy: AckPolicy::Explicit,
+                        ack_wait: *ack_wait,
+                        max_deliver: *max_deliver,
+                        max_ack_pending: i64::try_from(in_flight).unwrap_or(i64::MAX),
+                        ..Default::default()
+                    })
+                    .await
+                    .with_context(|| format!("cannot create or update the durable consumer `{durable}` on stream `{stream}`"))?;
+                Ok(Source::JetStream(consumer))
+            }
+        }
+    }
+
+    /// A stream of batches for one worker: up to `max_events`, waiting at most
+    /// `max_wait` after the first event of a batch.
+    pub async fn reader(&self, connection: &Connection, max_events: usize, max_wait: Duration) -> Result<Batches> {
+        let deliveries: Pin<Box<dyn Stream<Item = Delivery> + Send>> = match self {
+            Source::JetStream(consumer) => {
+                let messages = consumer
+                    .stream()
+                    .max_messages_per_batch(max_events.max(64))
+                    .messages()
+                    .await
+                    .context("cannot start pulling from the JetStream consumer")?;
+                Box::pin(messages.filter_map(|message| {
+                    match message {
+                        Ok(message) => Some(from_jetstream(message)),
+                        Err(error) => {
+                            tracing::warn!(%error, "Error while pulling from JetStream; continuing.");
+                            None
+                        }
+                    }
+                }))
+            }
+            Source::Core { subject, queue } => {
+                let subscriber = connection
+                    .client
+                    .queue_subscribe(subject.clone(), queue.clone())
+                    .await
+                    .with_context(|| format!("cannot subscribe to {subject} in queue group {queue}"))?;
+                Box::pin(subscriber.map(|message| Delivery {
+                    event: Event { subject: message.subject.to_string(), headers: headers(message.headers.as_ref()), body: message.payload.to_vec() },
+                    id: None,
+                    settle: Settle::Core,
+                }))
+            }
+        };
+        Ok(Box::pin(deliveries.chunks_timeout(max_events, max_wait)))
+    }
+}
+
+fn from_jetstream(message: JetStreamMessage) -> Delivery {
+    let id = message.info().ok().map(|info| format!("{}:{}", info.stream, info.stream_sequence));
+    let event = Event {
+        subject: message.subject.to_string(),
+        headers: headers(message.headers.as_ref()),
+        body: message.payload.to_vec(),
+    };
+    Delivery { event, id, settle: Settle::JetStream(message) }
+}
+
+fn headers(map: Option<&HeaderMap>) -> Vec<(String, String)> {
+    let Some(map) = map else { return Vec::new() };
+    map.iter()
+        .flat_map(|(name, values)| values.iter().map(move |value| (name.to_string(), value.to_string())))
+        .collect()
+}

