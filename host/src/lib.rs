@@ -9,10 +9,15 @@
 //! - `pipeline`: a checked pipeline turned into a runnable version (compiled,
 //!   initialised), and the chain that runs a batch through its stages, isolating
 //!   poison events.
+//! - `nats`: the managed nats-server, connection, streams, input and publishing.
+//! - `runtime`: `sluice run`: workers, hot swap on file changes, progress, shutdown.
+//! - `cli`: the command line.
 //! - `subject`: NATS subject checks and wildcard matching.
 
+pub mod cli;
 pub mod config;
 pub mod nats;
 pub mod pipeline;
 pub mod plugin;
+pub mod runtime;
 pub mod subject;

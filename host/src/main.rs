@@ -1,1 +1,5 @@
-fn main() {}
+//! The `sluice` binary: everything is in the library; see `cli.rs`.
+
+fn main() -> std::process::ExitCode {
+    sluice::cli::main()
+}

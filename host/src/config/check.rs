@@ -221,8 +221,11 @@ impl Checker {
                     return None;
                 };
                 self.name("stream", stream);
-                let durable = raw.durable.clone().unwrap_or_else(|| Spanned::new(raw.subject.span(), pipeline.to_string()));
-                self.name("durable consumer", &durable);
+                // Defaults to the pipeline's name, which is checked on its own.
+                if let Some(durable) = &raw.durable {
+                    self.name("durable consumer", durable);
+                }
+                let durable = raw.durable.as_ref().map_or_else(|| pipeline.to_string(), |d| d.get_ref().clone());
                 let ack_wait = match &raw.ack_wait {
                     None => Some(DEFAULT_ACK_WAIT),
                     Some(d) => self.parsed(d, |d| units::duration(d).and_then(|d| within(d, (Duration::from_secs(1), Duration::from_secs(3600)), "ack_wait"))),
@@ -234,7 +237,7 @@ impl Checker {
                 Some(InputSpec::JetStream {
                     subject,
                     stream: stream.get_ref().clone(),
-                    durable: durable.into_inner(),
+                    durable,
                     ack_wait: ack_wait?,
                     max_deliver: max_deliver?,
                 })
@@ -245,9 +248,11 @@ impl Checker {
                         self.problem(value, format!("`{field}` belongs to a JetStream input; this input has mode = \"core\""));
                     }
                 }
-                let queue = raw.queue.clone().unwrap_or_else(|| Spanned::new(raw.subject.span(), pipeline.to_string()));
-                self.name("queue group", &queue);
-                Some(InputSpec::Core { subject, queue: queue.into_inner() })
+                if let Some(queue) = &raw.queue {
+                    self.name("queue group", queue);
+                }
+                let queue = raw.queue.as_ref().map_or_else(|| pipeline.to_string(), |q| q.get_ref().clone());
+                Some(InputSpec::Core { subject, queue })
             }
             other => {
                 if let Some(m) = &raw.mode {

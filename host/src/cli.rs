@@ -1,0 +1,134 @@
+//! The `sluice` command line: `run` a pipeline file, `validate` one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config;
+use crate::pipeline::PipelineVersion;
+use crate::plugin::{Clock, PluginEngine};
+use crate::runtime::{self, RunOptions};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Chains WebAssembly components into event pipelines over NATS")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr. Levels are set with SLUICE_LOG (e.g. `info,sluice=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every pipeline of a file until SIGINT or SIGTERM.
+    Run {
+        file: PathBuf,
+        /// NATS server URL; overrides `[nats] url`. With neither, a local
+        /// nats-server is started and stopped with sluice.
+        #[arg(long)]
+        nats: Option<String>,
+        /// Do not watch the file and its components for changes.
+        #[arg(long)]
+        no_watch: bool,
+        /// How often progress is logged, e.g. `10s`.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        stats_interval: Duration,
+    },
+    /// Check pipeline files: every problem with its line, then every stage's
+    /// component compiled, linked and initialised with its config.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    config::units::duration(text)
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sluice: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match cli.command {
+        Command::Run { file, nats, no_watch, stats_interval } => {
+            let options = RunOptions { file, nats_url: nats, watch: !no_watch, stats_interval };
+            runtime.block_on(runtime::run(options, shutdown_signal()))
+        }
+        Command::Validate { files } => validate(&files),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sluice: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(files: &[PathBuf]) -> Result<()> {
+    let engine = PluginEngine::new()?;
+    let clock = Clock::system();
+    let mut failed = 0;
+    for path in files {
+        let checked = config::load(path).and_then(|file| {
+            for spec in &file.pipelines {
+                PipelineVersion::prepare(&engine, spec, &clock)?;
+            }
+            Ok(file)
+        });
+        match checked {
+            Ok(file) => {
+                let names: Vec<&str> = file.pipelines.iter().map(|p| p.name.as_str()).collect();
+                println!("{}: ok ({} pipeline{}: {})", path.display(), names.len(), if names.len() == 1 { "" } else { "s" }, names.join(", "));
+            }
+            Err(error) => {
+                failed += 1;
+                eprintln!("{error:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} file{} failed validation", files.len(), if files.len() == 1 { "" } else { "s" });
+    }
+    Ok(())
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        tracing::error!("Cannot listen for SIGINT/SIGTERM; stop sluice with SIGKILL.");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => tracing::info!("SIGINT received."),
+        _ = terminate.recv() => tracing::info!("SIGTERM received."),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

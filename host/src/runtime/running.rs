@@ -1,0 +1,93 @@
+//! A pipeline that is running: its workers, the channel that hands them new
+//! versions, and the switch that stops them.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::stats::Stats;
+use super::worker::Worker;
+use crate::config::PipelineSpec;
+use crate::nats::Connection;
+use crate::nats::input::Source;
+use crate::nats::publish::Publisher;
+use crate::pipeline::PipelineVersion;
+
+pub struct RunningPipeline {
+    pub stats: Arc<Stats>,
+    versions: watch::Sender<Arc<PipelineVersion>>,
+    shutdown: watch::Sender<bool>,
+    workers: JoinSet<Result<()>>,
+}
+
+impl RunningPipeline {
+    pub async fn start(connection: &Connection, version: Arc<PipelineVersion>) -> Result<Self> {
+        let spec = &version.spec;
+        let source = Arc::new(Source::open(connection, spec).await?);
+        let publisher = Publisher::new(connection.clone(), spec.output_jetstream);
+        let (versions, _) = watch::channel(version.clone());
+        let (shutdown, _) = watch::channel(false);
+        let stats = Arc::new(Stats::default());
+        let mut workers = JoinSet::new();
+        for index in 0..spec.workers {
+            let worker = Worker {
+                index,
+                connection: connection.clone(),
+                source: source.clone(),
+                publisher: publisher.clone(),
+                versions: versions.subscribe(),
+                stats: stats.clone(),
+                shutdown: shutdown.subscribe(),
+            };
+            workers.spawn(worker.run());
+        }
+        tracing::info!(pipeline = %spec.name, version = %version.id, workers = spec.workers, input = %spec.input.subject(), "Pipeline started.");
+        Ok(Self { stats, versions, shutdown, workers })
+    }
+
+    pub fn version(&self) -> Arc<PipelineVersion> {
+        self.versions.borrow().clone()
+    }
+
+    /// Whether `new` can replace the running version between two batches, or
+    /// needs the workers restarted (a different input, worker count, batch
+    /// shape or output mode).
+    pub fn can_swap_to(&self, new: &PipelineSpec) -> bool {
+        let old = &self.version().spec;
+        old.input == new.input
+            && old.workers == new.workers
+            && old.max_events == new.max_events
+            && old.max_wait == new.max_wait
+            && old.output_jetstream == new.output_jetstream
+    }
+
+    /// Hands a new version to the workers; each takes it up after its current batch.
+    pub fn swap(&self, version: Arc<PipelineVersion>) {
+        self.versions.send_replace(version);
+    }
+
+    /// Stops reading, lets every in-flight batch finish and be acked, and waits.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        while let Some(joined) = self.workers.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(error = format!("{error:#}"), "A worker ended with an error."),
+                Err(error) => tracing::error!(%error, "A worker panicked."),
+            }
+        }
+    }
+
+    /// A worker that ended on its own (an error at start, say) is reported.
+    pub fn reap(&mut self, pipeline: &str) {
+        while let Some(joined) = self.workers.try_join_next() {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(pipeline, error = format!("{error:#}"), "A worker stopped with an error."),
+                Err(error) => tracing::error!(pipeline, %error, "A worker panicked."),
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Per-pipeline counters, reported in the log at a regular interval and at
+//! exit, so that a long run shows its progress and its losses.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub received: AtomicU64,
+    pub published: AtomicU64,
+    pub rejected: AtomicU64,
+    pub dropped: AtomicU64,
+    /// Plugin calls that trapped, timed out or hit the memory cap.
+    pub faults: AtomicU64,
+    /// Batches whose outputs could not be published (redelivered on JetStream,
+    /// lost on core NATS).
+    pub failed_batches: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Snapshot {
+    pub received: u64,
+    pub published: u64,
+    pub rejected: u64,
+    pub dropped: u64,
+    pub faults: u64,
+    pub failed_batches: u64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            received: get(&self.received),
+            published: get(&self.published),
+            rejected: get(&self.rejected),
+            dropped: get(&self.dropped),
+            faults: get(&self.faults),
+            failed_batches: get(&self.failed_batches),
+        }
+    }
+}

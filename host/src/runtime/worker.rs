@@ -1,0 +1,149 @@
+//! One worker of one pipeline: read a batch, run it through the chain, publish
+//! the outputs and dead letters, then ack the inputs. A new pipeline version is
+//! taken up only between two batches, so a swap never splits a batch, loses
+//! an event or processes one twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use async_nats::HeaderMap;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+
+use super::stats::Stats;
+use crate::nats::Connection;
+use crate::nats::input::{Delivery, Source};
+use crate::nats::publish::{Message, Publisher};
+use crate::pipeline::{BatchResult, Chain, DeadLetter, PIPELINE_HEADER, PipelineVersion, VERSION_HEADER};
+use crate::plugin::Event;
+
+/// How long JetStream waits before redelivering a batch that failed here.
+const REDELIVERY_DELAY: Duration = Duration::from_secs(1);
+/// Pause before reopening an input that ended unexpectedly.
+const REOPEN_DELAY: Duration = Duration::from_millis(500);
+
+pub struct Worker {
+    pub index: usize,
+    pub connection: Connection,
+    pub source: Arc<Source>,
+    pub publisher: Publisher,
+    pub versions: watch::Receiver<Arc<PipelineVersion>>,
+    pub stats: Arc<Stats>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Worker {
+    pub async fn run(mut self) -> Result<()> {
+        let version = self.versions.borrow_and_update().clone();
+        let (name, max_events, max_wait) = (version.spec.name.clone(), version.spec.max_events, version.spec.max_wait);
+        let mut chain = Chain::start(version)?;
+        let mut batches = self.source.reader(&self.connection, max_events, max_wait).await?;
+        tracing::debug!(pipeline = %name, worker = self.index, "Worker started.");
+        loop {
+            let batch = tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => break,
+                batch = batches.next() => batch,
+            };
+            let Some(batch) = batch else {
+                tracing::warn!(pipeline = %name, worker = self.index, "Input ended; reopening it.");
+                tokio::time::sleep(REOPEN_DELAY).await;
+                batches = self.source.reader(&self.connection, max_events, max_wait).await?;
+                continue;
+            };
+            if self.versions.has_changed().unwrap_or(false) {
+                self.swap(&mut chain);
+            }
+            self.handle(&mut chain, batch).await;
+        }
+        tracing::debug!(pipeline = %name, worker = self.index, "Worker stopped.");
+        Ok(())
+    }
+
+    /// Takes up the newest version, or keeps the current one if its instances
+    /// cannot be started here.
+    fn swap(&mut self, chain: &mut Chain) {
+        let version = self.versions.borrow_and_update().clone();
+        match Chain::start(version.clone()) {
+            Ok(new) => {
+                tracing::debug!(pipeline = %version.spec.name, worker = self.index, from = %chain.version.id, to = %version.id, "Worker swapped version.");
+                *chain = new;
+            }
+            Err(error) => tracing::error!(
+                pipeline = %version.spec.name, worker = self.index, version = %version.id, error = format!("{error:#}"),
+                "Cannot start the new version in this worker; keeping the running one."
+            ),
+        }
+    }
+
+    async fn handle(&self, chain: &mut Chain, batch: Vec<Delivery>) {
+        Stats::add(&self.stats.received, batch.len());
+        let events: Vec<Event> = batch.iter().map(|d| d.event.clone()).collect();
+        // Plugins run synchronously; let the runtime move other tasks off this thread meanwhile.
+        let result = tokio::task::block_in_place(|| chain.process(&events));
+        let result = match result {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "A stage cannot be restarted; the batch will be redelivered.");
+                return self.fail(&batch).await;
+            }
+        };
+        let counts = (result.outputs.len(), result.rejects.len(), result.dropped, result.faults);
+        let messages = messages(&chain.version, &batch, result);
+        if let Err(error) = self.publisher.publish_all(messages).await {
+            tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "Cannot publish a batch's outputs; it will be redelivered (JetStream) or is lost (core).");
+            return self.fail(&batch).await;
+        }
+        for delivery in &batch {
+            delivery.ack().await;
+        }
+        Stats::add(&self.stats.published, counts.0);
+        Stats::add(&self.stats.rejected, counts.1);
+        Stats::add(&self.stats.dropped, counts.2);
+        Stats::add(&self.stats.faults, counts.3);
+    }
+
+    async fn fail(&self, batch: &[Delivery]) {
+        Stats::add(&self.stats.failed_batches, 1);
+        for delivery in batch {
+            delivery.nak(REDELIVERY_DELAY).await;
+        }
+    }
+}
+
+/// The messages a processed batch publishes: outputs with the version headers,
+/// and dead letters. Message ids derive from the input's stream position, so a
+/// redelivered input yields the same ids and a stream drops the repeats.
+fn messages(version: &PipelineVersion, batch: &[Delivery], result: BatchResult) -> Vec<Message> {
+    let spec = &version.spec;
+    let mut produced = vec![0usize; batch.len()];
+    let mut messages = Vec::with_capacity(result.outputs.len() + result.rejects.len());
+    for output in result.outputs {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &output.event.headers {
+            if name != "Nats-Msg-Id" {
+                headers.append(name.as_str(), value.as_str());
+            }
+        }
+        stamp(&mut headers, version, batch[output.origin].id.as_ref().map(|id| format!("{id}:{}", produced[output.origin])));
+        produced[output.origin] += 1;
+        messages.push(Message { subject: output.event.subject, headers, body: output.event.body.into() });
+    }
+    for reject in &result.rejects {
+        let original = &batch[reject.origin].event;
+        let mut headers = HeaderMap::new();
+        stamp(&mut headers, version, batch[reject.origin].id.as_ref().map(|id| format!("{id}:dead-letter")));
+        let body = DeadLetter::new(&spec.name, &version.id, reject, original).to_json();
+        messages.push(Message { subject: format!("{}.{}", spec.dead_letter, reject.stage), headers, body: body.into() });
+    }
+    messages
+}
+
+fn stamp(headers: &mut HeaderMap, version: &PipelineVersion, message_id: Option<String>) {
+    headers.insert(VERSION_HEADER, version.id.as_str());
+    headers.insert(PIPELINE_HEADER, version.spec.name.as_str());
+    if let Some(id) = message_id {
+        headers.insert("Nats-Msg-Id", id.as_str());
+    }
+}
