@@ -28,7 +28,9 @@ pub struct Problems {
 }
 
 impl Problems {
-    pub fn new(path: &Path, source: &str, problems: Vec<Problem>) -> Self {
+    /// The problems of one file, in the order of the lines they are on.
+    pub fn new(path: &Path, source: &str, mut problems: Vec<Problem>) -> Self {
+        problems.sort_by_key(|p| p.span.as_ref().map_or(0, |s| s.start));
         Self { path: path.to_path_buf(), source: source.to_string(), problems }
     }
 }

@@ -25,7 +25,7 @@ impl PreparedStage {
     /// A new instance, initialised with the stage's config.
     pub fn start(&self) -> Result<TransformInstance> {
         TransformInstance::start(&self.engine, &self.pre, self.context.clone(), self.spec.time_budget, self.spec.memory_limit, &self.spec.config)
-            .with_context(|| format!("stage `{}` ({})", self.spec.name, self.spec.component.display()))
+            .with_context(|| format!("stage `{}`", self.spec.name))
     }
 }
 
@@ -43,8 +43,7 @@ impl PipelineVersion {
         hasher.update(serde_json::to_vec(spec).context("cannot hash the pipeline settings")?);
         let mut stages = Vec::with_capacity(spec.stages.len());
         for stage in &spec.stages {
-            let prepared = prepare_stage(engine, &spec.name, stage, clock)
-                .with_context(|| format!("pipeline `{}`, stage `{}`", spec.name, stage.name))?;
+            let prepared = prepare_stage(engine, &spec.name, stage, clock).with_context(|| format!("pipeline `{}`", spec.name))?;
             hasher.update(prepared.1);
             stages.push(prepared.0);
         }
@@ -54,8 +53,10 @@ impl PipelineVersion {
 }
 
 fn prepare_stage(engine: &PluginEngine, pipeline: &str, spec: &StageSpec, clock: &Clock) -> Result<(PreparedStage, [u8; 32])> {
-    let loaded = engine.load(&spec.component)?;
-    let pre = engine.transform_pre(&loaded.component).with_context(|| format!("component {}", spec.component.display()))?;
+    let (loaded, pre) = engine
+        .load(&spec.component)
+        .and_then(|loaded| engine.transform_pre(&loaded.component).map(|pre| (loaded, pre)))
+        .with_context(|| format!("stage `{}`, component {}", spec.name, spec.component.display()))?;
     let context = Arc::new(StageContext {
         pipeline: pipeline.into(),
         name: spec.name.as_str().into(),

@@ -73,7 +73,7 @@ impl PluginEngine {
     /// Reads and compiles a component file, or takes it from the cache.
     pub fn load(&self, path: &Path) -> Result<Loaded> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read component {}", path.display()))?;
-        self.load_bytes(&bytes).with_context(|| format!("cannot load component {}", path.display()))
+        self.load_bytes(&bytes)
     }
 
     pub fn load_bytes(&self, bytes: &[u8]) -> Result<Loaded> {

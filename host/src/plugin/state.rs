@@ -50,11 +50,17 @@ impl StageState {
         Self { wasi, table: ResourceTable::new(), stderr, limiter: MemoryCap::new(memory_limit), stage }
     }
 
-    /// The last line the plugin wrote to stderr, e.g. its panic message.
-    pub fn last_stderr_line(&self) -> Option<String> {
+    /// What the plugin last said on stderr: for a Rust plugin, its panic
+    /// message (the `panicked at` line and the message after it).
+    pub fn last_words(&self) -> Option<String> {
         let bytes = self.stderr.contents();
         let text = String::from_utf8_lossy(&bytes);
-        text.lines().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim().chars().take(500).collect())
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("note: run with")).collect();
+        let words = match lines.iter().rposition(|l| l.contains(" panicked at ")) {
+            Some(at) => lines[at..].iter().take(2).copied().collect::<Vec<_>>().join(" "),
+            None => lines.last()?.to_string(),
+        };
+        Some(words.chars().take(500).collect())
     }
 }
 

@@ -83,7 +83,6 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
 
     tracing::info!("Shutting down: no more reading; finishing in-flight batches.");
     host.stop_all().await;
-    host.report();
     host.connection.client.flush().await.context("cannot flush the last messages to NATS")?;
     // Close the connection before the managed server goes, so that stopping
     // it is not mistaken for an outage.
@@ -144,7 +143,7 @@ impl Host {
                 _ => {
                     if let Some(old) = self.running.remove(&spec.name) {
                         tracing::info!(pipeline = %spec.name, from = %old.version().id, to = %version.id, "Input, workers or batching changed; restarting the pipeline's workers.");
-                        old.stop().await;
+                        progress(&spec.name, &old.stop().await, &self.connection);
                     }
                     match RunningPipeline::start(&self.connection, version).await {
                         Ok(running) => {
@@ -159,7 +158,7 @@ impl Host {
         for name in gone {
             if let Some(old) = self.running.remove(&name) {
                 tracing::info!(pipeline = %name, "The pipeline was removed from the file; stopping it.");
-                old.stop().await;
+                progress(&name, &old.stop().await, &self.connection);
             }
         }
         Some(file)
@@ -168,20 +167,26 @@ impl Host {
     fn report(&mut self) {
         for (name, running) in &mut self.running {
             running.reap(name);
-            let s = running.stats.snapshot();
-            tracing::info!(
-                pipeline = %name, version = %running.version().id, received = s.received, published = s.published,
-                rejected = s.rejected, dropped = s.dropped, faults = s.faults, failed_batches = s.failed_batches,
-                slow_consumer_events = self.connection.slow_consumer_events(), "Progress."
-            );
+            progress(name, running, &self.connection);
         }
     }
 
+    /// Stops every pipeline, draining in-flight batches, and reports its final counts.
     async fn stop_all(&mut self) {
-        for (_, running) in std::mem::take(&mut self.running) {
-            running.stop().await;
+        for (name, running) in std::mem::take(&mut self.running) {
+            let running = running.stop().await;
+            progress(&name, &running, &self.connection);
         }
     }
+}
+
+fn progress(name: &str, running: &RunningPipeline, connection: &Connection) {
+    let s = running.stats.snapshot();
+    tracing::info!(
+        pipeline = %name, version = %running.version().id, received = s.received, published = s.published,
+        rejected = s.rejected, dropped = s.dropped, faults = s.faults, failed_batches = s.failed_batches,
+        slow_consumer_events = connection.slow_consumer_events(), "Progress."
+    );
 }
 
 /// The pipeline file and every component file it uses.

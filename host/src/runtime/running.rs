@@ -68,8 +68,9 @@ impl RunningPipeline {
         self.versions.send_replace(version);
     }
 
-    /// Stops reading, lets every in-flight batch finish and be acked, and waits.
-    pub async fn stop(mut self) {
+    /// Stops reading, lets every in-flight batch finish and be acked, and
+    /// waits; what is left is the pipeline's final counts.
+    pub async fn stop(mut self) -> Self {
         let _ = self.shutdown.send(true);
         while let Some(joined) = self.workers.join_next().await {
             match joined {
@@ -78,6 +79,7 @@ impl RunningPipeline {
                 Err(error) => tracing::error!(%error, "A worker panicked."),
             }
         }
+        self
     }
 
     /// A worker that ended on its own (an error at start, say) is reported.

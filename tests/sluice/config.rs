@@ -1,0 +1,56 @@
+//! `sluice validate` on every `tests/config/*.toml`, compared with the `.err`
+//! file beside it: the exact text a platform engineer sees. Run with
+//! `SLUICE_BLESS=1` to write the `.err` files after a deliberate change.
+
+use std::path::Path;
+
+use crate::support::{Sluice, root};
+
+#[test]
+fn validate_reports_every_problem_with_its_line() {
+    let dir = root().join("tests/config");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+    cases.sort();
+    assert!(cases.len() >= 8, "expected the config cases in {}", dir.display());
+    let bless = std::env::var_os("SLUICE_BLESS").is_some();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let relative = case.strip_prefix(root()).unwrap();
+        let (status, log) = Sluice::spawn(&["validate", relative.to_str().unwrap()]).wait();
+        let expected_path = case.with_extension("err");
+        let actual = format!("exit: {}\n{log}\n", status.code().unwrap_or(-1));
+        if bless {
+            std::fs::write(&expected_path, &actual).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if expected != actual {
+            failures.push(format!("--- {}\n+++ actual\n{}", display(&expected_path), diff(&expected, &actual)));
+        }
+    }
+    assert!(failures.is_empty(), "validate output differs (SLUICE_BLESS=1 to accept):\n{}", failures.join("\n"));
+}
+
+fn display(path: &Path) -> String {
+    path.strip_prefix(root()).unwrap_or(path).display().to_string()
+}
+
+/// A line diff that is enough to see what changed.
+fn diff(expected: &str, actual: &str) -> String {
+    let (e, a): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
+    let mut out = String::new();
+    for i in 0..e.len().max(a.len()) {
+        match (e.get(i), a.get(i)) {
+            (Some(x), Some(y)) if x == y => out.push_str(&format!("  {x}\n")),
+            (x, y) => {
+                if let Some(x) = x {
+                    out.push_str(&format!("- {x}\n"));
+                }
+                if let Some(y) = y {
+                    out.push_str(&format!("+ {y}\n"));
+                }
+            }
+        }
+    }
+    out
+}

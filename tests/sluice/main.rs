@@ -1,0 +1,18 @@
+//! The sluice test suite, in one binary with shared helpers (`support`).
+//!
+//! - `chain`: the batch path in-process, with the real plugins: outcomes,
+//!   admission checks, poison-event isolation, components that are broken or
+//!   of the wrong world.
+//! - `config`: `sluice validate` on every `tests/config/*.toml`, compared with
+//!   the `.err` file beside it (`SLUICE_BLESS=1` rewrites them).
+//! - `run`: the `sluice` binary against a real nats-server: routing, dead
+//!   letters, bad input, poison events, queue groups, refusing bad config.
+//! - `swap`: hot swaps under load, and changes that must not be swapped in.
+//! - `crash`: SIGKILL mid-stream and restart with a JetStream input.
+
+mod chain;
+mod config;
+mod crash;
+mod run;
+mod support;
+mod swap;

@@ -1,0 +1,224 @@
+//! The `sluice` binary against a real nats-server.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use crate::support::{Collector, Nats, Sluice, Workspace, event, header, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// tag, then route, reading from a JetStream stream the file declares.
+fn ingest_pipeline(extra_input: &str) -> String {
+    format!(
+        r#"
+        [[stream]]
+        name = "RAW"
+        subjects = ["raw.>"]
+
+        [[pipeline]]
+        name = "ingest"
+        input = {{ subject = "raw.>", stream = "RAW", durable = "ingest" {extra_input} }}
+        dead_letter = "dlq"
+        workers = 2
+        max_event_bytes = "2KiB"
+
+          [[pipeline.stage]]
+          name = "tag"
+          component = "{{plugin:tag}}"
+          config = {{ require = ["event", "user_id"], set = {{ tagged = true }} }}
+
+          [[pipeline.stage]]
+          name = "route"
+          component = "{{plugin:route}}"
+          config = {{ subject = "out.{{event}}", drop = ["heartbeat"] }}
+        "#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_come_out_transformed_on_their_subjects() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let sluice = Sluice::run(&workspace.write_pipeline(&ingest_pipeline("")), nats.url(), 1);
+    let mut out = Collector::subscribe(&nats, "out.>").await;
+
+    let names = ["signed_up", "scene_generated", "heartbeat", "export_failed"];
+    nats.publish_stored((0..400).map(|n| (format!("raw.web.{n}"), event(n, serde_json::json!({ "event": names[n % 4] }))))).await;
+
+    let messages = out.take(300, WAIT).await;
+    let mut seen = BTreeSet::new();
+    for message in &messages {
+        let body = json(message);
+        assert_eq!(message.subject.as_str(), format!("out.{}", body["event"].as_str().unwrap()));
+        assert_eq!(body["tagged"], true);
+        assert_ne!(body["event"], "heartbeat", "heartbeats are dropped");
+        assert_eq!(header(message, "Sluice-Pipeline").as_deref(), Some("ingest"));
+        assert_eq!(header(message, "Sluice-Pipeline-Version").map(|v| v.len()), Some(16));
+        assert!(seen.insert(body["n"].as_u64().unwrap()), "event {} came out twice", body["n"]);
+    }
+    assert!(out.drain(Duration::from_millis(500)).await.is_empty(), "only the 300 non-heartbeat events come out");
+    let log = sluice.terminate();
+    assert!(log.contains("dropped=100"), "drops are counted in the progress report:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rejected_and_bad_events_go_to_the_dead_letter_subject_with_an_envelope() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let _sluice = Sluice::run(&workspace.write_pipeline(&ingest_pipeline("")), nats.url(), 1);
+    let mut dead = Collector::subscribe(&nats, "dlq.>").await;
+    let mut out = Collector::subscribe(&nats, "out.>").await;
+
+    let missing_user = br#"{"event":"signed_up","n":1}"#.to_vec();
+    let oversize = event(5, serde_json::json!({ "pad": "x".repeat(3000) }));
+    let inputs: Vec<(String, Vec<u8>)> = vec![
+        ("raw.a".into(), event(0, serde_json::json!({}))),
+        ("raw.b".into(), missing_user.clone()),
+        ("raw.c".into(), vec![]),
+        ("raw.d".into(), vec![0xc3, 0x28, 0xa0]),
+        ("raw.e".into(), b"{\"event\": \"signed_up\", ".to_vec()),
+        ("raw.f".into(), oversize),
+        ("raw.g".into(), event(6, serde_json::json!({}))),
+    ];
+    nats.publish_stored(inputs.clone()).await;
+
+    let mut letters: Vec<serde_json::Value> = dead.take(5, WAIT).await.iter().map(|m| {
+        let body = json(m);
+        assert_eq!(m.subject.as_str(), format!("dlq.{}", body["stage"].as_str().unwrap()));
+        body
+    }).collect();
+    letters.sort_by_key(|l| l["subject"].as_str().unwrap().to_string());
+    let summary: Vec<(&str, &str, &str)> =
+        letters.iter().map(|l| (l["subject"].as_str().unwrap(), l["stage"].as_str().unwrap(), l["code"].as_str().unwrap())).collect();
+    assert_eq!(
+        summary,
+        vec![("raw.b", "tag", "missing_property"), ("raw.c", "input", "empty"), ("raw.d", "input", "malformed"), ("raw.e", "input", "malformed"), ("raw.f", "input", "too_large")]
+    );
+    // The envelope carries the reason and the original bytes.
+    let letter = &letters[0];
+    assert_eq!(letter["pipeline"], "ingest");
+    assert_eq!(letter["property"], "user_id");
+    assert!(letter["message"].as_str().unwrap().contains("user_id"));
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(letter["body_base64"].as_str().unwrap()).unwrap(), missing_user);
+    assert_eq!(letter["body"].as_str().unwrap().as_bytes(), &missing_user[..]);
+    assert!(letters[2]["body"].is_null(), "a non-UTF-8 body is only in body_base64");
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(letters[2]["body_base64"].as_str().unwrap()).unwrap(), inputs[3].1);
+
+    // The good events of the same batch come out.
+    let good: BTreeSet<u64> = out.take(2, WAIT).await.iter().map(|m| json(m)["n"].as_u64().unwrap()).collect();
+    assert_eq!(good, BTreeSet::from([0, 6]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trap_a_loop_and_a_runaway_allocation_lose_only_their_own_event() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let file = workspace.write_pipeline(
+        r#"
+        [[stream]]
+        name = "RAW"
+        subjects = ["raw.>"]
+
+        [[pipeline]]
+        name = "hostile"
+        input = { subject = "raw.>", stream = "RAW" }
+        dead_letter = "dlq"
+        workers = 1
+        batch = { max_events = 64, max_wait = "300ms" }
+
+          [[pipeline.stage]]
+          name = "chaos"
+          component = "{plugin:chaos}"
+          limits = { time = "200ms", memory = "24MiB" }
+
+          [[pipeline.stage]]
+          name = "route"
+          component = "{plugin:route}"
+          config = { subject = "out.{event}" }
+        "#,
+    );
+    let sluice = Sluice::run(&file, nats.url(), 1);
+    let mut dead = Collector::subscribe(&nats, "dlq.>").await;
+    let mut out = Collector::subscribe(&nats, "out.>").await;
+
+    let poison = |n: usize| match n {
+        4 => serde_json::json!({ "chaos": "trap" }),
+        9 => serde_json::json!({ "chaos": "loop" }),
+        14 => serde_json::json!({ "chaos": "alloc" }),
+        _ => serde_json::json!({}),
+    };
+    nats.publish_stored((0..20).map(|n| (format!("raw.{n}"), event(n, poison(n))))).await;
+
+    let good: BTreeSet<u64> = out.take(17, WAIT).await.iter().map(|m| json(m)["n"].as_u64().unwrap()).collect();
+    assert_eq!(good, (0..20).filter(|n| ![4, 9, 14].contains(n)).collect());
+    let mut codes: Vec<(u64, String)> = dead
+        .take(3, WAIT)
+        .await
+        .iter()
+        .map(|m| {
+            let letter = json(m);
+            let original: serde_json::Value = serde_json::from_str(letter["body"].as_str().unwrap()).unwrap();
+            (original["n"].as_u64().unwrap(), letter["code"].as_str().unwrap().to_string())
+        })
+        .collect();
+    codes.sort();
+    assert_eq!(codes, vec![(4, "trap".into()), (9, "timeout".into()), (14, "memory_limit".into())]);
+
+    // The host is still up and the stage works with fresh instances.
+    nats.publish_stored([("raw.after".to_string(), event(100, serde_json::json!({})))]).await;
+    assert_eq!(json(&out.take(1, WAIT).await[0])["n"], 100);
+    sluice.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_in_one_queue_group_share_a_core_input() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let file = workspace.write_pipeline(
+        r#"
+        [[pipeline]]
+        name = "relay"
+        input = { subject = "core.in.>", mode = "core", queue = "relay" }
+        dead_letter = "dlq"
+        workers = 1
+
+          [[pipeline.stage]]
+          name = "route"
+          component = "{plugin:route}"
+          config = { subject = "core.out.{event}" }
+        "#,
+    );
+    let first = Sluice::run(&file, nats.url(), 1);
+    let second = Sluice::run(&file, nats.url(), 1);
+    let mut out = Collector::subscribe(&nats, "core.out.>").await;
+
+    for n in 0..2000 {
+        nats.client.publish(format!("core.in.{n}"), event(n, serde_json::json!({})).into()).await.unwrap();
+        if n % 200 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    nats.client.flush().await.unwrap();
+
+    let numbers: Vec<u64> = out.take(2000, WAIT).await.iter().map(|m| json(m)["n"].as_u64().unwrap()).collect();
+    let unique: BTreeSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(unique.len(), 2000, "every event once");
+    let received = |log: &str| -> u64 {
+        let line = log.lines().rev().find(|l| l.contains("Progress.")).expect("a progress report");
+        line.split_whitespace().find_map(|w| w.strip_prefix("received=")).unwrap().parse().unwrap()
+    };
+    let (a, b) = (received(&first.terminate()), received(&second.terminate()));
+    assert_eq!(a + b, 2000);
+    assert!(a > 0 && b > 0, "both hosts took a share: {a} and {b}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_refuses_to_start_on_a_file_with_problems() {
+    let workspace = Workspace::new();
+    let file = workspace.write_pipeline("[[pipeline]]\nname = \"x\"\ninput = { subject = \"a..b\", mode = \"core\" }\ndead_letter = \"dlq\"\n");
+    let (status, log) = Sluice::spawn(&["run", file.to_str().unwrap(), "--nats", "nats://127.0.0.1:1"]).wait();
+    assert!(!status.success());
+    assert!(log.contains("pipeline.toml:3:21: subject \"a..b\" has an empty token"), "{log}");
+}

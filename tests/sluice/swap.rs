@@ -1,0 +1,138 @@
+//! Hot swaps: a changed pipeline file or component is prepared off to the
+//! side and switched in between batches; a broken change is refused and the
+//! running version stays.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::support::{Collector, Nats, Sluice, Workspace, event, header, json, write_atomically};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn tagged_pipeline(component: &str, version: u32) -> String {
+    format!(
+        r#"
+        [[stream]]
+        name = "RAW"
+        subjects = ["raw.>"]
+
+        [[pipeline]]
+        name = "ingest"
+        input = {{ subject = "raw.>", stream = "RAW" }}
+        dead_letter = "dlq"
+        workers = 2
+        batch = {{ max_events = 32, max_wait = "2ms" }}
+
+          [[pipeline.stage]]
+          name = "tag"
+          component = "{component}"
+          config = {{ set = {{ config_version = {version} }} }}
+
+          [[pipeline.stage]]
+          name = "route"
+          component = "{{plugin:route}}"
+          config = {{ subject = "out.{{event}}" }}
+        "#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_swap_under_continuous_load_loses_and_duplicates_nothing() {
+    const EVENTS: usize = 6000;
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let tag = workspace.copy_plugin("tag", "tag.wasm");
+    let file = workspace.write_pipeline(&tagged_pipeline(tag.to_str().unwrap(), 1));
+    let sluice = Sluice::run(&file, nats.url(), 1);
+    let mut out = Collector::subscribe(&nats, "out.>").await;
+
+    // Publish steadily for about three seconds, swapping the config a third of the way in.
+    let publisher = {
+        let jetstream = nats.jetstream.clone();
+        tokio::spawn(async move {
+            for chunk in 0..EVENTS / 100 {
+                let mut acks = Vec::new();
+                for n in chunk * 100..(chunk + 1) * 100 {
+                    acks.push(jetstream.publish(format!("raw.{n}"), event(n, serde_json::json!({})).into()).await.unwrap());
+                }
+                for ack in acks {
+                    ack.await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let first_third = out.take(EVENTS / 3, WAIT).await;
+    write_atomically(&file, crate::support::expand(&tagged_pipeline(tag.to_str().unwrap(), 2)).as_bytes());
+    let rest = out.take(EVENTS - EVENTS / 3, WAIT).await;
+    publisher.await.unwrap();
+    assert!(out.drain(Duration::from_millis(500)).await.is_empty(), "no event comes out twice");
+
+    let mut seen = BTreeSet::new();
+    let mut versions: BTreeMap<u64, String> = BTreeMap::new();
+    for message in first_third.iter().chain(&rest) {
+        let body = json(message);
+        assert!(seen.insert(body["n"].as_u64().unwrap()), "event {} came out twice", body["n"]);
+        let version_header = header(message, "Sluice-Pipeline-Version").unwrap();
+        let config_version = body["config_version"].as_u64().unwrap();
+        // One version header per config: a batch is never split across versions.
+        if let Some(previous) = versions.insert(config_version, version_header.clone()) {
+            assert_eq!(previous, version_header);
+        }
+    }
+    assert_eq!(seen.len(), EVENTS, "every event once");
+    assert_eq!(versions.len(), 2, "outputs of both versions: {versions:?}");
+    assert_ne!(versions[&1], versions[&2]);
+    let log = sluice.terminate();
+    assert!(log.contains("Swapping to the new version between batches."), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_plugin_file_leaves_the_running_version_in_place() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let tag = workspace.copy_plugin("tag", "tag.wasm");
+    let file = workspace.write_pipeline(&tagged_pipeline(tag.to_str().unwrap(), 1));
+    let sluice = Sluice::run(&file, nats.url(), 1);
+    let mut out = Collector::subscribe(&nats, "out.>").await;
+
+    nats.publish_stored([("raw.0".to_string(), event(0, serde_json::json!({})))]).await;
+    let before = header(&out.take(1, WAIT).await[0], "Sluice-Pipeline-Version").unwrap();
+
+    write_atomically(&tag, b"\0asm\x0d\0\x01\0 truncated by a failed deploy");
+    sluice.wait_for_log("The new version cannot be prepared; the running version stays.", 1, WAIT);
+    // A pipeline file with problems is refused the same way.
+    write_atomically(&file, b"[[pipeline]]\nname = 'ingest'\n");
+    sluice.wait_for_log("The changed pipeline file has problems; every running version stays.", 1, WAIT);
+
+    nats.publish_stored((1..50).map(|n| (format!("raw.{n}"), event(n, serde_json::json!({}))))).await;
+    for message in out.take(49, WAIT).await {
+        assert_eq!(header(&message, "Sluice-Pipeline-Version").unwrap(), before);
+        assert_eq!(json(&message)["config_version"], 1);
+    }
+    sluice.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_component_is_swapped_in_when_its_file_changes() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    // The stage's file starts as `tag` and is replaced by `chaos`, which keeps events unchanged.
+    let stage = workspace.copy_plugin("tag", "stage.wasm");
+    let file = workspace.write_pipeline(&tagged_pipeline(stage.to_str().unwrap(), 1).replace("config = { set = { config_version = 1 } }", ""));
+    let sluice = Sluice::run(&file, nats.url(), 1);
+    let mut out = Collector::subscribe(&nats, "out.>").await;
+
+    nats.publish_stored([("raw.0".to_string(), event(0, serde_json::json!({})))]).await;
+    let before = header(&out.take(1, WAIT).await[0], "Sluice-Pipeline-Version").unwrap();
+    workspace.copy_plugin("chaos", "stage.wasm");
+    sluice.wait_for_log("Swapping to the new version between batches.", 1, WAIT);
+
+    nats.publish_stored([("raw.1".to_string(), event(1, serde_json::json!({ "chaos": "split" })))]).await;
+    // chaos splits the event in two; route sends both to out.scene_generated.
+    let after = out.take(2, WAIT).await;
+    for message in &after {
+        assert_ne!(header(message, "Sluice-Pipeline-Version").unwrap(), before);
+    }
+    sluice.terminate();
+}
