@@ -1,1 +1,313 @@
-fn main() {}
+//! The throughput benchmark: a fixed number of ~500-byte JSON events pushed
+//! NATS-to-NATS through a sluice pipeline (tag, then route: one stage that
+//! re-serialises, one that only re-routes), next to a pass-through relay on
+//! the same transport, for a core input and a JetStream input. Prints events
+//! per second, latency percentiles and events lost for each.
+//!
+//! Run with `cargo xtask bench` (or `cargo xtask bench -- --events 100000`).
+//! It is a measurement, not a test: it asserts nothing about speed.
+
+use std::collections::HashSet;
+use std::future::IntoFuture;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer::pull};
+use futures::StreamExt;
+use sluice::nats::ManagedServer;
+
+const SENT_HEADER: &str = "Bench-Sent-Ns";
+const SEQ_HEADER: &str = "Bench-Seq";
+/// The run ends when no output has arrived for this long.
+const QUIET: Duration = Duration::from_secs(3);
+
+struct Measured {
+    name: String,
+    sent: usize,
+    received: usize,
+    duplicates: usize,
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+    slow_consumer_events: Option<u64>,
+}
+
+fn main() {
+    let events = std::env::args().skip_while(|a| a != "--events").nth(1).and_then(|n| n.parse().ok()).unwrap_or(200_000usize);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let results = runtime.block_on(async {
+        let mut results = Vec::new();
+        for transport in [Transport::Core, Transport::JetStream] {
+            for subject in [Subject::Relay, Subject::Sluice] {
+                let server = ManagedServer::start().await.expect("nats-server");
+                results.push(measure(&server.url, transport, subject, events).await);
+                server.stop().await;
+            }
+        }
+        results
+    });
+    print_table(events, &results);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    Core,
+    JetStream,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Subject {
+    Relay,
+    Sluice,
+}
+
+async fn measure(url: &str, transport: Transport, subject: Subject, events: usize) -> Measured {
+    let client = async_nats::ConnectOptions::new().subscription_capacity(1 << 21).connect(url).await.unwrap();
+    let js = jetstream::new(client.clone());
+    if transport == Transport::JetStream {
+        for (name, subjects) in [("IN", "in.>"), ("OUT", "out.>")] {
+            js.create_stream(jetstream::stream::Config { name: name.into(), subjects: vec![subjects.into()], ..Default::default() }).await.unwrap();
+        }
+    }
+    let mut outputs = client.subscribe("out.>").await.unwrap();
+    client.flush().await.unwrap();
+
+    let workspace = tempfile::tempdir().unwrap();
+    let mut sluice = None;
+    let mut relay = None;
+    match subject {
+        Subject::Sluice => sluice = Some(start_sluice(workspace.path(), url, transport)),
+        Subject::Relay => relay = Some(tokio::spawn(relay_task(client.clone(), transport))),
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let bodies: Vec<bytes::Bytes> = (0..64).map(|n| body(n).into()).collect();
+    let started = Instant::now();
+    let publisher = {
+        let (client, js) = (client.clone(), js.clone());
+        tokio::spawn(async move {
+            let mut acks = Vec::with_capacity(1024);
+            for n in 0..events {
+                let mut headers = HeaderMap::new();
+                headers.insert(SENT_HEADER, now_ns().to_string().as_str());
+                headers.insert(SEQ_HEADER, n.to_string().as_str());
+                let subject = format!("in.web.{}", n % 16);
+                match transport {
+                    Transport::Core => client.publish_with_headers(subject, headers, bodies[n % 64].clone()).await.unwrap(),
+                    Transport::JetStream => {
+                        acks.push(js.publish_with_headers(subject, headers, bodies[n % 64].clone()).await.unwrap().into_future());
+                        if acks.len() == 1024 {
+                            futures::future::try_join_all(acks.drain(..)).await.unwrap();
+                        }
+                    }
+                }
+            }
+            futures::future::try_join_all(acks).await.unwrap();
+            client.flush().await.unwrap();
+        })
+    };
+
+    let mut seen = HashSet::with_capacity(events);
+    let mut duplicates = 0;
+    let mut latencies_us = Vec::with_capacity(events);
+    let mut last = started;
+    while seen.len() < events {
+        let Ok(Some(message)) = tokio::time::timeout(QUIET, outputs.next()).await else { break };
+        last = Instant::now();
+        let headers = message.headers.as_ref().expect("headers pass through");
+        let sent: u64 = headers.get(SENT_HEADER).unwrap().as_str().parse().unwrap();
+        latencies_us.push(now_ns().saturating_sub(sent) / 1000);
+        if !seen.insert(headers.get(SEQ_HEADER).unwrap().as_str().parse::<usize>().unwrap()) {
+            duplicates += 1;
+        }
+    }
+    publisher.await.unwrap();
+
+    let slow_consumer_events = sluice.map(stop_sluice);
+    if let Some(relay) = relay {
+        relay.abort();
+    }
+    let name = format!(
+        "{} {}",
+        match transport {
+            Transport::Core => "core",
+            Transport::JetStream => "jetstream",
+        },
+        match subject {
+            Subject::Relay => "pass-through relay",
+            Subject::Sluice => "sluice tag+route",
+        }
+    );
+    eprintln!("bench: {name}: {} of {events} received", seen.len());
+    Measured { name, sent: events, received: seen.len(), duplicates, elapsed: last - started, latencies_us, slow_consumer_events }
+}
+
+/// The baseline: take each message from the input and publish it, unchanged, on the output.
+async fn relay_task(client: async_nats::Client, transport: Transport) {
+    match transport {
+        Transport::Core => {
+            let mut input = client.queue_subscribe("in.>", "relay".into()).await.unwrap();
+            while let Some(message) = input.next().await {
+                let subject = message.subject.replacen("in.", "out.", 1);
+                client.publish_with_headers(subject, message.headers.unwrap_or_default(), message.payload).await.unwrap();
+            }
+        }
+        Transport::JetStream => {
+            let js = jetstream::new(client.clone());
+            let consumer = js
+                .get_stream("IN")
+                .await
+                .unwrap()
+                .create_consumer(pull::Config { durable_name: Some("relay".into()), max_ack_pending: 8192, ..Default::default() })
+                .await
+                .unwrap();
+            let mut batches = consumer.messages().await.unwrap().ready_chunks(256);
+            while let Some(batch) = batches.next().await {
+                let batch: Vec<_> = batch.into_iter().map(Result::unwrap).collect();
+                let mut acks = Vec::with_capacity(batch.len());
+                for message in &batch {
+                    let subject = message.subject.replacen("in.", "out.", 1);
+                    let headers = message.headers.clone().unwrap_or_default();
+                    acks.push(js.publish_with_headers(subject, headers, message.payload.clone()).await.unwrap().into_future());
+                }
+                futures::future::try_join_all(acks).await.unwrap();
+                for message in &batch {
+                    message.ack().await.unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// A sluice process and the thread that reads its log.
+struct SluiceProcess {
+    child: Child,
+    log: std::thread::JoinHandle<Option<String>>,
+}
+
+fn start_sluice(dir: &Path, url: &str, transport: Transport) -> SluiceProcess {
+    let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release");
+    let (input, output) = match transport {
+        Transport::Core => (r#"{ subject = "in.>", mode = "core" }"#, "false"),
+        Transport::JetStream => (r#"{ subject = "in.>", stream = "IN" }"#, "true"),
+    };
+    let toml = format!(
+        r#"
+        [plugins]
+        dir = {plugins:?}
+
+        [[pipeline]]
+        name = "bench"
+        input = {input}
+        output = {{ jetstream = {output} }}
+        dead_letter = "dlq"
+        batch = {{ max_events = 256, max_wait = "2ms" }}
+
+          [[pipeline.stage]]
+          name = "tag"
+          plugin = "tag"
+          config = {{ require = ["event", "user_id"], set = {{ pipeline = "bench" }} }}
+
+          [[pipeline.stage]]
+          name = "route"
+          plugin = "route"
+          config = {{ subject = "out.{{event}}" }}
+        "#,
+        plugins = plugins.canonicalize().expect("plugins are built").to_str().unwrap()
+    );
+    let file = dir.join("bench.toml");
+    std::fs::write(&file, toml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", file.to_str().unwrap(), "--nats", url, "--no-watch", "--stats-interval", "60s"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sluice");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("Pipeline started.") {
+            break;
+        }
+    }
+    let log = std::thread::spawn(move || {
+        let mut last_progress = None;
+        for line in lines.map_while(Result::ok) {
+            if line.contains("WARN") || line.contains("ERROR") {
+                eprintln!("  sluice | {line}");
+            }
+            if line.contains("Progress.") {
+                last_progress = Some(line);
+            }
+        }
+        last_progress
+    });
+    SluiceProcess { child, log }
+}
+
+/// SIGTERM, then the slow-consumer reports from sluice's final progress line.
+fn stop_sluice(mut sluice: SluiceProcess) -> u64 {
+    let _ = Command::new("kill").args(["-TERM", &sluice.child.id().to_string()]).status();
+    let _ = sluice.child.wait();
+    let line = sluice.log.join().ok().flatten().unwrap_or_default();
+    eprintln!("  sluice | {line}");
+    line.split_whitespace().find_map(|w| w.strip_prefix("slow_consumer_events=")).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// A realistic ~500-byte StoryForge event.
+fn body(n: usize) -> Vec<u8> {
+    let event = serde_json::json!({
+        "event": "scene_generated",
+        "user_id": format!("6f1c2d3e-4b5a-4c7d-8e9f-{:012x}", n),
+        "project_id": "0b7e8c9d-1a2b-4c3d-9e8f-7a6b5c4d3e2f",
+        "scene_id": "5d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a",
+        "session_id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d",
+        "client_ts": "2026-11-24T10:15:30.123Z",
+        "app_version": "3.14.2",
+        "platform": "web",
+        "option_count": 4,
+        "duration_s": 12.5,
+        "latency_ms": 48210,
+        "cache_hit": "miss",
+        "model_vendor": "vendor-7",
+        "safety_mode": "default",
+        "provider_route": "primary",
+        "experiment_assignments": { "onboarding_copy": "B", "upsell_timing": "scene_6" }
+    });
+    serde_json::to_vec(&event).unwrap()
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn print_table(events: usize, results: &[Measured]) {
+    println!("\n{events} events of {} bytes, NATS to NATS, on {} cores\n", body(0).len(), std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!("| run | events/s | p50 ms | p90 ms | p99 ms | max ms | lost | duplicates | slow-consumer reports |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in results {
+        let mut sorted = r.latencies_us.clone();
+        sorted.sort_unstable();
+        let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
+        println!(
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.received as f64 / r.elapsed.as_secs_f64().max(1e-9),
+            ms(percentile(&sorted, 0.50)),
+            ms(percentile(&sorted, 0.90)),
+            ms(percentile(&sorted, 0.99)),
+            ms(sorted.last().copied().unwrap_or(0)),
+            r.sent - r.received,
+            r.duplicates,
+            r.slow_consumer_events.map_or("n/a".to_string(), |n| n.to_string()),
+        );
+    }
+}

@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
-    let rest: Vec<String> = std::env::args().skip(2).collect();
+    let rest: Vec<String> = std::env::args().skip(2).skip_while(|a| a == "--").collect();
     let root = root();
     std::env::set_current_dir(&root)?;
     match task.as_str() {
