@@ -190,8 +190,7 @@ async fn hosts_in_one_queue_group_share_a_core_input() {
           config = { subject = "core.out.{event}" }
         "#,
     );
-    let first = Sluice::run(&file, nats.url(), 1);
-    let second = Sluice::run(&file, nats.url(), 1);
+    let hosts = [Sluice::run(&file, nats.url(), 1), Sluice::run(&file, nats.url(), 1)];
     let mut out = Collector::subscribe(&nats, "core.out.>").await;
 
     for n in 0..2000 {
@@ -201,16 +200,53 @@ async fn hosts_in_one_queue_group_share_a_core_input() {
         }
     }
     nats.client.flush().await.unwrap();
+    assert_shared(&mut out, hosts, 2000).await;
+}
 
-    let numbers: Vec<u64> = out.take(2000, WAIT).await.iter().map(|m| json(m)["n"].as_u64().unwrap()).collect();
-    let unique: BTreeSet<u64> = numbers.iter().copied().collect();
-    assert_eq!(unique.len(), 2000, "every event once");
-    let received = |log: &str| -> u64 {
-        let line = log.lines().rev().find(|l| l.contains("Progress.")).expect("a progress report");
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_on_one_durable_consumer_share_a_jetstream_input() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let file = workspace.write_pipeline(
+        r#"
+        [[stream]]
+        name = "RAW"
+        subjects = ["raw.>"]
+
+        [[pipeline]]
+        name = "shared"
+        input = { subject = "raw.>", stream = "RAW", durable = "shared" }
+        dead_letter = "dlq"
+        workers = 1
+        batch = { max_events = 16, max_wait = "1ms" }
+
+          [[pipeline.stage]]
+          name = "route"
+          component = "{plugin:route}"
+          config = { subject = "out.{event}" }
+        "#,
+    );
+    let hosts = [Sluice::run(&file, nats.url(), 1), Sluice::run(&file, nats.url(), 1)];
+    let mut out = Collector::subscribe(&nats, "out.>").await;
+    for chunk in 0..10 {
+        nats.publish_stored((chunk * 200..(chunk + 1) * 200).map(|n| (format!("raw.{n}"), event(n, serde_json::json!({}))))).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_shared(&mut out, hosts, 2000).await;
+}
+
+/// Every event came out once, and each host processed some of them.
+async fn assert_shared(out: &mut Collector, hosts: [Sluice; 2], events: u64) {
+    let numbers: BTreeSet<u64> = out.take(events as usize, WAIT).await.iter().map(|m| json(m)["n"].as_u64().unwrap()).collect();
+    assert_eq!(numbers.len() as u64, events, "every event once");
+    assert!(out.drain(Duration::from_millis(300)).await.is_empty(), "no event twice");
+    let received = |log: String| -> u64 {
+        let line = log.lines().rev().find(|l| l.contains("Progress.")).expect("a final progress report");
         line.split_whitespace().find_map(|w| w.strip_prefix("received=")).unwrap().parse().unwrap()
     };
-    let (a, b) = (received(&first.terminate()), received(&second.terminate()));
-    assert_eq!(a + b, 2000);
+    let [first, second] = hosts;
+    let (a, b) = (received(first.terminate()), received(second.terminate()));
+    assert_eq!(a + b, events);
     assert!(a > 0 && b > 0, "both hosts took a share: {a} and {b}");
 }
 

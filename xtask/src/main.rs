@@ -37,7 +37,8 @@ fn main() -> Result<()> {
         "test" => {
             setup()?;
             build_plugins()?;
-            let mut args = vec!["test", "--workspace"];
+            // The library's unit tests, then the suite; the suite's summary is the last line.
+            let mut args = vec!["test", "--package", "sluice", "--lib", "--test", "sluice"];
             args.extend(rest.iter().map(String::as_str));
             cargo(&args)
         }

@@ -21,6 +21,12 @@ use crate::plugin::Event;
 /// One input event and how to settle it.
 pub struct Delivery {
     pub event: Event,
+    pub receipt: Receipt,
+}
+
+/// What is left of a delivery once its event is taken: its name, and how to
+/// ack or nak it.
+pub struct Receipt {
     /// A stable name for this input event (`STREAM:sequence`), from which
     /// output message ids are derived so that a redelivery does not duplicate
     /// outputs in a stream with a duplicate window.
@@ -33,12 +39,12 @@ enum Settle {
     Core,
 }
 
-impl Delivery {
+impl Receipt {
     /// Marks the event done. Core events need nothing.
     pub async fn ack(&self) {
         if let Settle::JetStream(message) = &self.settle {
             if let Err(error) = message.ack().await {
-                tracing::warn!(%error, subject = %self.event.subject, "Cannot ack a JetStream message; it will be redelivered.");
+                tracing::warn!(%error, subject = %message.subject, "Cannot ack a JetStream message; it will be redelivered.");
             }
         }
     }
@@ -47,7 +53,7 @@ impl Delivery {
     pub async fn nak(&self, delay: Duration) {
         if let Settle::JetStream(message) = &self.settle {
             if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
-                tracing::warn!(%error, subject = %self.event.subject, "Cannot nak a JetStream message; it will be redelivered after ack_wait.");
+                tracing::warn!(%error, subject = %message.subject, "Cannot nak a JetStream message; it will be redelivered after ack_wait.");
             }
         }
     }
@@ -117,8 +123,7 @@ impl Source {
                     .with_context(|| format!("cannot subscribe to {subject} in queue group {queue}"))?;
                 Box::pin(subscriber.map(|message| Delivery {
                     event: Event { subject: message.subject.to_string(), headers: headers(message.headers.as_ref()), body: message.payload.to_vec() },
-                    id: None,
-                    settle: Settle::Core,
+                    receipt: Receipt { id: None, settle: Settle::Core },
                 }))
             }
         };
@@ -133,7 +138,7 @@ fn from_jetstream(message: JetStreamMessage) -> Delivery {
         headers: headers(message.headers.as_ref()),
         body: message.payload.to_vec(),
     };
-    Delivery { event, id, settle: Settle::JetStream(message) }
+    Delivery { event, receipt: Receipt { id, settle: Settle::JetStream(message) } }
 }
 
 fn headers(map: Option<&HeaderMap>) -> Vec<(String, String)> {

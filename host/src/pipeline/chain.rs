@@ -161,6 +161,10 @@ fn run_stage(
                 kept.push(event);
                 kept_origins.push(origin);
             }
+            Ok(Outcome::Reroute(subject)) => {
+                kept.push(Event { subject, ..event });
+                kept_origins.push(origin);
+            }
             Ok(Outcome::Replace(replacements)) => {
                 kept_origins.extend(std::iter::repeat_n(origin, replacements.len()));
                 kept.extend(replacements);

@@ -13,7 +13,7 @@ use tokio_stream::StreamExt;
 
 use super::stats::Stats;
 use crate::nats::Connection;
-use crate::nats::input::{Delivery, Source};
+use crate::nats::input::{Delivery, Receipt, Source};
 use crate::nats::publish::{Message, Publisher};
 use crate::pipeline::{BatchResult, Chain, DeadLetter, PIPELINE_HEADER, PipelineVersion, VERSION_HEADER};
 use crate::plugin::Event;
@@ -79,24 +79,24 @@ impl Worker {
 
     async fn handle(&self, chain: &mut Chain, batch: Vec<Delivery>) {
         Stats::add(&self.stats.received, batch.len());
-        let events: Vec<Event> = batch.iter().map(|d| d.event.clone()).collect();
+        let (events, receipts): (Vec<Event>, Vec<Receipt>) = batch.into_iter().map(|d| (d.event, d.receipt)).unzip();
         // Plugins run synchronously; let the runtime move other tasks off this thread meanwhile.
         let result = tokio::task::block_in_place(|| chain.process(&events));
         let result = match result {
             Ok(result) => result,
             Err(error) => {
                 tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "A stage cannot be restarted; the batch will be redelivered.");
-                return self.fail(&batch).await;
+                return self.fail(&receipts).await;
             }
         };
         let counts = (result.outputs.len(), result.rejects.len(), result.dropped, result.faults);
-        let messages = messages(&chain.version, &batch, result);
+        let messages = messages(&chain.version, &events, &receipts, result);
         if let Err(error) = self.publisher.publish_all(messages).await {
             tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "Cannot publish a batch's outputs; it will be redelivered (JetStream) or is lost (core).");
-            return self.fail(&batch).await;
+            return self.fail(&receipts).await;
         }
-        for delivery in &batch {
-            delivery.ack().await;
+        for receipt in &receipts {
+            receipt.ack().await;
         }
         Stats::add(&self.stats.published, counts.0);
         Stats::add(&self.stats.rejected, counts.1);
@@ -104,10 +104,10 @@ impl Worker {
         Stats::add(&self.stats.faults, counts.3);
     }
 
-    async fn fail(&self, batch: &[Delivery]) {
+    async fn fail(&self, receipts: &[Receipt]) {
         Stats::add(&self.stats.failed_batches, 1);
-        for delivery in batch {
-            delivery.nak(REDELIVERY_DELAY).await;
+        for receipt in receipts {
+            receipt.nak(REDELIVERY_DELAY).await;
         }
     }
 }
@@ -115,9 +115,9 @@ impl Worker {
 /// The messages a processed batch publishes: outputs with the version headers,
 /// and dead letters. Message ids derive from the input's stream position, so a
 /// redelivered input yields the same ids and a stream drops the repeats.
-fn messages(version: &PipelineVersion, batch: &[Delivery], result: BatchResult) -> Vec<Message> {
+fn messages(version: &PipelineVersion, inputs: &[Event], receipts: &[Receipt], result: BatchResult) -> Vec<Message> {
     let spec = &version.spec;
-    let mut produced = vec![0usize; batch.len()];
+    let mut produced = vec![0usize; inputs.len()];
     let mut messages = Vec::with_capacity(result.outputs.len() + result.rejects.len());
     for output in result.outputs {
         let mut headers = HeaderMap::new();
@@ -126,14 +126,14 @@ fn messages(version: &PipelineVersion, batch: &[Delivery], result: BatchResult) 
                 headers.append(name.as_str(), value.as_str());
             }
         }
-        stamp(&mut headers, version, batch[output.origin].id.as_ref().map(|id| format!("{id}:{}", produced[output.origin])));
+        stamp(&mut headers, version, receipts[output.origin].id.as_ref().map(|id| format!("{id}:{}", produced[output.origin])));
         produced[output.origin] += 1;
         messages.push(Message { subject: output.event.subject, headers, body: output.event.body.into() });
     }
     for reject in &result.rejects {
-        let original = &batch[reject.origin].event;
+        let original = &inputs[reject.origin];
         let mut headers = HeaderMap::new();
-        stamp(&mut headers, version, batch[reject.origin].id.as_ref().map(|id| format!("{id}:dead-letter")));
+        stamp(&mut headers, version, receipts[reject.origin].id.as_ref().map(|id| format!("{id}:dead-letter")));
         let body = DeadLetter::new(&spec.name, &version.id, reject, original).to_json();
         messages.push(Message { subject: format!("{}.{}", spec.dead_letter, reject.stage), headers, body: body.into() });
     }

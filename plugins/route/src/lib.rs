@@ -2,7 +2,7 @@
 //! properties of the event, and drops the events the config names.
 //!
 //! Plugins decide subjects; the host only publishes. Routing never changes the
-//! body, so the event crosses back with the bytes it came in with.
+//! body, so it answers `reroute`: only the new subject crosses back.
 //!
 //! Stage config:
 //! ```toml
@@ -62,7 +62,7 @@ impl Guest for Route {
     }
 }
 
-fn route(config: &Config, mut event: Event) -> Outcome {
+fn route(config: &Config, event: Event) -> Outcome {
     let object = match serde_json::from_slice::<Value>(&event.body) {
         Ok(Value::Object(object)) => object,
         Ok(_) => return reject("malformed", None, "expected a JSON object".into()),
@@ -74,10 +74,7 @@ fn route(config: &Config, mut event: Event) -> Outcome {
         }
     }
     match fill(&config.subject, &object) {
-        Ok(subject) => {
-            event.subject = subject;
-            Outcome::Replace(vec![event])
-        }
+        Ok(subject) => Outcome::Reroute(subject),
         Err(outcome) => outcome,
     }
 }
