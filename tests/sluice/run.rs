@@ -258,3 +258,58 @@ async fn run_refuses_to_start_on_a_file_with_problems() {
     assert!(!status.success());
     assert!(log.contains("pipeline.toml:3:21: subject \"a..b\" has an empty token"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_url_sluice_starts_its_own_nats_server_and_stops_it_on_exit() {
+    let workspace = Workspace::new();
+    let file = workspace.write_pipeline(
+        r#"
+        [[pipeline]]
+        name = "a"
+        input = { subject = "a.in.>", mode = "core" }
+        dead_letter = "dlq"
+          [[pipeline.stage]]
+          name = "route"
+          component = "{plugin:route}"
+          config = { subject = "a.out.{event}" }
+
+        [[pipeline]]
+        name = "b"
+        input = { subject = "b.in.>", mode = "core" }
+        dead_letter = "dlq"
+          [[pipeline.stage]]
+          name = "tag"
+          component = "{plugin:tag}"
+          config = { set = { by = "b" } }
+          [[pipeline.stage]]
+          name = "route"
+          component = "{plugin:route}"
+          config = { subject = "b.out.{event}" }
+        "#,
+    );
+    let sluice = Sluice::spawn(&["run", file.to_str().unwrap()]);
+    sluice.wait_for_log("Pipeline started.", 2, WAIT);
+    let log = sluice.log();
+    let url = log.lines().find_map(|l| l.strip_prefix("sluice: NATS is at ")).expect("the URL is printed").split_whitespace().next().unwrap().to_string();
+
+    // Both pipelines of the file run side by side on that server.
+    let client = async_nats::connect(&url).await.expect("the managed server accepts clients");
+    let mut out = client.subscribe("*.out.>").await.unwrap();
+    client.flush().await.unwrap();
+    client.publish("a.in.1", event(1, serde_json::json!({})).into()).await.unwrap();
+    client.publish("b.in.2", event(2, serde_json::json!({})).into()).await.unwrap();
+    client.flush().await.unwrap();
+    let mut subjects = BTreeSet::new();
+    for _ in 0..2 {
+        let message = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut out)).await.unwrap().unwrap();
+        let body = json(&message);
+        assert_eq!(body["by"] == "b", message.subject.starts_with("b."), "only pipeline b tags");
+        subjects.insert(message.subject.to_string());
+    }
+    assert_eq!(subjects, BTreeSet::from(["a.out.scene_generated".to_string(), "b.out.scene_generated".to_string()]));
+    drop(client);
+
+    sluice.terminate();
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the managed nats-server stopped with sluice");
+}
