@@ -299,12 +299,29 @@ impl Checker {
             }),
         };
         let config = toml_to_json(&toml::Value::Table(stage.config.clone().unwrap_or_default())).to_string();
+        let files = stage.files.as_ref().map(|dir| {
+            let path = self.base.join(dir.get_ref());
+            if !path.is_dir() {
+                self.problem(dir, format!("`files` must be a folder; {:?} is not one (looked for {})", dir.get_ref(), path.display()));
+            }
+            path
+        });
+        let env = stage.env.iter().flatten().map(|name| {
+            let valid = !name.get_ref().is_empty() && name.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                self.problem(name, format!("{:?} is not an environment variable name (letters, digits and `_`)", name.get_ref()));
+            }
+            name.get_ref().clone()
+        });
+        let env = env.collect();
         Some(StageSpec {
             name: stage.name.get_ref().clone(),
             component: component?,
             time_budget: time_budget?,
             memory_limit: memory_limit?,
             config,
+            files,
+            env,
         })
     }
 

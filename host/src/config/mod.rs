@@ -107,7 +107,14 @@ pub struct StageSpec {
     pub memory_limit: u64,
     /// The stage's `config` table as JSON, handed to the plugin's `init`.
     pub config: String,
+    /// A folder granted read-only to the plugin at [`FILES_MOUNT`].
+    pub files: Option<PathBuf>,
+    /// Names of environment variables passed to the plugin.
+    pub env: Vec<String>,
 }
+
+/// Where a stage's granted folder appears inside the plugin.
+pub const FILES_MOUNT: &str = "/files";
 
 pub const DEFAULT_MAX_EVENTS: usize = 256;
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(5);

@@ -97,6 +97,10 @@ pub struct Stage {
     pub component: Option<Spanned<String>>,
     #[serde(default)]
     pub limits: Limits,
+    /// A folder the plugin may read, mounted read-only at `/files`.
+    pub files: Option<Spanned<String>>,
+    /// Environment variables passed to the plugin (it sees no others).
+    pub env: Option<Vec<Spanned<String>>>,
     pub config: Option<toml::Table>,
 }
 

@@ -66,7 +66,7 @@ impl TransformInstance {
         memory_limit: u64,
         config: &str,
     ) -> Result<Self> {
-        let mut store = Store::new(engine, StageState::new(stage, memory_limit));
+        let mut store = Store::new(engine, StageState::new(stage, memory_limit)?);
         store.limiter(|state| &mut state.limiter);
         set_budget(&mut store, time_budget);
         let bindings = pre.instantiate(&mut store).anyhow().context("cannot instantiate the component")?;

@@ -16,7 +16,7 @@ pub use bindings::{Event, Outcome, Rejection};
 pub use engine::{Loaded, PluginEngine};
 pub use imports::{Clock, Counters};
 pub use instance::{Fault, TransformInstance};
-pub use state::{StageContext, StageState};
+pub use state::{Grants, StageContext, StageState};
 
 /// wasmtime's error type is its own; this brings its results into `anyhow`
 /// so that `.context(...)` can name what was being done.

@@ -2,12 +2,13 @@
 //! network, no environment), its memory cap, a small stderr buffer that keeps
 //! a panic message for the host's error, and the stage it belongs to.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use wasmtime::{ResourceLimiter, bail};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::imports::{Clock, Counters};
 
@@ -23,6 +24,16 @@ pub struct StageContext {
     pub name: Arc<str>,
     pub clock: Clock,
     pub counters: Counters,
+    pub grants: Grants,
+}
+
+/// What a pipeline file grants a stage beyond the sandbox: nothing, unless it says so.
+#[derive(Debug, Default, Clone)]
+pub struct Grants {
+    /// A host folder the plugin may read, at `/files`.
+    pub files: Option<PathBuf>,
+    /// Environment variables and their values.
+    pub env: Vec<(String, String)>,
 }
 
 pub struct StageState {
@@ -34,20 +45,27 @@ pub struct StageState {
 }
 
 impl StageState {
-    pub fn new(stage: Arc<StageContext>, memory_limit: u64) -> Self {
+    pub fn new(stage: Arc<StageContext>, memory_limit: u64) -> anyhow::Result<Self> {
         let stderr = MemoryOutputPipe::new(STDERR_BYTES);
-        // Nothing is inherited from the host: no preopened directories, no
-        // environment, no arguments, no sockets (wasmtime-wasi denies them by
-        // default; said again here so that it stays so).
-        let wasi = WasiCtxBuilder::new()
-            .stderr(stderr.clone())
+        // Nothing is inherited from the host: no directories, no environment,
+        // no arguments, no sockets (wasmtime-wasi denies them by default; said
+        // again here so that it stays so). Only what the stage was granted.
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stderr(stderr.clone())
             .wall_clock(stage.clock.clone())
             .monotonic_clock(stage.clock.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        Self { wasi, table: ResourceTable::new(), stderr, limiter: MemoryCap::new(memory_limit), stage }
+            .allow_ip_name_lookup(false);
+        if let Some(folder) = &stage.grants.files {
+            wasi.preopened_dir(folder, crate::config::FILES_MOUNT, FsPerms::ReadOnly)
+                .map_err(anyhow::Error::from)
+                .map_err(|e| e.context(format!("cannot grant the folder {}", folder.display())))?;
+        }
+        for (name, value) in &stage.grants.env {
+            wasi.env(name, value);
+        }
+        Ok(Self { wasi: wasi.build(), table: ResourceTable::new(), stderr, limiter: MemoryCap::new(memory_limit), stage })
     }
 
     /// What the plugin last said on stderr: for a Rust plugin, its panic

@@ -61,7 +61,7 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
 
     let mut watcher = if options.watch { Some(FileWatcher::new()?) } else { None };
     if let Some(watcher) = watcher.as_mut() {
-        watcher.watch(watched_files(&file))?;
+        watcher.watch(watched_files(&file), granted_folders(&file))?;
     }
     let mut report = tokio::time::interval(options.stats_interval);
     report.tick().await;
@@ -73,7 +73,7 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
                 tracing::info!(changed = %path.display(), "A watched file changed; preparing a new version.");
                 if let Some(file) = host.reload().await {
                     if let Some(watcher) = watcher.as_mut() {
-                        watcher.watch(watched_files(&file)).unwrap_or_else(|e| tracing::warn!(error = format!("{e:#}"), "Cannot watch the new files."));
+                        watcher.watch(watched_files(&file), granted_folders(&file)).unwrap_or_else(|e| tracing::warn!(error = format!("{e:#}"), "Cannot watch the new files."));
                     }
                 }
             }
@@ -187,6 +187,11 @@ fn progress(name: &str, running: &RunningPipeline, connection: &Connection) {
         rejected = s.rejected, dropped = s.dropped, faults = s.faults, failed_batches = s.failed_batches,
         slow_consumer_events = connection.slow_consumer_events(), "Progress."
     );
+}
+
+/// Every folder granted to a stage: a change to its files makes a new version.
+fn granted_folders(file: &PipelineFile) -> Vec<PathBuf> {
+    file.pipelines.iter().flat_map(|p| p.stages.iter().filter_map(|s| s.files.clone())).collect()
 }
 
 /// The pipeline file and every component file it uses.

@@ -18,7 +18,10 @@ pub struct FileWatcher {
     changes: mpsc::UnboundedReceiver<PathBuf>,
     /// The files of interest; changes to other files in their folders are ignored.
     files: BTreeSet<PathBuf>,
-    folders: BTreeSet<PathBuf>,
+    /// Folders in which any change is of interest (a stage's granted files).
+    trees: BTreeSet<PathBuf>,
+    /// What the watcher itself is watching.
+    watched: BTreeSet<(PathBuf, bool)>,
 }
 
 impl FileWatcher {
@@ -34,29 +37,42 @@ impl FileWatcher {
             Err(error) => tracing::warn!(%error, "File watching reported an error."),
         })
         .context("cannot start watching files")?;
-        Ok(Self { watcher, changes, files: BTreeSet::new(), folders: BTreeSet::new() })
+        Ok(Self { watcher, changes, files: BTreeSet::new(), trees: BTreeSet::new(), watched: BTreeSet::new() })
     }
 
-    /// Watches exactly these files from now on. Their folders are watched,
-    /// because editors and builds replace a file rather than write it in place.
-    pub fn watch(&mut self, files: impl IntoIterator<Item = PathBuf>) -> Result<()> {
+    /// Watches exactly these files, and everything below these folders, from
+    /// now on. A file's folder is watched rather than the file, because
+    /// editors and deploys replace a file rather than write it in place.
+    pub fn watch(&mut self, files: impl IntoIterator<Item = PathBuf>, trees: impl IntoIterator<Item = PathBuf>) -> Result<()> {
         self.files = files.into_iter().map(|f| absolute(&f)).collect();
-        let folders: BTreeSet<PathBuf> = self.files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
-        for gone in self.folders.difference(&folders) {
+        self.trees = trees.into_iter().map(|t| absolute(&t)).collect();
+        let wanted: BTreeSet<(PathBuf, bool)> = self
+            .files
+            .iter()
+            .filter_map(|f| f.parent().map(|p| (p.to_path_buf(), false)))
+            .chain(self.trees.iter().map(|t| (t.clone(), true)))
+            .collect();
+        for (gone, _) in self.watched.difference(&wanted) {
             let _ = self.watcher.unwatch(gone);
         }
-        for new in folders.difference(&self.folders) {
-            self.watcher.watch(new, RecursiveMode::NonRecursive).with_context(|| format!("cannot watch {}", new.display()))?;
+        for (new, recursive) in wanted.difference(&self.watched) {
+            let mode = if *recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+            self.watcher.watch(new, mode).with_context(|| format!("cannot watch {}", new.display()))?;
         }
-        self.folders = folders;
+        self.watched = wanted;
         Ok(())
+    }
+
+    fn wanted(&self, path: &Path) -> bool {
+        let path = absolute(path);
+        self.files.contains(&path) || self.trees.iter().any(|t| path.starts_with(t))
     }
 
     /// Waits for a change to a watched file, then for the burst to settle.
     pub async fn changed(&mut self) -> Option<PathBuf> {
         let first = loop {
             let path = self.changes.recv().await?;
-            if self.files.contains(&absolute(&path)) {
+            if self.wanted(&path) {
                 break path;
             }
         };
