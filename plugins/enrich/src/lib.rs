@@ -1,0 +1,148 @@
+//! `enrich`: adds what the server knows to each StoryForge event.
+//!
+//! - `server_ts`: the time the pipeline received the event (the host's clock),
+//!   set when absent, kept when present.
+//! - `clock_skew_ms` = server_ts − client_ts in whole milliseconds, and
+//!   `client_ts_trusted`, false when the skew exceeds `max_clock_skew_ms`
+//!   (default five minutes) either way.
+//! - `event_id`: kept when present; otherwise a UUID derived from the event's
+//!   bytes as received, so a replay of the same event gets the same id and can
+//!   be deduplicated downstream.
+//! - `model_vendor`: an external vendor id is mapped to the internal id from
+//!   the config's `vendors` table (the external one is kept in
+//!   `model_vendor_external`); an unmapped id is kept and flagged with
+//!   `model_vendor_unmapped: true`.
+//!
+//! Place it before `redact`: the event id is derived from the full event.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sluice_kit::{time, uuid};
+
+wit_bindgen::generate!({ world: "transform", path: "../../wit" });
+
+use sluice::plugin::types::Rejection;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_skew")]
+    pub max_clock_skew_ms: i64,
+    /// External vendor id → internal id.
+    #[serde(default)]
+    pub vendors: BTreeMap<String, String>,
+    #[serde(default = "default_vendor_property")]
+    pub vendor_property: String,
+}
+
+fn default_skew() -> i64 {
+    5 * 60 * 1000
+}
+
+fn default_vendor_property() -> String {
+    "model_vendor".into()
+}
+
+thread_local! {
+    static CONFIG: RefCell<Option<Config>> = const { RefCell::new(None) };
+}
+
+struct Enrich;
+
+impl Guest for Enrich {
+    fn init(config: String) -> Result<(), String> {
+        let config: Config = serde_json::from_str(&config).map_err(|e| format!("invalid enrich config: {e}"))?;
+        if config.max_clock_skew_ms < 0 {
+            return Err("max_clock_skew_ms must not be negative".into());
+        }
+        CONFIG.with(|c| *c.borrow_mut() = Some(config));
+        Ok(())
+    }
+
+    fn process(batch: Vec<Event>) -> Vec<Outcome> {
+        let now_ms = (sluice::plugin::clock::now() / 1_000_000) as i64;
+        CONFIG.with(|c| {
+            let config = c.borrow();
+            batch
+                .into_iter()
+                .map(|mut event| match config.as_ref().ok_or("the enrich stage was not initialised".to_string()).and_then(|c| enrich(c, &event.body, now_ms)) {
+                    Ok(body) => {
+                        event.body = body;
+                        Outcome::Replace(vec![event])
+                    }
+                    Err(message) => Outcome::Reject(Rejection { code: "malformed".into(), property: None, message }),
+                })
+                .collect()
+        })
+    }
+}
+
+/// The enriched body.
+pub fn enrich(config: &Config, body: &[u8], now_ms: i64) -> Result<Vec<u8>, String> {
+    let mut event: Map<String, Value> = serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON object: {e}"))?;
+    let server_ms = match event.get("server_ts").and_then(Value::as_str).map(time::parse_rfc3339) {
+        Some(Ok(ms)) => ms,
+        _ => {
+            event.insert("server_ts".into(), Value::String(time::format_rfc3339(now_ms)));
+            now_ms
+        }
+    };
+    if let Some(Ok(client_ms)) = event.get("client_ts").and_then(Value::as_str).map(time::parse_rfc3339) {
+        let skew = server_ms - client_ms;
+        event.insert("clock_skew_ms".into(), Value::from(skew));
+        event.insert("client_ts_trusted".into(), Value::Bool(skew.abs() <= config.max_clock_skew_ms));
+    }
+    if !event.get("event_id").is_some_and(Value::is_string) {
+        event.insert("event_id".into(), Value::String(uuid::from_content(body)));
+    }
+    if let Some(Value::String(external)) = event.get(&config.vendor_property).cloned() {
+        match config.vendors.get(&external) {
+            Some(internal) => {
+                event.insert(config.vendor_property.clone(), Value::String(internal.clone()));
+                event.insert(format!("{}_external", config.vendor_property), Value::String(external));
+            }
+            None => {
+                event.insert(format!("{}_unmapped", config.vendor_property), Value::Bool(true));
+            }
+        }
+    }
+    serde_json::to_vec(&event).map_err(|e| e.to_string())
+}
+
+export!(Enrich);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config() -> Config {
+        Config { max_clock_skew_ms: 300_000, vendors: BTreeMap::from([("v-7".into(), "sf-alpha".into())]), vendor_property: "model_vendor".into() }
+    }
+
+    fn run(value: Value, now: &str) -> Value {
+        let body = enrich(&config(), &serde_json::to_vec(&value).unwrap(), time::parse_rfc3339(now).unwrap()).unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[test]
+    fn server_time_skew_and_ids() {
+        let out = run(json!({ "client_ts": "2026-11-24T10:00:00Z", "model_vendor": "v-7" }), "2026-11-24T10:00:01.500Z");
+        assert_eq!(out["server_ts"], "2026-11-24T10:00:01.500Z");
+        assert_eq!(out["clock_skew_ms"], 1500);
+        assert_eq!(out["client_ts_trusted"], true);
+        assert_eq!(out["model_vendor"], "sf-alpha");
+        assert_eq!(out["model_vendor_external"], "v-7");
+        assert!(uuid::is_uuid_v4(out["event_id"].as_str().unwrap()));
+
+        let late = run(json!({ "client_ts": "2026-11-24T10:00:00Z", "server_ts": "2026-11-24T10:06:00Z", "event_id": "kept", "model_vendor": "v-9" }), "2026-11-24T12:00:00Z");
+        assert_eq!(late["server_ts"], "2026-11-24T10:06:00Z", "a present server_ts is kept");
+        assert_eq!(late["clock_skew_ms"], 360_000);
+        assert_eq!(late["client_ts_trusted"], false);
+        assert_eq!(late["event_id"], "kept");
+        assert_eq!((late["model_vendor"].as_str(), late["model_vendor_unmapped"].as_bool()), (Some("v-9"), Some(true)));
+    }
+}

@@ -1,0 +1,11 @@
+//! Helpers shared by sluice plugins, with no bindings of their own (a plugin
+//! generates its bindings for the world it implements):
+//! - `time`: RFC 3339 timestamps to and from Unix milliseconds;
+//! - `uuid`: UUIDv4 checks, and ids derived from content;
+//! - `canonical`: canonical JSON (keys sorted, no insignificant white space).
+//!
+//! Everything here is plain Rust and is unit-tested on the host target.
+
+pub mod canonical;
+pub mod time;
+pub mod uuid;

@@ -1,0 +1,86 @@
+//! `redact`: takes personal data out of StoryForge events before they reach
+//! analytics.
+//!
+//! - IP properties (`ip` and any the config lists): an IPv4 address keeps its
+//!   first three octets (`203.0.113.42` → `203.0.113.0`), an IPv6 address its
+//!   first 48 bits. A value that is not an IP address is removed.
+//! - Hashed properties (`parameters` of `scene_prompt_submitted`, `prompt` of
+//!   any event): replaced by `<name>_hash`, the hex HMAC-SHA256 of the value's
+//!   canonical JSON under the key in `STORYFORGE_HASH_KEY`, so equal values
+//!   always give equal hashes. The text itself never leaves the pipeline.
+//! - Free text (`comment` and any the config lists): e-mail addresses, phone
+//!   numbers and IP addresses are masked.
+//! - Opt-out: an event with `analytics_opt_out: true` loses every identifying
+//!   property (`user_id`, `session_id`, `ip`, free text, anything listed).
+//!
+//! An event with nothing to redact is kept as it came: not re-serialised.
+
+mod rules;
+pub mod text;
+
+use std::cell::RefCell;
+
+use serde::Deserialize;
+
+pub use rules::{Redactor, Rules};
+
+wit_bindgen::generate!({ world: "transform", path: "../../wit" });
+
+use sluice::plugin::types::Rejection;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(flatten)]
+    rules: Rules,
+    /// The environment variable holding the HMAC key (granted with `env`).
+    #[serde(default = "default_key_env")]
+    hash_key_env: String,
+}
+
+fn default_key_env() -> String {
+    "STORYFORGE_HASH_KEY".into()
+}
+
+thread_local! {
+    static REDACTOR: RefCell<Option<Redactor>> = const { RefCell::new(None) };
+}
+
+struct Redact;
+
+impl Guest for Redact {
+    fn init(config: String) -> Result<(), String> {
+        let config: Config = serde_json::from_str(&config).map_err(|e| format!("invalid redact config: {e}"))?;
+        let key = std::env::var(&config.hash_key_env)
+            .map_err(|_| format!("the HMAC key is read from {}, which is not set (grant it with env = [\"{}\"])", config.hash_key_env, config.hash_key_env))?;
+        if key.len() < 16 {
+            return Err(format!("{} must hold at least 16 bytes; a short key makes prompt hashes guessable", config.hash_key_env));
+        }
+        REDACTOR.with(|r| *r.borrow_mut() = Some(Redactor::new(config.rules, key.into_bytes())));
+        Ok(())
+    }
+
+    fn process(batch: Vec<Event>) -> Vec<Outcome> {
+        REDACTOR.with(|r| match &*r.borrow() {
+            Some(redactor) => batch.into_iter().map(|event| redact(redactor, event)).collect(),
+            None => batch.iter().map(|_| not_initialised()).collect(),
+        })
+    }
+}
+
+fn redact(redactor: &Redactor, mut event: Event) -> Outcome {
+    match redactor.redact(&event.body) {
+        Ok(None) => Outcome::Keep,
+        Ok(Some(body)) => {
+            event.body = body;
+            Outcome::Replace(vec![event])
+        }
+        Err(message) => Outcome::Reject(Rejection { code: "malformed".into(), property: None, message }),
+    }
+}
+
+fn not_initialised() -> Outcome {
+    Outcome::Reject(Rejection { code: "malformed".into(), property: None, message: "the redact stage was not initialised".into() })
+}
+
+export!(Redact);

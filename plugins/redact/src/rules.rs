@@ -1,0 +1,193 @@
+//! The redaction rules, independent of the plugin boundary so they can be
+//! unit-tested on the host.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::Sha256;
+use sluice_kit::canonical;
+
+use crate::text;
+
+/// Which properties hold what kind of personal data. The defaults are
+/// StoryForge's (spec sections 4 and 8).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    /// Properties holding a client IP address.
+    #[serde(default = "default_ip")]
+    pub ip: Vec<String>,
+    /// Properties replaced by `<name>_hash` on every event.
+    #[serde(default = "default_hashed")]
+    pub hashed: Vec<String>,
+    /// Properties replaced by `<name>_hash` on the named events only.
+    #[serde(default = "default_hashed_by_event")]
+    pub hashed_by_event: BTreeMap<String, Vec<String>>,
+    /// Properties of free text, masked.
+    #[serde(default = "default_free_text")]
+    pub free_text: Vec<String>,
+    /// Properties removed from the events of users who opted out, besides the
+    /// IP and free-text ones.
+    #[serde(default = "default_identifying")]
+    pub identifying: Vec<String>,
+    /// The property that says a user opted out.
+    #[serde(default = "default_opt_out")]
+    pub opt_out: String,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("every rule has a default")
+    }
+}
+
+fn default_ip() -> Vec<String> {
+    vec!["ip".into()]
+}
+fn default_hashed() -> Vec<String> {
+    vec!["prompt".into()]
+}
+fn default_hashed_by_event() -> BTreeMap<String, Vec<String>> {
+    BTreeMap::from([("scene_prompt_submitted".into(), vec!["parameters".into()])])
+}
+fn default_free_text() -> Vec<String> {
+    vec!["comment".into()]
+}
+fn default_identifying() -> Vec<String> {
+    vec!["user_id".into(), "session_id".into()]
+}
+fn default_opt_out() -> String {
+    "analytics_opt_out".into()
+}
+
+pub struct Redactor {
+    rules: Rules,
+    key: Vec<u8>,
+}
+
+impl Redactor {
+    pub fn new(rules: Rules, key: Vec<u8>) -> Self {
+        Self { rules, key }
+    }
+
+    /// The redacted body, or `None` when there was nothing to redact.
+    pub fn redact(&self, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let mut event: Map<String, Value> = serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON object: {e}"))?;
+        if !self.apply(&mut event) {
+            return Ok(None);
+        }
+        serde_json::to_vec(&event).map(Some).map_err(|e| e.to_string())
+    }
+
+    /// Redacts `event` in place; says whether anything changed.
+    pub fn apply(&self, event: &mut Map<String, Value>) -> bool {
+        let mut changed = false;
+        if event.get(&self.rules.opt_out) == Some(&Value::Bool(true)) {
+            for name in self.rules.identifying.iter().chain(&self.rules.ip).chain(&self.rules.free_text) {
+                changed |= event.remove(name).is_some();
+            }
+        }
+        for name in &self.rules.ip {
+            if let Some(value) = event.get_mut(name) {
+                match value.as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
+                    Some(ip) => {
+                        let truncated = Value::String(truncate(ip).to_string());
+                        changed |= *value != truncated;
+                        *value = truncated;
+                    }
+                    None => {
+                        event.remove(name);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        let name = event.get("event").and_then(Value::as_str).unwrap_or_default().to_string();
+        let by_event = self.rules.hashed_by_event.get(&name).into_iter().flatten();
+        for property in self.rules.hashed.iter().chain(by_event) {
+            if let Some(value) = event.remove(property) {
+                event.insert(format!("{property}_hash"), Value::String(self.hash(&value)));
+                changed = true;
+            }
+        }
+        for name in &self.rules.free_text {
+            if let Some(Value::String(text)) = event.get_mut(name) {
+                let masked = text::mask(text);
+                if masked != *text {
+                    *text = masked;
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Hex HMAC-SHA256 of the value's canonical JSON.
+    pub fn hash(&self, value: &Value) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        mac.update(&canonical::to_vec(value));
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// IPv4: the first three octets; IPv6: the first 48 bits.
+fn truncate(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::V4(Ipv4Addr::new(a, b, c, 0))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn redact(value: Value) -> Value {
+        let redactor = Redactor::new(Rules::default(), b"0123456789abcdef-test".to_vec());
+        match redactor.redact(&serde_json::to_vec(&value).unwrap()).unwrap() {
+            Some(body) => serde_json::from_slice(&body).unwrap(),
+            None => value,
+        }
+    }
+
+    #[test]
+    fn ips_are_truncated() {
+        assert_eq!(redact(json!({ "ip": "203.0.113.42" }))["ip"], "203.0.113.0");
+        assert_eq!(redact(json!({ "ip": "2001:db8:85a3:8d3:1319:8a2e:370:7348" }))["ip"], "2001:db8:85a3::");
+        assert!(redact(json!({ "ip": "not an ip" })).get("ip").is_none());
+    }
+
+    #[test]
+    fn prompts_are_hashed_canonically() {
+        let a = redact(json!({ "event": "scene_prompt_submitted", "parameters": { "b": 1, "a": [ "x" ] }, "prompt": "a castle" }));
+        let b = redact(json!({ "event": "scene_prompt_submitted", "parameters": { "a": [ "x" ], "b": 1 }, "prompt": "a castle" }));
+        assert_eq!(a["parameters_hash"], b["parameters_hash"]);
+        assert_eq!(a["parameters_hash"].as_str().unwrap().len(), 64);
+        assert!(a.get("parameters").is_none() && a.get("prompt").is_none());
+        assert_ne!(a["prompt_hash"], a["parameters_hash"]);
+        // Other events keep a property named `parameters`.
+        assert_eq!(redact(json!({ "event": "other", "parameters": 1 }))["parameters"], 1);
+    }
+
+    #[test]
+    fn opt_out_removes_identity() {
+        let out = redact(json!({ "event": "feedback_submitted", "analytics_opt_out": true, "user_id": "u", "session_id": "s", "ip": "1.2.3.4", "comment": "hi", "rating": 5 }));
+        assert_eq!(out, json!({ "event": "feedback_submitted", "analytics_opt_out": true, "rating": 5 }));
+    }
+
+    #[test]
+    fn nothing_to_redact_is_not_reserialised() {
+        let redactor = Redactor::new(Rules::default(), b"0123456789abcdef-test".to_vec());
+        assert_eq!(redactor.redact(br#"{"event":"scene_locked","ip":"10.0.0.0"}"#).unwrap(), None);
+    }
+}

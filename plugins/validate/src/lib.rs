@@ -1,0 +1,120 @@
+//! `validate`: checks every event against the JSON Schema of its name.
+//!
+//! The schemas are files the platform team edits without touching Rust: one
+//! `<event>.json` per event (its `properties.event.const` names it) plus any
+//! shared files they reference (`{"$ref": "standard.json"}`), in the folder the
+//! stage is granted (`files = "schemas/storyforge/v1"`, seen at `/files`).
+//!
+//! A failure is rejected with a code (`malformed`, `unknown_event`,
+//! `missing_property`, `invalid_property`), the property at fault, and a
+//! message a person understands. Valid events are kept: nothing is
+//! re-serialised.
+//!
+//! Stage config: `config = { unknown_events = "reject" }` (or `"keep"`).
+
+mod schema;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use schema::{Failure, Schema, SchemaSet};
+
+wit_bindgen::generate!({ world: "transform", path: "../../wit" });
+
+use sluice::plugin::types::Rejection;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default = "default_unknown")]
+    unknown_events: String,
+    /// Where the schema files are, inside the plugin.
+    #[serde(default = "default_dir")]
+    schemas: String,
+}
+
+fn default_unknown() -> String {
+    "reject".into()
+}
+
+fn default_dir() -> String {
+    "/files".into()
+}
+
+struct Validator {
+    schemas: SchemaSet,
+    reject_unknown: bool,
+}
+
+thread_local! {
+    static VALIDATOR: RefCell<Option<Validator>> = const { RefCell::new(None) };
+}
+
+struct Validate;
+
+impl Guest for Validate {
+    fn init(config: String) -> Result<(), String> {
+        let config: Config = serde_json::from_str(&config).map_err(|e| format!("invalid validate config: {e}"))?;
+        let reject_unknown = match config.unknown_events.as_str() {
+            "reject" => true,
+            "keep" => false,
+            other => return Err(format!("unknown_events must be \"reject\" or \"keep\", found {other:?}")),
+        };
+        let files = read_schema_files(&config.schemas)?;
+        let schemas = SchemaSet::compile(&files)?;
+        sluice::plugin::log::log(
+            sluice::plugin::log::Level::Info,
+            "schemas loaded",
+            &[("events".into(), schemas.event_count().to_string()), ("folder".into(), config.schemas.clone())],
+        );
+        VALIDATOR.with(|v| *v.borrow_mut() = Some(Validator { schemas, reject_unknown }));
+        Ok(())
+    }
+
+    fn process(batch: Vec<Event>) -> Vec<Outcome> {
+        VALIDATOR.with(|v| match &*v.borrow() {
+            Some(validator) => batch.iter().map(|e| validator.check(&e.body)).collect(),
+            None => batch.iter().map(|_| reject(Failure::new("malformed", None, "the validate stage was not initialised"))).collect(),
+        })
+    }
+}
+
+impl Validator {
+    fn check(&self, body: &[u8]) -> Outcome {
+        let value: Value = match serde_json::from_slice(body) {
+            Ok(value) => value,
+            Err(e) => return reject(Failure::new("malformed", None, format!("the body is not valid JSON: {e}"))),
+        };
+        match self.schemas.validate(&value) {
+            Ok(()) => Outcome::Keep,
+            Err(failure) if failure.code == "unknown_event" && !self.reject_unknown => Outcome::Keep,
+            Err(failure) => reject(failure),
+        }
+    }
+}
+
+fn reject(failure: Failure) -> Outcome {
+    Outcome::Reject(Rejection { code: failure.code.into(), property: failure.property, message: failure.message })
+}
+
+/// Every `*.json` file of the folder, by file name.
+fn read_schema_files(dir: &str) -> Result<BTreeMap<String, Value>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot list the schema folder {dir}: {e} (is `files` granted to this stage?)"))?;
+    let mut files = BTreeMap::new();
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).filter(|n| n.ends_with(".json")) else { continue };
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {name}: {e}"))?;
+        let value = serde_json::from_str(&text).map_err(|e| format!("{name} is not valid JSON: {e}"))?;
+        files.insert(name.to_string(), value);
+    }
+    if files.is_empty() {
+        return Err(format!("no *.json schema in {dir}"));
+    }
+    Ok(files)
+}
+
+export!(Validate);
