@@ -11,6 +11,7 @@ use crate::config;
 use crate::pipeline::PipelineVersion;
 use crate::plugin::{Clock, PluginEngine};
 use crate::runtime::{self, RunOptions};
+use crate::test_cases;
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Chains WebAssembly components into event pipelines over NATS")]
@@ -50,6 +51,12 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run a pipeline's test cases (`<file>.tests/*.toml`, or the case files
+    /// given) through its real plugins, without NATS, on a clock the cases set.
+    Test {
+        file: PathBuf,
+        cases: Vec<PathBuf>,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -59,19 +66,22 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("sluice: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
     let outcome = match cli.command {
         Command::Run { file, nats, no_watch, stats_interval } => {
             let options = RunOptions { file, nats_url: nats, watch: !no_watch, stats_interval };
-            runtime.block_on(runtime::run(options, shutdown_signal()))
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+                .and_then(|runtime| runtime.block_on(runtime::run(options, shutdown_signal())))
         }
         Command::Validate { files } => validate(&files),
+        Command::Test { file, cases } => test_cases::run(&file, &cases).and_then(|summary| {
+            if summary.failed > 0 {
+                anyhow::bail!("{} of {} cases failed", summary.failed, summary.failed + summary.passed);
+            }
+            Ok(())
+        }),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

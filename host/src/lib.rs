@@ -11,6 +11,7 @@
 //!   poison events.
 //! - `nats`: the managed nats-server, connection, streams, input and publishing.
 //! - `runtime`: `sluice run`: workers, hot swap on file changes, progress, shutdown.
+//! - `test_cases`: `sluice test`: cases beside a pipeline, run without NATS.
 //! - `cli`: the command line.
 //! - `subject`: NATS subject checks and wildcard matching.
 
@@ -21,3 +22,4 @@ pub mod pipeline;
 pub mod plugin;
 pub mod runtime;
 pub mod subject;
+pub mod test_cases;

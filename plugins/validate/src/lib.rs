@@ -66,7 +66,7 @@ impl Guest for Validate {
         let files = read_schema_files(&config.schemas)?;
         let schemas = SchemaSet::compile(&files)?;
         sluice::plugin::log::log(
-            sluice::plugin::log::Level::Info,
+            sluice::plugin::log::Level::Debug,
             "schemas loaded",
             &[("events".into(), schemas.event_count().to_string()), ("folder".into(), config.schemas.clone())],
         );

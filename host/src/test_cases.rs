@@ -1,0 +1,296 @@
+//! `sluice test`: runs the test cases declared next to a pipeline file through
+//! the real plugins, without NATS, on a clock the cases set, and reports each
+//! failing case with what differed.
+//!
+//! Cases live in `<pipeline>.tests/*.toml` beside the pipeline file (e.g.
+//! `pipelines/storyforge.tests/`). A case file:
+//!
+//! ```toml
+//! pipeline = "storyforge-ingest"          # which pipeline of the file (optional if it has one)
+//! clock = "2026-11-24T12:00:00Z"          # the host's clock during the cases
+//! subject = "storyforge.raw.web"          # input subject (default for every case)
+//! env = { STORYFORGE_HASH_KEY = "..." }   # environment the stages are granted
+//! defaults = { user_id = "...", platform = "web" }   # merged into every input
+//!
+//! [[case]]
+//! name = "scene_generated is accepted"
+//! input = { event = "scene_generated", latency_ms = 48210 }
+//! without = ["platform"]                  # defaults left out of this input
+//! expect = [{ subject = "storyforge.analytics.scene_generated", body = { cache_hit = "miss" }, absent = ["ip"] }]
+//!
+//! [[case]]
+//! name = "a missing user_id is rejected"
+//! input = { event = "scene_generated" }
+//! without = ["user_id"]
+//! reject = { stage = "validate", code = "missing_property", property = "user_id" }
+//! ```
+//!
+//! `expect` lists every output in order; each `body` is matched as a subset
+//! (the keys it names must be equal), `absent` keys must not be there, and
+//! `contains_none` lists strings no output may contain. `input_raw` gives the
+//! body as raw text instead (for malformed input); `dropped = true` expects
+//! the event to be dropped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::config::{self, PipelineSpec};
+use crate::pipeline::{BatchResult, Chain, PipelineVersion};
+use crate::plugin::{Clock, Event, PluginEngine};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    pipeline: Option<String>,
+    clock: Option<String>,
+    subject: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    defaults: Map<String, Value>,
+    #[serde(default)]
+    case: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    subject: Option<String>,
+    clock: Option<String>,
+    input: Option<Map<String, Value>>,
+    input_raw: Option<String>,
+    #[serde(default)]
+    without: Vec<String>,
+    expect: Option<Vec<Expected>>,
+    reject: Option<ExpectedReject>,
+    #[serde(default)]
+    dropped: bool,
+    #[serde(default)]
+    contains_none: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expected {
+    subject: String,
+    #[serde(default)]
+    body: Map<String, Value>,
+    #[serde(default)]
+    absent: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectedReject {
+    stage: String,
+    code: String,
+    property: Option<String>,
+    message_contains: Option<String>,
+}
+
+/// The totals of a `sluice test` run.
+#[derive(Debug, Default, PartialEq)]
+pub struct Summary {
+    pub passed: usize,
+    pub failed: usize,
+}
+
+/// Runs every case file of `pipeline_file` (or the given ones), printing a line
+/// per failing case and the totals.
+pub fn run(pipeline_file: &Path, case_files: &[PathBuf]) -> Result<Summary> {
+    let file = config::load(pipeline_file)?;
+    let case_files = if case_files.is_empty() { default_case_files(pipeline_file)? } else { case_files.to_vec() };
+    let parsed: Vec<(PathBuf, CaseFile)> = case_files
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let cases: CaseFile = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e))?;
+            Ok((path.clone(), cases))
+        })
+        .collect::<Result<_>>()?;
+    // Stages read their granted environment when a version is prepared; set
+    // it before any thread of the engine starts.
+    for (_, cases) in &parsed {
+        for (name, value) in &cases.env {
+            // SAFETY: `sluice test` is single-threaded up to here.
+            unsafe { std::env::set_var(name, value) };
+        }
+    }
+    let engine = PluginEngine::new()?;
+    let mut summary = Summary::default();
+    for (path, cases) in &parsed {
+        let spec = pick_pipeline(&file.pipelines, cases.pipeline.as_deref()).with_context(|| path.display().to_string())?;
+        let clock = Clock::manual(parse_clock(cases.clock.as_deref())?);
+        let version = PipelineVersion::prepare(&engine, spec, &clock)?;
+        let mut chain = Chain::start(version)?;
+        let default_subject = cases.subject.clone().unwrap_or_else(|| spec.input.subject().replace(['*', '>'], "test"));
+        for case in &cases.case {
+            clock.set(parse_clock(case.clock.as_deref().or(cases.clock.as_deref()))?);
+            let outcome = run_case(&mut chain, cases, case, &default_subject);
+            match outcome {
+                Ok(()) => summary.passed += 1,
+                Err(diff) => {
+                    summary.failed += 1;
+                    println!("FAIL {} :: {}\n{}", path.display(), case.name, indent(&diff));
+                }
+            }
+        }
+        println!("{}: {} cases", path.display(), cases.case.len());
+    }
+    println!("{} passed, {} failed", summary.passed, summary.failed);
+    Ok(summary)
+}
+
+fn default_case_files(pipeline_file: &Path) -> Result<Vec<PathBuf>> {
+    let stem = pipeline_file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    let folder = pipeline_file.with_file_name(format!("{stem}.tests"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
+        .with_context(|| format!("no test cases: expected a folder {} of *.toml case files", folder.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no *.toml case files in {}", folder.display());
+    }
+    Ok(files)
+}
+
+fn pick_pipeline<'a>(pipelines: &'a [PipelineSpec], name: Option<&str>) -> Result<&'a PipelineSpec> {
+    match name {
+        Some(name) => pipelines.iter().find(|p| p.name == name).with_context(|| format!("the pipeline file has no pipeline `{name}`")),
+        None if pipelines.len() == 1 => Ok(&pipelines[0]),
+        None => bail!("the pipeline file has {} pipelines; name one with `pipeline = \"...\"`", pipelines.len()),
+    }
+}
+
+/// Nanoseconds since the Unix epoch of an RFC 3339 time (default: 2026-01-01).
+fn parse_clock(text: Option<&str>) -> Result<u64> {
+    let text = text.unwrap_or("2026-01-01T00:00:00Z");
+    let time = humantime::parse_rfc3339(text).with_context(|| format!("clock {text:?} is not an RFC 3339 time"))?;
+    Ok(time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64))
+}
+
+/// Runs one case; the error is the description of what differed.
+fn run_case(chain: &mut Chain, file: &CaseFile, case: &Case, default_subject: &str) -> Result<(), String> {
+    let body = match (&case.input, &case.input_raw) {
+        (_, Some(raw)) => raw.clone().into_bytes(),
+        (input, None) => {
+            let mut body = file.defaults.clone();
+            for name in &case.without {
+                body.remove(name);
+            }
+            body.extend(input.clone().unwrap_or_default());
+            serde_json::to_vec(&body).map_err(|e| e.to_string())?
+        }
+    };
+    let subject = case.subject.clone().unwrap_or_else(|| default_subject.to_string());
+    let result = chain.process(&[Event { subject, headers: Vec::new(), body }]).map_err(|e| format!("the pipeline failed: {e:#}"))?;
+    let mut problems = String::new();
+    check_outputs(case, &result, &mut problems);
+    check_reject(case, &result, &mut problems);
+    if case.dropped != (result.dropped > 0) {
+        let _ = writeln!(problems, "expected the event {}dropped; dropped: {}", if case.dropped { "" } else { "not " }, result.dropped);
+    }
+    for output in &result.outputs {
+        let text = String::from_utf8_lossy(&output.event.body);
+        for needle in &case.contains_none {
+            if text.contains(needle.as_str()) {
+                let _ = writeln!(problems, "output on {} contains {needle:?}: {text}", output.event.subject);
+            }
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems + &describe(&result)) }
+}
+
+fn check_outputs(case: &Case, result: &BatchResult, problems: &mut String) {
+    let expected = case.expect.as_deref().unwrap_or_default();
+    if expected.len() != result.outputs.len() {
+        let _ = writeln!(problems, "expected {} output(s), found {}", expected.len(), result.outputs.len());
+        return;
+    }
+    for (i, (want, got)) in expected.iter().zip(&result.outputs).enumerate() {
+        if want.subject != got.event.subject {
+            let _ = writeln!(problems, "output {i}: expected subject {:?}, found {:?}", want.subject, got.event.subject);
+        }
+        let body: Map<String, Value> = match serde_json::from_slice(&got.event.body) {
+            Ok(body) => body,
+            Err(e) => {
+                let _ = writeln!(problems, "output {i}: the body is not a JSON object: {e}");
+                continue;
+            }
+        };
+        for (key, value) in &want.body {
+            match body.get(key) {
+                Some(actual) if actual == value => {}
+                Some(actual) => {
+                    let _ = writeln!(problems, "output {i}: `{key}` expected {value}, found {actual}");
+                }
+                None => {
+                    let _ = writeln!(problems, "output {i}: `{key}` expected {value}, found nothing");
+                }
+            }
+        }
+        for key in &want.absent {
+            if let Some(actual) = body.get(key) {
+                let _ = writeln!(problems, "output {i}: `{key}` must be absent, found {actual}");
+            }
+        }
+    }
+}
+
+fn check_reject(case: &Case, result: &BatchResult, problems: &mut String) {
+    match (&case.reject, result.rejects.as_slice()) {
+        (None, []) => {}
+        (None, [reject, ..]) => {
+            let _ = writeln!(problems, "unexpected reject by `{}`: {} ({})", reject.stage, reject.code, reject.message);
+        }
+        (Some(want), []) => {
+            let _ = writeln!(problems, "expected a reject by `{}` with code {}, found none", want.stage, want.code);
+        }
+        (Some(want), [got, ..]) => {
+            let property_ok = want.property.is_none() || want.property == got.property;
+            let message_ok = want.message_contains.as_ref().is_none_or(|m| got.message.contains(m.as_str()));
+            if want.stage != got.stage || want.code != got.code || !property_ok || !message_ok {
+                let _ = writeln!(
+                    problems,
+                    "expected a reject by `{}` with code {}{}{}, found `{}` {} (property {:?}): {}",
+                    want.stage,
+                    want.code,
+                    want.property.as_ref().map_or(String::new(), |p| format!(" on `{p}`")),
+                    want.message_contains.as_ref().map_or(String::new(), |m| format!(" saying {m:?}")),
+                    got.stage,
+                    got.code,
+                    got.property,
+                    got.message
+                );
+            }
+        }
+    }
+}
+
+/// What the pipeline actually did, for the failure report.
+fn describe(result: &BatchResult) -> String {
+    let mut text = String::from("what came out:\n");
+    for output in &result.outputs {
+        let _ = writeln!(text, "  -> {} {}", output.event.subject, String::from_utf8_lossy(&output.event.body));
+    }
+    for reject in &result.rejects {
+        let _ = writeln!(text, "  rejected by `{}`: {} {:?}: {}", reject.stage, reject.code, reject.property, reject.message);
+    }
+    if result.dropped > 0 {
+        let _ = writeln!(text, "  dropped");
+    }
+    text
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}
