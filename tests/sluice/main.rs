@@ -9,10 +9,13 @@
 //!   letters, bad input, poison events, queue groups, refusing bad config.
 //! - `swap`: hot swaps under load, and changes that must not be swapped in.
 //! - `crash`: SIGKILL mid-stream and restart with a JetStream input.
+//! - `storyforge`: the StoryForge pipeline: its `sluice test` cases, and a
+//!   day of mixed events through `sluice run` over NATS.
 
 mod chain;
 mod config;
 mod crash;
 mod run;
+mod storyforge;
 mod support;
 mod swap;

@@ -12,6 +12,9 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use sluice::nats::ManagedServer;
 
+/// The HMAC key the tests give the StoryForge pipeline.
+pub const HASH_KEY: &str = "test-key-0123456789abcdef";
+
 /// The repository's root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -123,7 +126,17 @@ impl Sluice {
     }
 
     pub fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        Self::spawn_with_key(args, Some(HASH_KEY))
+    }
+
+    /// Like `spawn`, with `STORYFORGE_HASH_KEY` set to `key` or unset.
+    pub fn spawn_with_key(args: &[&str], key: Option<&str>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        match key {
+            Some(key) => command.env("STORYFORGE_HASH_KEY", key),
+            None => command.env_remove("STORYFORGE_HASH_KEY"),
+        };
+        let mut child = command
             .args(args)
             .current_dir(root())
             .env("SLUICE_LOG", "info,sluice=debug,async_nats=warn")

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::config::{self, PipelineFile};
+use crate::config::{self, PipelineFile, PipelineSpec};
 use crate::nats::{self, Connection, ManagedServer};
 use crate::pipeline::PipelineVersion;
 use crate::plugin::{Clock, PluginEngine};
@@ -40,6 +40,11 @@ pub struct RunOptions {
 /// Runs until `shutdown` completes, then drains in-flight batches and stops.
 pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<()> {
     let file = config::load(&options.file)?;
+    // Every version is prepared before anything is connected or started, so
+    // that a broken plugin or config stops `run` at once with its reason.
+    let engine = Arc::new(PluginEngine::new()?);
+    let clock = Clock::system();
+    let versions = file.pipelines.iter().map(|spec| prepare(&engine, spec, &clock)).collect::<Result<Vec<_>>>()?;
     let (url, managed) = match options.nats_url.clone().or_else(|| file.nats_url.clone()) {
         Some(url) => (url, None),
         None => {
@@ -50,14 +55,8 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
         }
     };
     let connection = nats::connect(&url, "sluice").await?;
-    let mut host = Host {
-        path: options.file.clone(),
-        connection,
-        engine: Arc::new(PluginEngine::new()?),
-        clock: Clock::system(),
-        running: BTreeMap::new(),
-    };
-    host.start_all(&file).await?;
+    let mut host = Host { path: options.file.clone(), connection, engine, clock, running: BTreeMap::new() };
+    host.start_all(&file, versions).await?;
 
     let mut watcher = if options.watch { Some(FileWatcher::new()?) } else { None };
     if let Some(watcher) = watcher.as_mut() {
@@ -102,12 +101,12 @@ struct Host {
 }
 
 impl Host {
-    async fn start_all(&mut self, file: &PipelineFile) -> Result<()> {
+    async fn start_all(&mut self, file: &PipelineFile, versions: Vec<Arc<PipelineVersion>>) -> Result<()> {
         nats::streams::ensure(&self.connection, &file.streams).await?;
-        for spec in &file.pipelines {
-            let version = PipelineVersion::prepare(&self.engine, spec, &self.clock)?;
-            let running = RunningPipeline::start(&self.connection, version).await.with_context(|| format!("pipeline `{}`", spec.name))?;
-            self.running.insert(spec.name.clone(), running);
+        for version in versions {
+            let name = version.spec.name.clone();
+            let running = RunningPipeline::start(&self.connection, version).await.with_context(|| format!("pipeline `{name}`"))?;
+            self.running.insert(name, running);
         }
         Ok(())
     }
@@ -127,7 +126,7 @@ impl Host {
             return None;
         }
         for spec in &file.pipelines {
-            let version = match PipelineVersion::prepare(&self.engine, spec, &self.clock) {
+            let version = match prepare(&self.engine, spec, &self.clock) {
                 Ok(version) => version,
                 Err(error) => {
                     tracing::error!(pipeline = %spec.name, error = format!("{error:#}"), "The new version cannot be prepared; the running version stays.");
@@ -187,6 +186,12 @@ fn progress(name: &str, running: &RunningPipeline, connection: &Connection) {
         rejected = s.rejected, dropped = s.dropped, faults = s.faults, failed_batches = s.failed_batches,
         slow_consumer_events = connection.slow_consumer_events(), "Progress."
     );
+}
+
+/// Prepares a version off the async threads: plugins' `init` may read their
+/// granted files, and WASI's synchronous file calls block.
+fn prepare(engine: &PluginEngine, spec: &PipelineSpec, clock: &Clock) -> Result<Arc<PipelineVersion>> {
+    tokio::task::block_in_place(|| PipelineVersion::prepare(engine, spec, clock))
 }
 
 /// Every folder granted to a stage: a change to its files makes a new version.

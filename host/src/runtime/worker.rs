@@ -37,7 +37,7 @@ impl Worker {
     pub async fn run(mut self) -> Result<()> {
         let version = self.versions.borrow_and_update().clone();
         let (name, max_events, max_wait) = (version.spec.name.clone(), version.spec.max_events, version.spec.max_wait);
-        let mut chain = Chain::start(version)?;
+        let mut chain = tokio::task::block_in_place(|| Chain::start(version))?;
         let mut batches = self.source.reader(&self.connection, max_events, max_wait).await?;
         tracing::debug!(pipeline = %name, worker = self.index, "Worker started.");
         loop {
@@ -62,10 +62,11 @@ impl Worker {
     }
 
     /// Takes up the newest version, or keeps the current one if its instances
-    /// cannot be started here.
+    /// cannot be started here. Instances start off the async threads: `init`
+    /// may read granted files through WASI's blocking calls.
     fn swap(&mut self, chain: &mut Chain) {
         let version = self.versions.borrow_and_update().clone();
-        match Chain::start(version.clone()) {
+        match tokio::task::block_in_place(|| Chain::start(version.clone())) {
             Ok(new) => {
                 tracing::debug!(pipeline = %version.spec.name, worker = self.index, from = %chain.version.id, to = %version.id, "Worker swapped version.");
                 *chain = new;

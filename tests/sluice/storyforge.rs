@@ -1,0 +1,160 @@
+//! The StoryForge ingest pipeline, as its users run it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::support::{Nats, Sluice, Workspace, root};
+
+#[test]
+fn every_storyforge_case_passes() {
+    let (status, log) = Sluice::spawn(&["test", "pipelines/storyforge.toml"]).wait();
+    assert!(status.success(), "{log}");
+    let totals = log.lines().find(|l| l.ends_with(" failed")).expect("a closing line");
+    let passed: usize = totals.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(totals.ends_with(", 0 failed") && passed >= 70, "{totals}");
+}
+
+#[test]
+fn a_failing_case_is_reported_with_what_differed() {
+    let workspace = Workspace::new();
+    let cases = workspace.path("cases.toml");
+    std::fs::write(
+        &cases,
+        r#"
+        clock = "2026-11-24T12:00:00Z"
+        env = { STORYFORGE_HASH_KEY = "test-key-0123456789abcdef" }
+        [[case]]
+        name = "expects the wrong subject"
+        input = { event = "onboarding_completed", user_id = "6f1c2d3e-4b5a-4c7d-8e9f-000000000001", session_id = "6f1c2d3e-4b5a-4c7d-8e9f-000000000002", client_ts = "2026-11-24T11:59:58Z", app_version = "1", platform = "web" }
+        expect = [{ subject = "storyforge.analytics.signed_up" }]
+        [[case]]
+        name = "expects a reject that does not happen"
+        input = { event = "onboarding_completed", user_id = "6f1c2d3e-4b5a-4c7d-8e9f-000000000001", session_id = "6f1c2d3e-4b5a-4c7d-8e9f-000000000002", client_ts = "2026-11-24T11:59:58Z", app_version = "1", platform = "web" }
+        reject = { stage = "validate", code = "missing_property" }
+        "#,
+    )
+    .unwrap();
+    let (status, log) = Sluice::spawn(&["test", "pipelines/storyforge.toml", cases.to_str().unwrap()]).wait();
+    assert!(!status.success());
+    assert!(log.contains(":: expects the wrong subject"), "{log}");
+    assert!(log.contains(r#"output 0: expected subject "storyforge.analytics.signed_up", found "storyforge.analytics.onboarding_completed""#), "{log}");
+    assert!(log.contains("expected a reject by `validate` with code missing_property, found none"), "{log}");
+    assert!(log.contains("0 passed, 2 failed"), "{log}");
+}
+
+#[test]
+fn run_refuses_to_start_without_the_hash_key() {
+    let (status, log) = Sluice::spawn_with_key(&["run", "pipelines/storyforge.toml", "--nats", "nats://127.0.0.1:1"], None).wait();
+    assert!(!status.success());
+    assert!(log.contains("stage `redact`: the stage needs the environment variable STORYFORGE_HASH_KEY"), "{log}");
+}
+
+/// A day of StoryForge events, mixed, some invalid, some opted out.
+fn sample_day() -> Vec<Vec<u8>> {
+    let text = std::fs::read_to_string(root().join("pipelines/samples/storyforge-day.jsonl")).unwrap();
+    text.lines().map(|l| l.as_bytes().to_vec()).collect()
+}
+
+/// The id enrich gives an event: its own, or one derived from its bytes.
+fn event_id(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("event_id").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| sluice_kit::uuid::from_content(body))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_day_of_events_comes_out_once_each_on_the_right_subject_with_no_personal_data() {
+    let nats = Nats::start().await;
+    let sluice = Sluice::run(&root().join("pipelines/storyforge.toml"), nats.url(), 1);
+    let inputs = sample_day();
+    assert!(inputs.len() >= 3000);
+    nats.publish_stored(inputs.iter().enumerate().map(|(n, body)| (format!("storyforge.raw.web.{}", n % 4), body.clone()))).await;
+
+    // Wait until the pipeline has taken and acked everything.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stream = nats.jetstream.get_stream("STORYFORGE_RAW").await.unwrap();
+        let info = stream.consumer_info("storyforge-ingest").await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pipeline did not finish: {info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sluice.terminate();
+
+    let ids: Vec<String> = inputs.iter().map(|b| event_id(b)).collect();
+    let by_id: BTreeMap<&str, &Vec<u8>> = ids.iter().map(String::as_str).zip(&inputs).collect();
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut audited = BTreeSet::new();
+    let mut leaks = Vec::new();
+    let secrets = personal_data(&inputs);
+    for message in nats.stream_messages("STORYFORGE_CLEAN").await {
+        let text = String::from_utf8_lossy(&message.payload).into_owned();
+        let body: Value = serde_json::from_str(&text).unwrap();
+        let id = body["event_id"].as_str().expect("every clean event has an id").to_string();
+        let subject = message.subject.to_string();
+        assert_eq!(subject.rsplit('.').next(), body["event"].as_str(), "the subject names the event");
+        if subject.starts_with("storyforge.audit.") {
+            assert!(audited.insert(id), "one audit copy per event");
+            continue;
+        }
+        if let Some(secret) = secrets.iter().find(|s| text.contains(s.as_str())) {
+            leaks.push(format!("{subject} carries {secret:?}"));
+        }
+        seen.entry(id).or_default().push(subject);
+    }
+    for message in nats.stream_messages("STORYFORGE_DLQ").await {
+        let envelope: Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(message.subject.as_str(), format!("storyforge.dlq.{}", envelope["stage"].as_str().unwrap()));
+        let original = base64::engine::general_purpose::STANDARD.decode(envelope["body_base64"].as_str().unwrap()).unwrap();
+        seen.entry(event_id(&original)).or_default().push(message.subject.to_string());
+    }
+    assert!(leaks.is_empty(), "personal data reached analytics: {:?}", &leaks[..leaks.len().min(5)]);
+
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (id, body) in &by_id {
+        let subjects = seen.get(*id).unwrap_or_else(|| panic!("event {} never came out", String::from_utf8_lossy(body)));
+        assert_eq!(subjects.len(), 1, "event came out {} times: {subjects:?}", subjects.len());
+        let subject = subjects[0].as_str();
+        let parsed: Option<Value> = serde_json::from_slice(body).ok();
+        let opted_out = parsed.as_ref().is_some_and(|v| v["analytics_opt_out"] == true);
+        let kind = subject.split('.').nth(1).unwrap();
+        *counts.entry(kind).or_default() += 1;
+        match kind {
+            "analytics" => assert!(!opted_out, "an opted-out event reached analytics: {subject}"),
+            "anonymous" => assert!(opted_out, "only opted-out events are anonymous"),
+            "dlq" => {}
+            other => panic!("unexpected subject kind {other}"),
+        }
+        if kind != "dlq" && parsed.as_ref().is_some_and(|v| v["event"] == "safety_setting_changed") {
+            assert!(audited.contains(*id), "safety_setting_changed is audited");
+        }
+    }
+    assert_eq!(seen.len(), inputs.len(), "nothing came out that did not go in");
+    assert!(counts["analytics"] > 2000 && counts["anonymous"] > 100 && counts["dlq"] > 50, "a realistic mix: {counts:?}");
+}
+
+/// Strings that must never reach an analytics or anonymous subject: full IP
+/// addresses, e-mail addresses, phone numbers, prompt texts.
+fn personal_data(inputs: &[Vec<u8>]) -> BTreeSet<String> {
+    let mut secrets = BTreeSet::new();
+    for body in inputs {
+        let Ok(Value::Object(event)) = serde_json::from_slice::<Value>(body) else { continue };
+        if let Some(Value::String(ip)) = event.get("ip") {
+            secrets.insert(ip.clone());
+        }
+        if let Some(Value::String(prompt)) = event.get("prompt") {
+            secrets.insert(prompt.clone());
+        }
+        if let Some(parameters) = event.get("parameters") {
+            secrets.insert(parameters.to_string());
+        }
+    }
+    secrets.extend(["@example.com", "@example.org", "555-0134", "7946 0958", "192.0.2.77"].map(String::from));
+    secrets
+}
