@@ -1,7 +1,8 @@
-//! `cargo xtask demo`: runs `sluice run pipelines/demo.toml` with no NATS URL,
-//! so sluice starts its own nats-server; publishes the sample events of
-//! `pipelines/samples/demo.jsonl` into the pipeline's input, and prints what
-//! came out on which subject.
+//! `cargo xtask demo`: runs `sluice run pipelines/storyforge.toml` with no
+//! NATS URL, so sluice starts its own nats-server; publishes a day of
+//! StoryForge events (`pipelines/samples/storyforge-day.jsonl`: every event
+//! type, some invalid, some from users who opted out) into the pipeline's
+//! input, and prints what came out on which subject.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -13,13 +14,21 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 
+const PIPELINE: &str = "pipelines/storyforge.toml";
+const SAMPLES: &str = "pipelines/samples/storyforge-day.jsonl";
+/// Where the outputs go: clean events, anonymous ones, audit copies, dead letters.
+const OUTPUTS: [&str; 4] = ["storyforge.analytics.>", "storyforge.anonymous.>", "storyforge.audit.>", "storyforge.dlq.>"];
+
 /// How long the outputs must be quiet before the demo counts them complete.
 const QUIET: Duration = Duration::from_secs(2);
 
 pub fn run(root: &Path) -> Result<()> {
-    let samples = std::fs::read_to_string(root.join("pipelines/samples/demo.jsonl")).context("cannot read the sample events")?;
+    let samples = std::fs::read_to_string(root.join(SAMPLES)).context("cannot read the sample events")?;
+    // A throwaway key: prompt hashes made with it are only good for this demo.
+    let key = std::env::var("STORYFORGE_HASH_KEY").unwrap_or_else(|_| "demo-key-not-for-production".into());
     let mut sluice = Command::new(root.join("target/debug/sluice"))
-        .args(["run", "pipelines/demo.toml", "--stats-interval", "5s"])
+        .args(["run", PIPELINE, "--stats-interval", "5s"])
+        .env("STORYFORGE_HASH_KEY", key)
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot start sluice")?;
@@ -58,29 +67,35 @@ pub fn run(root: &Path) -> Result<()> {
 
 /// Publishes every sample and collects outputs and dead letters until quiet.
 async fn feed_and_collect(url: &str, samples: &str) -> Result<BTreeMap<String, Vec<String>>> {
-    let client = async_nats::connect(url).await?;
-    let mut outputs = client.subscribe("demo.out.>").await?;
-    let mut dead_letters = client.subscribe("demo.dlq.>").await?;
+    let client = async_nats::ConnectOptions::new().subscription_capacity(1 << 16).connect(url).await?;
+    let mut subscriptions = Vec::new();
+    for subject in OUTPUTS {
+        subscriptions.push(client.subscribe(subject).await?);
+    }
+    let mut outputs = futures::stream::select_all(subscriptions);
     client.flush().await?;
 
     // Wait until the pipeline's stream exists before publishing into it.
     let jetstream = async_nats::jetstream::new(client.clone());
     for _ in 0..100 {
-        if jetstream.get_stream("DEMO_RAW").await.is_ok() {
+        if jetstream.get_stream("STORYFORGE_RAW").await.is_ok() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut acks = Vec::new();
     for (n, line) in samples.lines().enumerate() {
-        jetstream.publish(format!("demo.raw.web.{n}"), line.to_string().into()).await?.await?;
+        acks.push(jetstream.publish(format!("storyforge.raw.backend.{}", n % 8), line.to_string().into()).await?);
     }
-    println!("published {} sample events on demo.raw.web.*", samples.lines().count());
+    for ack in acks {
+        ack.await?;
+    }
+    println!("published {} StoryForge events on storyforge.raw.backend.*", samples.lines().count());
 
     let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
     loop {
         let message = tokio::select! {
             Some(m) = outputs.next() => m,
-            Some(m) = dead_letters.next() => m,
             _ = tokio::time::sleep(QUIET) => break,
         };
         seen.entry(message.subject.to_string()).or_default().push(String::from_utf8_lossy(&message.payload).into_owned());
@@ -90,12 +105,21 @@ async fn feed_and_collect(url: &str, samples: &str) -> Result<BTreeMap<String, V
 
 fn print_report(published: usize, seen: &BTreeMap<String, Vec<String>>) {
     let count = |prefix: &str| seen.iter().filter(|(s, _)| s.starts_with(prefix)).map(|(_, b)| b.len()).sum::<usize>();
-    let (outputs, dead_letters) = (count("demo.out."), count("demo.dlq."));
-    let dropped = published.saturating_sub(outputs + dead_letters);
-    println!("\n{published} events in: {outputs} routed, {dead_letters} dead letters, {dropped} dropped on purpose (heartbeats)\n");
-    println!("{:<32} {:>6}  first message", "subject", "count");
+    println!(
+        "\n{published} events in: {} to analytics, {} anonymous (opted out), {} audit copies, {} dead letters\n",
+        count("storyforge.analytics."),
+        count("storyforge.anonymous."),
+        count("storyforge.audit."),
+        count("storyforge.dlq.")
+    );
+    println!("{:<50} {:>6}", "subject", "count");
     for (subject, bodies) in seen {
-        let first: String = bodies[0].chars().take(110).collect();
-        println!("{subject:<32} {:>6}  {first}", bodies.len());
+        println!("{subject:<50} {:>6}", bodies.len());
+    }
+    for prefix in ["storyforge.analytics.feedback_submitted", "storyforge.anonymous.", "storyforge.dlq."] {
+        if let Some((subject, bodies)) = seen.iter().find(|(s, _)| s.starts_with(prefix)) {
+            let example: String = bodies[0].chars().take(400).collect();
+            println!("\nfor example, on {subject}:\n  {example}");
+        }
     }
 }

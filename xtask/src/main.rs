@@ -1,9 +1,10 @@
 //! Project tasks, so that a fresh clone needs one command for each job:
 //!
-//! - `cargo xtask demo`: set up, build, and run `pipelines/demo.toml` on a
-//!   nats-server that sluice starts itself, feed it sample events, and print
-//!   what came out on which subject.
-//! - `cargo xtask test`: set up, build the plugins, run every test.
+//! - `cargo xtask demo`: set up, build, and run `pipelines/storyforge.toml`
+//!   on a nats-server that sluice starts itself, feed it a day of StoryForge
+//!   events, and print what came out on which subject.
+//! - `cargo xtask test`: set up, build the plugins, run the plugins' unit
+//!   tests and then every test of the host.
 //! - `cargo xtask bench`: set up, build in release mode, run the benchmark.
 //! - `cargo xtask plugins`: build the plugins only.
 //!
@@ -37,6 +38,7 @@ fn main() -> Result<()> {
         "test" => {
             setup()?;
             build_plugins()?;
+            test_plugins()?;
             // The library's unit tests, then the suite; the suite's summary is the last line.
             let mut args = vec!["test", "--package", "sluice", "--lib", "--test", "sluice"];
             args.extend(rest.iter().map(String::as_str));
@@ -99,6 +101,13 @@ fn nats_server() -> Result<PathBuf> {
 
 fn build_plugins() -> Result<()> {
     run(Command::new("cargo").current_dir(root().join("plugins")).args(["build", "--release", "--quiet"]))
+}
+
+/// The plugins' own unit tests, on the host's target.
+fn test_plugins() -> Result<()> {
+    let version = Command::new("rustc").arg("-vV").output().context("cannot run rustc")?;
+    let host = String::from_utf8_lossy(&version.stdout).lines().find_map(|l| l.strip_prefix("host: ").map(str::to_string)).context("rustc -vV names no host")?;
+    run(Command::new("cargo").current_dir(root().join("plugins")).args(["test", "--quiet", "--target", &host]))
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
