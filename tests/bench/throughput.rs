@@ -39,12 +39,17 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let results = runtime.block_on(async {
         let mut results = Vec::new();
-        for transport in [Transport::Core, Transport::JetStream] {
-            for subject in [Subject::Relay, Subject::Sluice] {
-                let server = ManagedServer::start().await.expect("nats-server");
-                results.push(measure(&server.url, transport, subject, events).await);
-                server.stop().await;
-            }
+        let runs = [
+            (Transport::Core, Subject::Relay),
+            (Transport::Core, Subject::Sluice),
+            (Transport::JetStream, Subject::Relay),
+            (Transport::JetStream, Subject::Sluice),
+            (Transport::JetStream, Subject::StoryForge),
+        ];
+        for (transport, subject) in runs {
+            let server = ManagedServer::start().await.expect("nats-server");
+            results.push(measure(&server.url, transport, subject, events).await);
+            server.stop().await;
         }
         results
     });
@@ -61,29 +66,43 @@ enum Transport {
 enum Subject {
     Relay,
     Sluice,
+    /// `pipelines/storyforge.toml` on the bundled day of StoryForge events.
+    StoryForge,
 }
 
 async fn measure(url: &str, transport: Transport, subject: Subject, events: usize) -> Measured {
     let client = async_nats::ConnectOptions::new().subscription_capacity(1 << 21).connect(url).await.unwrap();
     let js = jetstream::new(client.clone());
-    if transport == Transport::JetStream {
+    if transport == Transport::JetStream && subject != Subject::StoryForge {
         for (name, subjects) in [("IN", "in.>"), ("OUT", "out.>")] {
             js.create_stream(jetstream::stream::Config { name: name.into(), subjects: vec![subjects.into()], ..Default::default() }).await.unwrap();
         }
     }
-    let mut outputs = client.subscribe("out.>").await.unwrap();
+    let (input_prefix, output_subjects): (&str, &[&str]) = match subject {
+        Subject::StoryForge => ("storyforge.raw.bench", &["storyforge.analytics.>", "storyforge.anonymous.>", "storyforge.dlq.>"]),
+        _ => ("in.web", &["out.>"]),
+    };
+    let mut subscriptions = Vec::new();
+    for output in output_subjects {
+        subscriptions.push(client.subscribe(output.to_string()).await.unwrap());
+    }
+    let mut outputs = futures::stream::select_all(subscriptions);
     client.flush().await.unwrap();
 
     let workspace = tempfile::tempdir().unwrap();
     let mut sluice = None;
     let mut relay = None;
     match subject {
-        Subject::Sluice => sluice = Some(start_sluice(workspace.path(), url, transport)),
+        Subject::Sluice => sluice = Some(start_sluice(&write_pipeline(workspace.path(), transport), url)),
+        Subject::StoryForge => sluice = Some(start_sluice(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/storyforge.toml"), url)),
         Subject::Relay => relay = Some(tokio::spawn(relay_task(client.clone(), transport))),
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let bodies: Vec<bytes::Bytes> = (0..64).map(|n| body(n).into()).collect();
+    let bodies: Vec<bytes::Bytes> = match subject {
+        Subject::StoryForge => storyforge_day(),
+        _ => (0..64).map(|n| body(n).into()).collect(),
+    };
     let started = Instant::now();
     let publisher = {
         let (client, js) = (client.clone(), js.clone());
@@ -93,11 +112,12 @@ async fn measure(url: &str, transport: Transport, subject: Subject, events: usiz
                 let mut headers = HeaderMap::new();
                 headers.insert(SENT_HEADER, now_ns().to_string().as_str());
                 headers.insert(SEQ_HEADER, n.to_string().as_str());
-                let subject = format!("in.web.{}", n % 16);
+                let subject = format!("{input_prefix}.{}", n % 16);
+                let body = bodies[n % bodies.len()].clone();
                 match transport {
-                    Transport::Core => client.publish_with_headers(subject, headers, bodies[n % 64].clone()).await.unwrap(),
+                    Transport::Core => client.publish_with_headers(subject, headers, body).await.unwrap(),
                     Transport::JetStream => {
-                        acks.push(js.publish_with_headers(subject, headers, bodies[n % 64].clone()).await.unwrap().into_future());
+                        acks.push(js.publish_with_headers(subject, headers, body).await.unwrap().into_future());
                         if acks.len() == 1024 {
                             futures::future::try_join_all(acks.drain(..)).await.unwrap();
                         }
@@ -138,6 +158,7 @@ async fn measure(url: &str, transport: Transport, subject: Subject, events: usiz
         match subject {
             Subject::Relay => "pass-through relay",
             Subject::Sluice => "sluice tag+route",
+            Subject::StoryForge => "sluice storyforge.toml",
         }
     );
     eprintln!("bench: {name}: {} of {events} received", seen.len());
@@ -187,7 +208,8 @@ struct SluiceProcess {
     log: std::thread::JoinHandle<Option<String>>,
 }
 
-fn start_sluice(dir: &Path, url: &str, transport: Transport) -> SluiceProcess {
+/// The tag+route pipeline for a transport, written into `dir`.
+fn write_pipeline(dir: &Path, transport: Transport) -> std::path::PathBuf {
     let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release");
     let (input, output) = match transport {
         Transport::Core => (r#"{ subject = "in.>", mode = "core" }"#, "false"),
@@ -219,8 +241,13 @@ fn start_sluice(dir: &Path, url: &str, transport: Transport) -> SluiceProcess {
     );
     let file = dir.join("bench.toml");
     std::fs::write(&file, toml).unwrap();
+    file
+}
+
+fn start_sluice(file: &Path, url: &str) -> SluiceProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["run", file.to_str().unwrap(), "--nats", url, "--no-watch", "--stats-interval", "60s"])
+        .env("STORYFORGE_HASH_KEY", "bench-key-0123456789abcdef")
         .stderr(Stdio::piped())
         .spawn()
         .expect("start sluice");
@@ -253,6 +280,12 @@ fn stop_sluice(mut sluice: SluiceProcess) -> u64 {
     let line = sluice.log.join().ok().flatten().unwrap_or_default();
     eprintln!("  sluice | {line}");
     line.split_whitespace().find_map(|w| w.strip_prefix("slow_consumer_events=")).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// The bundled day of StoryForge events (mixed, some invalid, some opted out).
+fn storyforge_day() -> Vec<bytes::Bytes> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/samples/storyforge-day.jsonl");
+    std::fs::read_to_string(path).unwrap().lines().map(|l| bytes::Bytes::from(l.to_string())).collect()
 }
 
 /// A realistic ~500-byte StoryForge event.

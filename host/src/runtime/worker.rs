@@ -121,24 +121,32 @@ fn messages(version: &PipelineVersion, inputs: &[Event], receipts: &[Receipt], r
     let mut produced = vec![0usize; inputs.len()];
     let mut messages = Vec::with_capacity(result.outputs.len() + result.rejects.len());
     for output in result.outputs {
-        let mut headers = HeaderMap::new();
-        for (name, value) in &output.event.headers {
-            if name != "Nats-Msg-Id" {
-                headers.append(name.as_str(), value.as_str());
-            }
-        }
+        let mut headers = carried(&output.event.headers);
         stamp(&mut headers, version, receipts[output.origin].id.as_ref().map(|id| format!("{id}:{}", produced[output.origin])));
         produced[output.origin] += 1;
         messages.push(Message { subject: output.event.subject, headers, body: output.event.body.into() });
     }
     for reject in &result.rejects {
         let original = &inputs[reject.origin];
-        let mut headers = HeaderMap::new();
+        // The original's headers (trace ids, say) go with it.
+        let mut headers = carried(&original.headers);
         stamp(&mut headers, version, receipts[reject.origin].id.as_ref().map(|id| format!("{id}:dead-letter")));
         let body = DeadLetter::new(&spec.name, &version.id, reject, original).to_json();
         messages.push(Message { subject: format!("{}.{}", spec.dead_letter, reject.stage), headers, body: body.into() });
     }
     messages
+}
+
+/// Headers passed on from an event to the message that carries it; its
+/// message id is not: each message gets its own.
+fn carried(headers: &[(String, String)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        if name != "Nats-Msg-Id" {
+            map.append(name.as_str(), value.as_str());
+        }
+    }
+    map
 }
 
 fn stamp(headers: &mut HeaderMap, version: &PipelineVersion, message_id: Option<String>) {

@@ -63,6 +63,10 @@ fn default_opt_out() -> String {
     "analytics_opt_out".into()
 }
 
+/// An event's top-level property names, values left unparsed.
+#[derive(Deserialize)]
+struct TopLevel<'a>(#[serde(borrow)] std::collections::HashMap<std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue>);
+
 pub struct Redactor {
     rules: Rules,
     key: Vec<u8>,
@@ -75,6 +79,13 @@ impl Redactor {
 
     /// The redacted body, or `None` when there was nothing to redact.
     pub fn redact(&self, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        // Most events carry none of the properties redaction looks at; a
+        // scan of the top-level names, without building the event, tells.
+        if let Ok(names) = serde_json::from_slice::<TopLevel>(body) {
+            if !names.0.keys().any(|name| self.concerns(name)) {
+                return Ok(None);
+            }
+        }
         let mut event: Map<String, Value> = serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON object: {e}"))?;
         if !self.apply(&mut event) {
             return Ok(None);
@@ -123,6 +134,14 @@ impl Redactor {
             }
         }
         changed
+    }
+
+    /// Whether a top-level property may need redacting.
+    fn concerns(&self, name: &str) -> bool {
+        let rules = &self.rules;
+        name == rules.opt_out
+            || [&rules.ip, &rules.hashed, &rules.free_text].iter().any(|list| list.iter().any(|n| n == name))
+            || rules.hashed_by_event.values().flatten().any(|n| n == name)
     }
 
     /// Hex HMAC-SHA256 of the value's canonical JSON.
