@@ -146,6 +146,15 @@ fn an_output_that_would_feed_the_input_is_refused() {
 }
 
 #[test]
+fn a_plugin_cannot_emit_a_header_nats_would_refuse() {
+    let mut chain = chain(CHAOS_THEN_ROUTE);
+    let result = chain.process(&[input(event(0, serde_json::json!({ "chaos": "bad_header" }))), input(event(1, serde_json::json!({})))]).expect("batch");
+    assert_eq!(result.outputs.len(), 1);
+    assert_eq!(result.outputs[0].origin, 1);
+    assert_eq!((result.rejects[0].origin, result.rejects[0].stage.as_str(), result.rejects[0].code.as_str()), (0, "output", "bad_header"));
+}
+
+#[test]
 fn broken_and_foreign_components_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&str, Vec<u8>, &str); 4] = [

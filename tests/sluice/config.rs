@@ -54,3 +54,23 @@ fn diff(expected: &str, actual: &str) -> String {
     }
     out
 }
+
+#[test]
+fn every_bundled_pipeline_validates() {
+    let mut files: Vec<String> = std::fs::read_dir(root().join("pipelines"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .map(|p| p.strip_prefix(root()).unwrap().to_str().unwrap().to_string())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    let mut args = vec!["validate"];
+    args.extend(files.iter().map(String::as_str));
+    let (status, log) = Sluice::spawn(&args).wait();
+    assert!(status.success(), "{log}");
+    for file in &files {
+        assert!(log.contains(&format!("{file}: ok")), "{file} is not reported valid:\n{log}");
+    }
+}

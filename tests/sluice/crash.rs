@@ -49,21 +49,7 @@ async fn sigkill_mid_stream_then_restart_loses_nothing_and_takes_the_new_version
     let first = Sluice::run(&file, nats.url(), 1);
 
     // Publish steadily; the host dies while events are still arriving.
-    let publisher = {
-        let jetstream = nats.jetstream.clone();
-        tokio::spawn(async move {
-            for chunk in 0..EVENTS / 100 {
-                let mut acks = Vec::new();
-                for n in chunk * 100..(chunk + 1) * 100 {
-                    acks.push(jetstream.publish(format!("raw.{n}"), event(n, serde_json::json!({})).into()).await.unwrap());
-                }
-                for ack in acks {
-                    ack.await.unwrap();
-                }
-                tokio::time::sleep(Duration::from_millis(40)).await;
-            }
-        })
-    };
+    let publisher = crate::support::publish_steadily(&nats.jetstream, EVENTS, Duration::from_millis(40));
     let out = nats.jetstream.get_stream("OUT").await.unwrap();
     wait_until(|| async { out.clone().get_info().await.unwrap().state.messages >= 800 }).await;
     first.kill();

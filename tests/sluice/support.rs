@@ -76,6 +76,25 @@ impl Nats {
     }
 }
 
+/// Publishes `events` test events on `raw.<n>` through JetStream, in chunks
+/// of 100 with a pause between them: a steady stream that is still flowing
+/// while a test swaps, kills or restarts the host.
+pub fn publish_steadily(jetstream: &jetstream::Context, events: usize, pause: Duration) -> tokio::task::JoinHandle<()> {
+    let jetstream = jetstream.clone();
+    tokio::spawn(async move {
+        for chunk in 0..events.div_ceil(100) {
+            let mut acks = Vec::new();
+            for n in chunk * 100..((chunk + 1) * 100).min(events) {
+                acks.push(jetstream.publish(format!("raw.{n}"), event(n, serde_json::json!({})).into()).await.unwrap());
+            }
+            for ack in acks {
+                ack.await.unwrap();
+            }
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
 /// Messages received on a core subscription.
 pub struct Collector(async_nats::Subscriber);
 

@@ -47,21 +47,7 @@ async fn a_swap_under_continuous_load_loses_and_duplicates_nothing() {
     let mut out = Collector::subscribe(&nats, "out.>").await;
 
     // Publish steadily for about three seconds, swapping the config a third of the way in.
-    let publisher = {
-        let jetstream = nats.jetstream.clone();
-        tokio::spawn(async move {
-            for chunk in 0..EVENTS / 100 {
-                let mut acks = Vec::new();
-                for n in chunk * 100..(chunk + 1) * 100 {
-                    acks.push(jetstream.publish(format!("raw.{n}"), event(n, serde_json::json!({})).into()).await.unwrap());
-                }
-                for ack in acks {
-                    ack.await.unwrap();
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let publisher = crate::support::publish_steadily(&nats.jetstream, EVENTS, Duration::from_millis(50));
     let first_third = out.take(EVENTS / 3, WAIT).await;
     write_atomically(&file, crate::support::expand(&tagged_pipeline(tag.to_str().unwrap(), 2)).as_bytes());
     let rest = out.take(EVENTS - EVENTS / 3, WAIT).await;

@@ -58,7 +58,7 @@ impl std::error::Error for Problems {}
 
 /// 1-based line and column of a byte offset.
 fn line_and_column(source: &str, offset: usize) -> (usize, usize) {
-    let before = &source[..offset.min(source.len())];
+    let before = source.get(..offset).unwrap_or(source);
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)

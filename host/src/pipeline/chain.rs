@@ -123,8 +123,19 @@ impl Chain {
         if event.body.len() > spec.max_event_bytes {
             return Err(("too_large", format!("the output body is {} bytes; this pipeline allows at most {}", event.body.len(), spec.max_event_bytes)));
         }
+        if let Some((name, value)) = event.headers.iter().find(|(name, value)| !header_ok(name, value)) {
+            return Err((
+                "bad_header",
+                format!("header {name:?}: {value:?} cannot be sent (names are printable ASCII without `:`, values have no line breaks)"),
+            ));
+        }
         Ok(())
     }
+}
+
+/// Whether NATS can carry this header as it is.
+fn header_ok(name: &str, value: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_graphic() && c != ':') && !value.contains(['\r', '\n'])
 }
 
 fn host_reject(origin: usize, stage: &str, code: &str, message: String) -> Reject {

@@ -7,7 +7,8 @@
 //! - `"alloc"`: allocate without bound (the host's memory cap must stop it);
 //! - `"reject"`: reject the event with code `chaos`;
 //! - `"drop"`: drop it;
-//! - `"split"`: emit two copies, on `<subject>.a` and `<subject>.b`.
+//! - `"split"`: emit two copies, on `<subject>.a` and `<subject>.b`;
+//! - `"bad_header"`: emit the event with a header NATS cannot carry.
 //!
 //! Stage config: `config = { fail_init = true }` makes `init` fail.
 
@@ -61,6 +62,7 @@ fn misbehave(event: Event) -> Outcome {
             let copy = |suffix: &str| Event { subject: format!("{}.{suffix}", event.subject), ..event.clone() };
             Outcome::Replace(vec![copy("a"), copy("b")])
         }
+        Some("bad_header") => Outcome::Replace(vec![Event { headers: vec![("Trace:Id".into(), "a\r\nPUB x 1".into())], ..event }]),
         _ => {
             sluice::plugin::counters::add("passed", 1);
             Outcome::Keep
