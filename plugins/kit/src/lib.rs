@@ -2,10 +2,12 @@
 //! generates its bindings for the world it implements):
 //! - `time`: RFC 3339 timestamps to and from Unix milliseconds;
 //! - `uuid`: UUIDv4 checks, and ids derived from content;
-//! - `canonical`: canonical JSON (keys sorted, no insignificant white space).
+//! - `canonical`: canonical JSON (keys sorted, no insignificant white space);
+//! - `sketch`: quantiles over unbounded streams in bounded memory.
 //!
 //! Everything here is plain Rust and is unit-tested on the host target.
 
 pub mod canonical;
+pub mod sketch;
 pub mod time;
 pub mod uuid;
