@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::support::{Nats, Sluice, Workspace, event, header, json};
+use crate::support::{Nats, Sluice, Workspace, header, json};
 
 fn pipeline(version: u32) -> String {
     format!(
