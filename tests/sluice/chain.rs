@@ -161,13 +161,15 @@ fn broken_and_foreign_components_are_refused_with_the_reason() {
         ("empty.wasm", vec![], "the file is empty"),
         ("text.wasm", b"hello".to_vec(), "not WebAssembly"),
         ("core.wasm", b"\0asm\x01\0\0\0".to_vec(), "not a valid WebAssembly component"),
-        ("tally.wasm", std::fs::read(crate::support::plugin("tally")).unwrap(), "does not export the sluice:plugin/transform world"),
+        ("tally.wasm", std::fs::read(crate::support::plugin("tally")).unwrap(), "the component is a sink, and a sink can only be a pipeline's last stage"),
     ];
     for (name, bytes, expected) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
         let toml = format!(
-            "[[pipeline]]\nname = \"p\"\ninput = {{ subject = \"in\", mode = \"core\" }}\ndead_letter = \"dlq\"\n[[pipeline.stage]]\nname = \"s\"\ncomponent = {:?}\n",
+            "[[pipeline]]\nname = \"p\"\ninput = {{ subject = \"in\", mode = \"core\" }}\ndead_letter = \"dlq\"\n\
+             [[pipeline.stage]]\nname = \"s\"\ncomponent = {:?}\n\
+             [[pipeline.stage]]\nname = \"route\"\ncomponent = \"{{plugin:route}}\"\nconfig = {{ subject = \"out\" }}\n",
             path.to_str().unwrap()
         );
         let error = format!("{:#}", prepare(&toml).err().unwrap_or_else(|| panic!("{name} must be refused")));
@@ -182,4 +184,50 @@ fn an_init_that_refuses_its_config_stops_the_version() {
                 [[pipeline.stage]]\nname = \"r\"\ncomponent = \"{plugin:route}\"\nconfig = { subjekt = \"x\" }\n";
     let error = format!("{:#}", prepare(toml).err().expect("refused"));
     assert!(error.contains("init refused its config") && error.contains("subjekt"), "{error}");
+}
+
+/// A pipeline that counts events in the `tally` sink.
+fn tally_chain() -> Chain {
+    let toml = "[[pipeline]]\nname = \"count\"\ninput = { subject = \"in.>\", mode = \"core\" }\ndead_letter = \"dlq\"\nworkers = 1\n\
+                [[pipeline.stage]]\nname = \"tally\"\ncomponent = \"{plugin:tally}\"\nconfig = { subject_prefix = \"counts\" }\n";
+    Chain::start(prepare(toml).expect("version")).expect("chain")
+}
+
+fn on(subject: &str) -> Event {
+    Event { subject: subject.into(), headers: vec![], body: event(0, serde_json::json!({})) }
+}
+
+/// The counts in the summaries a tick emits.
+fn summary(events: &[Event]) -> serde_json::Value {
+    assert_eq!(events.len(), 1, "one summary per tick");
+    assert_eq!(events[0].subject, "counts.summary");
+    serde_json::from_slice::<serde_json::Value>(&events[0].body).unwrap()["counts"].clone()
+}
+
+#[test]
+fn a_sink_keeps_state_between_batches_and_speaks_on_tick() {
+    let mut chain = tally_chain();
+    let first = chain.process(&[on("in.a"), on("in.a"), on("in.b")]).expect("batch");
+    assert!(first.outputs.is_empty() && first.rejects.is_empty(), "a sink consumes what it is given");
+    chain.process(&[on("in.a")]).expect("batch");
+    assert_eq!(summary(&chain.tick(1).expect("tick")), serde_json::json!({ "in.a": 3, "in.b": 1 }));
+    assert!(chain.tick(2).expect("tick").is_empty(), "nothing new, nothing said");
+}
+
+#[test]
+fn a_new_version_takes_over_the_sink_state() {
+    let mut old = tally_chain();
+    old.process(&[on("in.a"), on("in.b")]).expect("batch");
+    let mut new = tally_chain();
+    new.take_over(old.hand_over()).expect("the state is accepted");
+    new.process(&[on("in.a")]).expect("batch");
+    assert_eq!(summary(&new.tick(1).expect("tick")), serde_json::json!({ "in.a": 2, "in.b": 1 }));
+}
+
+#[test]
+fn a_sink_runs_alone_at_the_end_of_a_pipeline() {
+    let several_workers = "[[pipeline]]\nname = \"count\"\ninput = { subject = \"in.>\", mode = \"core\" }\ndead_letter = \"dlq\"\nworkers = 3\n\
+                           [[pipeline.stage]]\nname = \"tally\"\ncomponent = \"{plugin:tally}\"\n";
+    let error = format!("{:#}", prepare(several_workers).err().expect("refused"));
+    assert!(error.contains("ends in a sink, which keeps its state in one instance: set `workers = 1` (it has 3)"), "{error}");
 }

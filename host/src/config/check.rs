@@ -180,6 +180,11 @@ impl Checker {
             }),
         };
 
+        let tick = match &raw.tick {
+            None => Some(DEFAULT_TICK),
+            Some(d) => self.parsed(d, |d| units::duration(d).and_then(|d| within(d, (Duration::from_millis(10), Duration::from_secs(3600)), "tick"))),
+        };
+
         let mut stage_names = HashSet::new();
         let stages: Vec<Option<StageSpec>> = raw
             .stage
@@ -203,6 +208,7 @@ impl Checker {
             workers: workers?,
             max_event_bytes: max_event_bytes?,
             format: format?,
+            tick: tick?,
             stages: stages.into_iter().collect::<Option<Vec<_>>>()?,
         })
     }

@@ -68,6 +68,8 @@ pub struct PipelineSpec {
     /// Larger events are refused before any plugin sees them.
     pub max_event_bytes: usize,
     pub format: BodyFormat,
+    /// How often a sink at the end of the pipeline is called with `tick`.
+    pub tick: Duration,
     pub stages: Vec<StageSpec>,
 }
 
@@ -122,6 +124,7 @@ pub const DEFAULT_TIME_BUDGET: Duration = Duration::from_millis(500);
 pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+pub const DEFAULT_TICK: Duration = Duration::from_secs(10);
 
 /// Reads and checks a pipeline file.
 pub fn load(path: &Path) -> anyhow::Result<PipelineFile> {

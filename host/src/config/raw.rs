@@ -58,6 +58,8 @@ pub struct Pipeline {
     pub workers: Option<Spanned<i64>>,
     pub max_event_bytes: Option<Spanned<String>>,
     pub format: Option<Spanned<String>>,
+    /// How often a pipeline's sink is told that time passed.
+    pub tick: Option<Spanned<String>>,
     #[serde(default)]
     pub stage: Vec<Spanned<Stage>>,
 }

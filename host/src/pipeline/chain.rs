@@ -13,9 +13,9 @@ use anyhow::Result;
 use serde::de::IgnoredAny;
 
 use super::PipelineVersion;
-use super::version::PreparedStage;
+use super::version::{PreparedSink, PreparedStage};
 use crate::config::BodyFormat;
-use crate::plugin::{Event, Fault, Outcome, TransformInstance};
+use crate::plugin::{Event, Fault, Outcome, SinkInstance, TransformInstance};
 use crate::subject;
 
 /// An event to publish, and the input event it came from.
@@ -49,12 +49,59 @@ pub struct BatchResult {
 pub struct Chain {
     pub version: Arc<PipelineVersion>,
     instances: Vec<TransformInstance>,
+    sink: Option<LiveSink>,
+}
+
+/// The live sink and the last state it was known to be good in: a faulted
+/// instance is replaced by one restored from it.
+struct LiveSink {
+    instance: SinkInstance,
+    state: Option<Vec<u8>>,
 }
 
 impl Chain {
     pub fn start(version: Arc<PipelineVersion>) -> Result<Self> {
-        let instances = version.stages.iter().map(PreparedStage::start).collect::<Result<_>>()?;
-        Ok(Self { version, instances })
+        let instances = version.stages.iter().map(|stage| stage.start()).collect::<Result<_>>()?;
+        let sink = version.sink.as_ref().map(|sink| sink.start(None).map(|instance| LiveSink { instance, state: None })).transpose()?;
+        Ok(Self { version, instances, sink })
+    }
+
+    /// The sink's state, to hand to the next version's chain.
+    pub fn hand_over(&self) -> Option<Vec<u8>> {
+        self.sink.as_ref().and_then(|sink| sink.state.clone())
+    }
+
+    /// Takes over the state an earlier chain's sink handed over.
+    pub fn take_over(&mut self, state: Option<Vec<u8>>) -> Result<()> {
+        if let (Some(sink), Some(state)) = (self.sink.as_mut(), state) {
+            sink.instance.restore(&state)?;
+            sink.state = Some(state);
+        }
+        Ok(())
+    }
+
+    /// Lets a sink act on the passing of time; its events are returned ready
+    /// to publish. A chain without a sink has nothing to do.
+    pub fn tick(&mut self, now_ns: u64) -> Result<Vec<Event>> {
+        let (Some(prepared), Some(sink)) = (self.version.sink.as_ref(), self.sink.as_mut()) else { return Ok(Vec::new()) };
+        let emitted = match step(sink, |instance| instance.tick(now_ns)) {
+            Ok(emitted) => emitted,
+            Err(fault) => {
+                tracing::warn!(pipeline = %prepared.context.pipeline, stage = %prepared.spec.name, %fault, "Sink faulted on tick; restarting it from its last state.");
+                sink.instance = prepared.start(sink.state.as_deref())?;
+                return Ok(Vec::new());
+            }
+        };
+        Ok(emitted
+            .into_iter()
+            .filter(|event| match self.publishable(event) {
+                Ok(()) => true,
+                Err((code, message)) => {
+                    tracing::warn!(pipeline = %self.version.spec.name, code, %message, "A sink's own event cannot be published; dropping it.");
+                    false
+                }
+            })
+            .collect())
     }
 
     /// Runs a batch through every stage. An error means a stage could not be
@@ -77,6 +124,11 @@ impl Chain {
                 break;
             }
             (events, origins) = run_stage(stage, instance, events, origins, &mut result)?;
+        }
+        if let (Some(prepared), Some(sink)) = (self.version.sink.as_ref(), self.sink.as_mut()) {
+            if !events.is_empty() {
+                (events, origins) = run_sink(prepared, sink, events, origins, &mut result)?;
+            }
         }
         for (event, origin) in events.into_iter().zip(origins) {
             match self.publishable(&event) {
@@ -192,6 +244,45 @@ fn run_stage(
         }
     }
     Ok((kept, kept_origins))
+}
+
+/// One call into a sink, then a snapshot of the state it left: both must
+/// succeed for the new state to count.
+fn step<T>(sink: &mut LiveSink, call: impl FnOnce(&mut SinkInstance) -> Result<T, Fault>) -> Result<T, Fault> {
+    let value = call(&mut sink.instance)?;
+    sink.state = Some(sink.instance.snapshot()?);
+    Ok(value)
+}
+
+/// Hands the batch to the sink. Its own events become the outputs, each
+/// credited to the batch's last input. A fault restarts the sink from its last
+/// good state and feeds it the batch event by event, so that only the event
+/// that faults it is refused.
+fn run_sink(prepared: &PreparedSink, sink: &mut LiveSink, events: Vec<Event>, origins: Vec<usize>, result: &mut BatchResult) -> Result<(Vec<Event>, Vec<usize>)> {
+    let credit = origins.last().copied().unwrap_or_default();
+    let emitted = match step(sink, |instance| instance.consume(&events)) {
+        Ok(emitted) => emitted,
+        Err(fault) => {
+            result.faults += 1;
+            tracing::warn!(pipeline = %prepared.context.pipeline, stage = %prepared.spec.name, %fault, "Sink faulted on a batch; restarting it from its last state and feeding it event by event.");
+            sink.instance = prepared.start(sink.state.as_deref())?;
+            let mut emitted = Vec::new();
+            for (event, origin) in events.iter().zip(&origins) {
+                match step(sink, |instance| instance.consume(std::slice::from_ref(event))) {
+                    Ok(more) => emitted.extend(more),
+                    Err(fault) => {
+                        result.faults += 1;
+                        let name = prepared.spec.name.clone();
+                        result.rejects.push(Reject { origin: *origin, stage: name, code: fault.code().into(), property: None, message: fault.to_string() });
+                        sink.instance = prepared.start(sink.state.as_deref())?;
+                    }
+                }
+            }
+            emitted
+        }
+    };
+    let origins = vec![credit; emitted.len()];
+    Ok((emitted, origins))
 }
 
 /// Runs each event alone, replacing the instance after every fault.

@@ -10,16 +10,20 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 
 use crate::config::{PipelineSpec, StageSpec};
+use crate::plugin::bindings::sink::SinkPre;
 use crate::plugin::bindings::transform::TransformPre;
-use crate::plugin::{Clock, Counters, Grants, PluginEngine, StageContext, StageState, TransformInstance};
+use crate::plugin::{Clock, Counters, Grants, PluginEngine, SinkInstance, StageContext, StageState, TransformInstance};
 
-/// One stage, compiled and linked, ready to instantiate.
-pub struct PreparedStage {
+/// One stage, compiled and linked as a transform or a sink, ready to instantiate.
+pub struct PreparedStage<Pre = TransformPre<StageState>> {
     pub spec: StageSpec,
     pub context: Arc<StageContext>,
     engine: Engine,
-    pre: TransformPre<StageState>,
+    pre: Pre,
 }
+
+/// The sink that ends a pipeline, if it has one.
+pub type PreparedSink = PreparedStage<SinkPre<StageState>>;
 
 impl PreparedStage {
     /// A new instance, initialised with the stage's config.
@@ -29,11 +33,28 @@ impl PreparedStage {
     }
 }
 
+impl PreparedSink {
+    /// A new instance, initialised with the stage's config and, when there is
+    /// one, the state an earlier instance left.
+    pub fn start(&self, state: Option<&[u8]>) -> Result<SinkInstance> {
+        let mut instance =
+            SinkInstance::start(&self.engine, &self.pre, self.context.clone(), self.spec.time_budget, self.spec.memory_limit, &self.spec.config)
+                .with_context(|| format!("stage `{}`", self.spec.name))?;
+        if let Some(state) = state {
+            instance.restore(state).with_context(|| format!("stage `{}`", self.spec.name))?;
+        }
+        Ok(instance)
+    }
+}
+
 pub struct PipelineVersion {
     pub spec: PipelineSpec,
     /// Hex digest of the pipeline's settings and every component's bytes.
     pub id: String,
+    /// The transform stages, in order.
     pub stages: Vec<PreparedStage>,
+    /// A stateful sink after them, whose own events are the pipeline's outputs.
+    pub sink: Option<PreparedSink>,
 }
 
 impl PipelineVersion {
@@ -42,21 +63,54 @@ impl PipelineVersion {
         let mut hasher = Sha256::new();
         hasher.update(serde_json::to_vec(spec).context("cannot hash the pipeline settings")?);
         let mut stages = Vec::with_capacity(spec.stages.len());
-        for stage in &spec.stages {
-            let (prepared, digest) = prepare_stage(engine, &spec.name, stage, clock).with_context(|| format!("pipeline `{}`", spec.name))?;
+        let mut sink = None;
+        for (n, stage) in spec.stages.iter().enumerate() {
+            let last = n + 1 == spec.stages.len();
+            let (prepared, digest) = prepare_stage(engine, &spec.name, stage, clock, last).with_context(|| format!("pipeline `{}`", spec.name))?;
             hasher.update(digest);
-            stages.push(prepared);
+            match prepared {
+                Linked::Transform(stage) => stages.push(stage),
+                Linked::Sink(stage) => sink = Some(stage),
+            }
+        }
+        if sink.is_some() && spec.workers != 1 {
+            anyhow::bail!(
+                "pipeline `{}` ends in a sink, which keeps its state in one instance: set `workers = 1` (it has {})",
+                spec.name,
+                spec.workers
+            );
         }
         let id = hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
-        Ok(Arc::new(Self { spec: spec.clone(), id, stages }))
+        Ok(Arc::new(Self { spec: spec.clone(), id, stages, sink }))
     }
 }
 
-/// Prepares one stage; the digest covers its component and everything it was granted.
-fn prepare_stage(engine: &PluginEngine, pipeline: &str, spec: &StageSpec, clock: &Clock) -> Result<(PreparedStage, [u8; 32])> {
+enum Linked {
+    Transform(PreparedStage),
+    Sink(PreparedSink),
+}
+
+enum Pre {
+    Transform(TransformPre<StageState>),
+    Sink(SinkPre<StageState>),
+}
+
+/// Prepares one stage; the digest covers its component and everything it was
+/// granted. Only the `last` stage may be a sink.
+fn prepare_stage(engine: &PluginEngine, pipeline: &str, spec: &StageSpec, clock: &Clock, last: bool) -> Result<(Linked, [u8; 32])> {
     let (loaded, pre) = engine
         .load(&spec.component)
-        .and_then(|loaded| engine.transform_pre(&loaded.component).map(|pre| (loaded, pre)))
+        .and_then(|loaded| {
+            let pre = match engine.transform_pre(&loaded.component) {
+                Ok(pre) => Pre::Transform(pre),
+                Err(not_transform) => match engine.sink_pre(&loaded.component) {
+                    Ok(pre) if last => Pre::Sink(pre),
+                    Ok(_) => anyhow::bail!("the component is a sink, and a sink can only be a pipeline's last stage"),
+                    Err(_) => return Err(not_transform),
+                },
+            };
+            Ok((loaded, pre))
+        })
         .with_context(|| format!("stage `{}`, component {}", spec.name, spec.component.display()))?;
     let grants = grants(spec).with_context(|| format!("stage `{}`", spec.name))?;
     let mut digest = Sha256::new();
@@ -74,11 +128,22 @@ fn prepare_stage(engine: &PluginEngine, pipeline: &str, spec: &StageSpec, clock:
         counters: Counters::default(),
         grants,
     });
-    let stage = PreparedStage { spec: spec.clone(), context, engine: engine.engine().clone(), pre };
+    let engine = engine.engine().clone();
     // One instance now, so that an `init` that refuses its config stops the
     // version here rather than in a worker.
-    stage.start()?;
-    Ok((stage, digest.finalize().into()))
+    let linked = match pre {
+        Pre::Transform(pre) => {
+            let stage = PreparedStage { spec: spec.clone(), context, engine, pre };
+            stage.start()?;
+            Linked::Transform(stage)
+        }
+        Pre::Sink(pre) => {
+            let stage = PreparedSink { spec: spec.clone(), context, engine, pre };
+            stage.start(None)?;
+            Linked::Sink(stage)
+        }
+    };
+    Ok((linked, digest.finalize().into()))
 }
 
 /// The stage's grants, with environment values read now: a missing variable

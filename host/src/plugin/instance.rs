@@ -1,5 +1,5 @@
-//! One live instance of a transform stage: its own store, memory cap and time
-//! budget. A call that traps, runs out of time or out of memory comes back as a
+//! Live instances of stages, transform or sink: each has its own store,
+//! memory cap and time budget. A call that traps, runs out of time or out of memory comes back as a
 //! [`Fault`]; the instance is then spent and the caller makes a new one.
 
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use wasmtime::{Engine, Store, Trap};
 
+use super::bindings::sink::{Sink, SinkPre};
 use super::bindings::transform::{Transform, TransformPre};
 use super::bindings::{Event, Outcome};
 use super::engine::EPOCH_TICK;
@@ -50,10 +51,41 @@ impl std::fmt::Display for Fault {
     }
 }
 
-pub struct TransformInstance {
+/// A store under a stage's limits: what both kinds of instance run in.
+struct Sandbox {
     store: Store<StageState>,
-    bindings: Transform,
     time_budget: Duration,
+}
+
+impl Sandbox {
+    fn new(engine: &Engine, stage: Arc<StageContext>, time_budget: Duration, memory_limit: u64) -> Result<Self> {
+        let mut store = Store::new(engine, StageState::new(stage, memory_limit)?);
+        store.limiter(|state| &mut state.limiter);
+        set_budget(&mut store, time_budget);
+        Ok(Self { store, time_budget })
+    }
+
+    /// Runs one call into the plugin with a fresh time budget; a trap, a
+    /// timeout or a memory overrun comes back as a [`Fault`].
+    fn call<T>(&mut self, call: impl FnOnce(&mut Store<StageState>) -> wasmtime::Result<T>) -> Result<T, Fault> {
+        set_budget(&mut self.store, self.time_budget);
+        call(&mut self.store).map_err(|e| classify(&self.store, self.time_budget, e))
+    }
+
+    /// Calls `init`; its refusal or its fault stops the instance from starting.
+    fn init(&mut self, call: impl FnOnce(&mut Store<StageState>) -> wasmtime::Result<Result<(), String>>) -> Result<()> {
+        match self.call(call) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => anyhow::bail!("the plugin's init refused its config: {message}"),
+            Err(fault) => anyhow::bail!("the plugin's init failed: {fault}"),
+        }
+    }
+}
+
+/// One instance of a `transform` stage.
+pub struct TransformInstance {
+    sandbox: Sandbox,
+    bindings: Transform,
 }
 
 impl TransformInstance {
@@ -66,32 +98,63 @@ impl TransformInstance {
         memory_limit: u64,
         config: &str,
     ) -> Result<Self> {
-        let mut store = Store::new(engine, StageState::new(stage, memory_limit)?);
-        store.limiter(|state| &mut state.limiter);
-        set_budget(&mut store, time_budget);
-        let bindings = pre.instantiate(&mut store).anyhow().context("cannot instantiate the component")?;
-        let mut instance = Self { store, bindings, time_budget };
-        instance.init(config)?;
-        Ok(instance)
-    }
-
-    fn init(&mut self, config: &str) -> Result<()> {
-        set_budget(&mut self.store, self.time_budget);
-        match self.bindings.call_init(&mut self.store, config) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => anyhow::bail!("the plugin's init refused its config: {message}"),
-            Err(error) => Err(anyhow::anyhow!("the plugin's init failed: {}", classify(&self.store, self.time_budget, error))),
-        }
+        let mut sandbox = Sandbox::new(engine, stage, time_budget, memory_limit)?;
+        let bindings = pre.instantiate(&mut sandbox.store).anyhow().context("cannot instantiate the component")?;
+        sandbox.init(|store| bindings.call_init(store, config))?;
+        Ok(Self { sandbox, bindings })
     }
 
     /// Runs one batch: one outcome per event, in order.
     pub fn process(&mut self, batch: &[Event]) -> Result<Vec<Outcome>, Fault> {
-        set_budget(&mut self.store, self.time_budget);
-        let outcomes = self.bindings.call_process(&mut self.store, batch).map_err(|e| classify(&self.store, self.time_budget, e))?;
+        let bindings = &self.bindings;
+        let outcomes = self.sandbox.call(|store| bindings.call_process(store, batch))?;
         if outcomes.len() != batch.len() {
             return Err(Fault::Contract(format!("process returned {} outcomes for {} events", outcomes.len(), batch.len())));
         }
         Ok(outcomes)
+    }
+}
+
+/// One instance of a `sink` stage: it keeps state across batches, emits
+/// events of its own, and hands its state over through snapshots.
+pub struct SinkInstance {
+    sandbox: Sandbox,
+    bindings: Sink,
+}
+
+impl SinkInstance {
+    /// Instantiates the stage and calls its `init` with `config`.
+    pub fn start(engine: &Engine, pre: &SinkPre<StageState>, stage: Arc<StageContext>, time_budget: Duration, memory_limit: u64, config: &str) -> Result<Self> {
+        let mut sandbox = Sandbox::new(engine, stage, time_budget, memory_limit)?;
+        let bindings = pre.instantiate(&mut sandbox.store).anyhow().context("cannot instantiate the component")?;
+        sandbox.init(|store| bindings.call_init(store, config))?;
+        Ok(Self { sandbox, bindings })
+    }
+
+    pub fn consume(&mut self, batch: &[Event]) -> Result<Vec<Event>, Fault> {
+        let bindings = &self.bindings;
+        self.sandbox.call(|store| bindings.call_consume(store, batch))
+    }
+
+    /// Time has passed: `now` in nanoseconds since the Unix epoch.
+    pub fn tick(&mut self, now: u64) -> Result<Vec<Event>, Fault> {
+        let bindings = &self.bindings;
+        self.sandbox.call(|store| bindings.call_tick(store, now))
+    }
+
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, Fault> {
+        let bindings = &self.bindings;
+        self.sandbox.call(|store| bindings.call_snapshot(store))
+    }
+
+    /// Takes over a state a `snapshot` produced.
+    pub fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let bindings = &self.bindings;
+        match self.sandbox.call(|store| bindings.call_restore(store, state)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => anyhow::bail!("the plugin refused the state it was handed: {message}"),
+            Err(fault) => anyhow::bail!("the plugin's restore failed: {fault}"),
+        }
     }
 }
 

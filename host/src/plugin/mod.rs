@@ -15,7 +15,7 @@ pub mod state;
 pub use bindings::{Event, Outcome, Rejection};
 pub use engine::{Loaded, PluginEngine};
 pub use imports::{Clock, Counters};
-pub use instance::{Fault, TransformInstance};
+pub use instance::{Fault, SinkInstance, TransformInstance};
 pub use state::{Grants, StageContext, StageState};
 
 /// wasmtime's error type is its own; this brings its results into `anyhow`

@@ -53,7 +53,7 @@ impl RunningPipeline {
 
     /// Whether `new` can replace the running version between two batches, or
     /// needs the workers restarted (a different input, worker count, batch
-    /// shape or output mode).
+    /// shape, output mode or tick).
     pub fn can_swap_to(&self, new: &PipelineSpec) -> bool {
         let old = &self.version().spec;
         old.input == new.input
@@ -61,6 +61,7 @@ impl RunningPipeline {
             && old.max_events == new.max_events
             && old.max_wait == new.max_wait
             && old.output_jetstream == new.output_jetstream
+            && old.tick == new.tick
     }
 
     /// Hands a new version to the workers; each takes it up after its current batch.

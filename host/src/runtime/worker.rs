@@ -39,11 +39,22 @@ impl Worker {
         let (name, max_events, max_wait) = (version.spec.name.clone(), version.spec.max_events, version.spec.max_wait);
         let mut chain = tokio::task::block_in_place(|| Chain::start(version))?;
         let mut batches = self.source.reader(&self.connection, max_events, max_wait).await?;
+        // Only a pipeline that ends in a sink is told that time passes.
+        let has_sink = chain.version.sink.is_some();
+        let mut ticker = tokio::time::interval(chain.version.spec.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::debug!(pipeline = %name, worker = self.index, "Worker started.");
         loop {
             let batch = tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => break,
+                _ = ticker.tick(), if has_sink => {
+                    if self.versions.has_changed().unwrap_or(false) {
+                        self.swap(&mut chain);
+                    }
+                    self.tick(&mut chain).await;
+                    continue;
+                }
                 batch = batches.next() => batch,
             };
             let Some(batch) = batch else {
@@ -66,7 +77,10 @@ impl Worker {
     /// may read granted files through WASI's blocking calls.
     fn swap(&mut self, chain: &mut Chain) {
         let version = self.versions.borrow_and_update().clone();
-        match tokio::task::block_in_place(|| Chain::start(version.clone())) {
+        // A sink's state goes over to the new version's sink.
+        let state = chain.hand_over();
+        let started = tokio::task::block_in_place(|| Chain::start(version.clone()).and_then(|mut new| new.take_over(state).map(|()| new)));
+        match started {
             Ok(new) => {
                 tracing::debug!(pipeline = %version.spec.name, worker = self.index, from = %chain.version.id, to = %version.id, "Worker swapped version.");
                 *chain = new;
@@ -103,6 +117,31 @@ impl Worker {
         Stats::add(&self.stats.rejected, counts.1);
         Stats::add(&self.stats.dropped, counts.2);
         Stats::add(&self.stats.faults, counts.3);
+    }
+
+    /// Tells the sink that time passed and publishes what that causes.
+    async fn tick(&self, chain: &mut Chain) {
+        let now = chain.version.sink.as_ref().map_or(0, |sink| sink.context.clock.now_ns());
+        let events = match tokio::task::block_in_place(|| chain.tick(now)) {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "The sink cannot be restarted after a fault on tick.");
+                return;
+            }
+        };
+        let messages = events
+            .into_iter()
+            .map(|event| {
+                let mut headers = carried(&event.headers);
+                stamp(&mut headers, &chain.version, None);
+                Message { subject: event.subject, headers, body: event.body.into() }
+            })
+            .collect::<Vec<_>>();
+        let count = messages.len();
+        match self.publisher.publish_all(messages).await {
+            Ok(()) => Stats::add(&self.stats.published, count),
+            Err(error) => tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "Cannot publish what the sink emitted on tick."),
+        }
     }
 
     async fn fail(&self, receipts: &[Receipt]) {
