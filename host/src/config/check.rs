@@ -185,6 +185,21 @@ impl Checker {
             Some(d) => self.parsed(d, |d| units::duration(d).and_then(|d| within(d, (Duration::from_millis(10), Duration::from_secs(3600)), "tick"))),
         };
 
+        let state_bucket = match &raw.state_bucket {
+            None => Some(DEFAULT_STATE_BUCKET.to_string()),
+            Some(b) => self.parsed(b, |b| {
+                if !b.is_empty() && b.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                    Ok(b.clone())
+                } else {
+                    Err(format!("state_bucket {b:?} must be letters, digits, `_` or `-` (a NATS key-value bucket name)"))
+                }
+            }),
+        };
+        let webhook = match &raw.output.webhook {
+            None => Some(None),
+            Some(w) => self.webhook(w, raw.output.jetstream == Some(true)).map(Some),
+        };
+
         let mut stage_names = HashSet::new();
         let stages: Vec<Option<StageSpec>> = raw
             .stage
@@ -209,8 +224,34 @@ impl Checker {
             max_event_bytes: max_event_bytes?,
             format: format?,
             tick: tick?,
+            state_bucket: state_bucket?,
+            webhook: webhook?,
             stages: stages.into_iter().collect::<Option<Vec<_>>>()?,
         })
+    }
+
+    fn webhook(&mut self, raw: &Spanned<raw::Webhook>, jetstream: bool) -> Option<WebhookSpec> {
+        if jetstream {
+            self.problem(raw, "an output goes either to a webhook or to JetStream: drop `jetstream = true` or the `webhook`");
+        }
+        let w = raw.get_ref();
+        let url = self.parsed(&w.url, |url| {
+            let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).ok_or(format!("webhook url {url:?} must start with http:// or https://"))?;
+            if rest.is_empty() || rest.starts_with('/') { Err(format!("webhook url {url:?} names no host")) } else { Ok(url.clone()) }
+        });
+        let timeout = match &w.timeout {
+            None => Some(Duration::from_secs(10)),
+            Some(t) => self.parsed(t, |t| units::duration(t).and_then(|d| within(d, (Duration::from_millis(10), Duration::from_secs(300)), "timeout"))),
+        };
+        let backoff = match &w.backoff {
+            None => Some(Duration::from_secs(1)),
+            Some(b) => self.parsed(b, |b| units::duration(b).and_then(|d| within(d, (Duration::from_millis(1), Duration::from_secs(600)), "backoff"))),
+        };
+        let attempts = match &w.attempts {
+            None => Some(5),
+            Some(a) => self.parsed(a, |a| u32::try_from(*a).ok().filter(|a| (1..=100).contains(a)).ok_or(format!("attempts must be from 1 to 100, found {a}"))),
+        };
+        Some(WebhookSpec { url: url?, timeout: timeout?, attempts: attempts?, backoff: backoff? })
     }
 
     fn input(&mut self, pipeline: &str, raw: &raw::Input) -> Option<InputSpec> {

@@ -70,7 +70,23 @@ pub struct PipelineSpec {
     pub format: BodyFormat,
     /// How often a sink at the end of the pipeline is called with `tick`.
     pub tick: Duration,
+    /// The key-value bucket that keeps a sink's state across restarts.
+    pub state_bucket: String,
+    /// Outputs go to this HTTP endpoint rather than to NATS.
+    pub webhook: Option<WebhookSpec>,
     pub stages: Vec<StageSpec>,
+}
+
+/// An HTTP endpoint that receives a pipeline's outputs, one POST each.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WebhookSpec {
+    pub url: String,
+    /// How long one attempt may take.
+    pub timeout: Duration,
+    /// Attempts per output before the batch is handed back for redelivery.
+    pub attempts: u32,
+    /// The wait after the first failed attempt, doubled after each.
+    pub backoff: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -125,6 +141,8 @@ pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 pub const DEFAULT_TICK: Duration = Duration::from_secs(10);
+/// Where sinks keep their state unless a pipeline names another bucket.
+pub const DEFAULT_STATE_BUCKET: &str = "SLUICE_STATE";
 
 /// Reads and checks a pipeline file.
 pub fn load(path: &Path) -> anyhow::Result<PipelineFile> {

@@ -60,6 +60,8 @@ pub struct Pipeline {
     pub format: Option<Spanned<String>>,
     /// How often a pipeline's sink is told that time passed.
     pub tick: Option<Spanned<String>>,
+    /// The key-value bucket that keeps a sink's state across restarts.
+    pub state_bucket: Option<Spanned<String>>,
     #[serde(default)]
     pub stage: Vec<Spanned<Stage>>,
 }
@@ -82,6 +84,17 @@ pub struct Input {
 pub struct Output {
     /// Publish through JetStream and wait for its acknowledgements.
     pub jetstream: Option<bool>,
+    /// Deliver each output to an HTTP endpoint instead of publishing it.
+    pub webhook: Option<Spanned<Webhook>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub url: Spanned<String>,
+    pub timeout: Option<Spanned<String>>,
+    pub attempts: Option<Spanned<i64>>,
+    pub backoff: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -31,6 +31,8 @@ pub struct Receipt {
     /// output message ids are derived so that a redelivery does not duplicate
     /// outputs in a stream with a duplicate window.
     pub id: Option<String>,
+    /// The event's position in its stream (JetStream only).
+    pub sequence: Option<u64>,
     settle: Settle,
 }
 
@@ -123,7 +125,7 @@ impl Source {
                     .with_context(|| format!("cannot subscribe to {subject} in queue group {queue}"))?;
                 Box::pin(subscriber.map(|message| Delivery {
                     event: Event { subject: message.subject.to_string(), headers: headers(message.headers.as_ref()), body: message.payload.to_vec() },
-                    receipt: Receipt { id: None, settle: Settle::Core },
+                    receipt: Receipt { id: None, sequence: None, settle: Settle::Core },
                 }))
             }
         };
@@ -132,13 +134,14 @@ impl Source {
 }
 
 fn from_jetstream(message: JetStreamMessage) -> Delivery {
-    let id = message.info().ok().map(|info| format!("{}:{}", info.stream, info.stream_sequence));
+    let info = message.info().ok().map(|info| (format!("{}:{}", info.stream, info.stream_sequence), info.stream_sequence));
+    let (id, sequence) = info.unzip();
     let event = Event {
         subject: message.subject.to_string(),
         headers: headers(message.headers.as_ref()),
         body: message.payload.to_vec(),
     };
-    Delivery { event, receipt: Receipt { id, settle: Settle::JetStream(message) } }
+    Delivery { event, receipt: Receipt { id, sequence, settle: Settle::JetStream(message) } }
 }
 
 fn headers(map: Option<&HeaderMap>) -> Vec<(String, String)> {

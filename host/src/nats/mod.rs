@@ -6,11 +6,13 @@
 //! - `streams`: creating or updating the JetStream streams a file declares.
 //! - `input`: reading batches from a JetStream consumer or a core queue group.
 //! - `publish`: publishing outputs and dead letters, and knowing they arrived.
+//! - `state`: sinks' state kept in a key-value bucket across restarts.
 
 pub mod connect;
 pub mod input;
 pub mod publish;
 pub mod server;
+pub mod state;
 pub mod streams;
 
 pub use connect::{Connection, connect};

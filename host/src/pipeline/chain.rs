@@ -52,31 +52,54 @@ pub struct Chain {
     sink: Option<LiveSink>,
 }
 
-/// The live sink and the last state it was known to be good in: a faulted
-/// instance is replaced by one restored from it.
+/// The live sink and the states it was last known to be good in: a faulted
+/// instance is replaced by one restored from `state` (the last call that
+/// succeeded); `committed` is the state after the last batch whose outputs
+/// were published, to which a batch that could not be published rolls back.
 struct LiveSink {
     instance: SinkInstance,
     state: Option<Vec<u8>>,
+    committed: Option<Vec<u8>>,
 }
 
 impl Chain {
     pub fn start(version: Arc<PipelineVersion>) -> Result<Self> {
         let instances = version.stages.iter().map(|stage| stage.start()).collect::<Result<_>>()?;
-        let sink = version.sink.as_ref().map(|sink| sink.start(None).map(|instance| LiveSink { instance, state: None })).transpose()?;
+        let sink = version.sink.as_ref().map(|sink| sink.start(None).map(|instance| LiveSink { instance, state: None, committed: None })).transpose()?;
         Ok(Self { version, instances, sink })
     }
 
-    /// The sink's state, to hand to the next version's chain.
+    /// The sink's committed state, to hand to the next version's chain.
     pub fn hand_over(&self) -> Option<Vec<u8>> {
-        self.sink.as_ref().and_then(|sink| sink.state.clone())
+        self.sink.as_ref().and_then(|sink| sink.committed.clone())
     }
 
-    /// Takes over the state an earlier chain's sink handed over.
+    /// Takes over the state an earlier chain's sink handed over, or one kept
+    /// from before a restart.
     pub fn take_over(&mut self, state: Option<Vec<u8>>) -> Result<()> {
         if let (Some(sink), Some(state)) = (self.sink.as_mut(), state) {
             sink.instance.restore(&state)?;
-            sink.state = Some(state);
+            sink.state = Some(state.clone());
+            sink.committed = Some(state);
         }
+        Ok(())
+    }
+
+    /// The outputs of everything the sink was given so far are published: its
+    /// state becomes the one to keep. Returns it, for keeping elsewhere too.
+    pub fn commit(&mut self) -> Option<&[u8]> {
+        let sink = self.sink.as_mut()?;
+        sink.committed.clone_from(&sink.state);
+        sink.committed.as_deref()
+    }
+
+    /// The outputs since the last commit could not be published: the sink
+    /// goes back to the committed state, so that the events it is given again
+    /// are not counted twice.
+    pub fn rollback(&mut self) -> Result<()> {
+        let (Some(prepared), Some(sink)) = (self.version.sink.as_ref(), self.sink.as_mut()) else { return Ok(()) };
+        sink.instance = prepared.start(sink.committed.as_deref())?;
+        sink.state.clone_from(&sink.committed);
         Ok(())
     }
 

@@ -183,7 +183,7 @@ fn progress(name: &str, running: &RunningPipeline, connection: &Connection) {
     let s = running.stats.snapshot();
     tracing::info!(
         pipeline = %name, version = %running.version().id, received = s.received, published = s.published,
-        rejected = s.rejected, dropped = s.dropped, faults = s.faults, failed_batches = s.failed_batches,
+        rejected = s.rejected, dropped = s.dropped, faults = s.faults, failed_batches = s.failed_batches, already_counted = s.already_counted,
         slow_consumer_events = connection.slow_consumer_events(), "Progress."
     );
 }

@@ -14,6 +14,9 @@ pub struct Stats {
     /// Batches whose outputs could not be published (redelivered on JetStream,
     /// lost on core NATS).
     pub failed_batches: AtomicU64,
+    /// Inputs a sink's kept state had counted before a restart, acked again
+    /// without being counted twice.
+    pub already_counted: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -25,6 +28,7 @@ pub struct Snapshot {
     pub dropped: u64,
     pub faults: u64,
     pub failed_batches: u64,
+    pub already_counted: u64,
 }
 
 impl Stats {
@@ -41,6 +45,7 @@ impl Stats {
             dropped: get(&self.dropped),
             faults: get(&self.faults),
             failed_batches: get(&self.failed_batches),
+            already_counted: get(&self.already_counted),
         }
     }
 }

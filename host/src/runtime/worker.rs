@@ -2,12 +2,18 @@
 //! the outputs and dead letters, then ack the inputs. A new pipeline version is
 //! taken up only between two batches, so a swap never splits a batch, loses
 //! an event or processes one twice.
+//!
+//! A pipeline that ends in a sink (one worker) also keeps the sink's state in
+//! a key-value bucket after each batch, before acking it, and reads it back at
+//! start. A batch it cannot publish is rolled back and retried in place, never
+//! skipped, so the state sees every event once and in order.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use async_nats::HeaderMap;
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
@@ -15,6 +21,7 @@ use super::stats::Stats;
 use crate::nats::Connection;
 use crate::nats::input::{Delivery, Receipt, Source};
 use crate::nats::publish::{Message, Publisher};
+use crate::nats::state::{Saved, StateStore};
 use crate::pipeline::{BatchResult, Chain, DeadLetter, PIPELINE_HEADER, PipelineVersion, VERSION_HEADER};
 use crate::plugin::Event;
 
@@ -22,6 +29,24 @@ use crate::plugin::Event;
 const REDELIVERY_DELAY: Duration = Duration::from_secs(1);
 /// Pause before reopening an input that ended unexpectedly.
 const REOPEN_DELAY: Duration = Duration::from_millis(500);
+/// First and longest pause before a sink pipeline retries a batch.
+const RETRY_DELAYS: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+
+/// Where a sink's state is kept, and how far into the input it reaches.
+#[derive(Default)]
+struct Kept {
+    store: Option<StateStore>,
+    /// Stream sequence of the last input the sink has counted.
+    counted_through: u64,
+}
+
+/// What a batch came to, for the statistics.
+struct Counts {
+    published: usize,
+    rejected: usize,
+    dropped: usize,
+    faults: usize,
+}
 
 pub struct Worker {
     pub index: usize,
@@ -38,9 +63,10 @@ impl Worker {
         let version = self.versions.borrow_and_update().clone();
         let (name, max_events, max_wait) = (version.spec.name.clone(), version.spec.max_events, version.spec.max_wait);
         let mut chain = tokio::task::block_in_place(|| Chain::start(version))?;
-        let mut batches = self.source.reader(&self.connection, max_events, max_wait).await?;
-        // Only a pipeline that ends in a sink is told that time passes.
+        // Only a pipeline that ends in a sink keeps state and is told that time passes.
         let has_sink = chain.version.sink.is_some();
+        let mut kept = if has_sink { self.restore(&mut chain).await } else { Kept::default() };
+        let mut batches = self.source.reader(&self.connection, max_events, max_wait).await?;
         let mut ticker = tokio::time::interval(chain.version.spec.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::debug!(pipeline = %name, worker = self.index, "Worker started.");
@@ -52,7 +78,7 @@ impl Worker {
                     if self.versions.has_changed().unwrap_or(false) {
                         self.swap(&mut chain);
                     }
-                    self.tick(&mut chain).await;
+                    self.tick(&mut chain, &kept).await;
                     continue;
                 }
                 batch = batches.next() => batch,
@@ -66,7 +92,11 @@ impl Worker {
             if self.versions.has_changed().unwrap_or(false) {
                 self.swap(&mut chain);
             }
-            self.handle(&mut chain, batch).await;
+            if has_sink {
+                self.handle_in_order(&mut chain, batch, &mut kept).await;
+            } else {
+                self.handle(&mut chain, batch).await;
+            }
         }
         tracing::debug!(pipeline = %name, worker = self.index, "Worker stopped.");
         Ok(())
@@ -92,35 +122,120 @@ impl Worker {
         }
     }
 
+    /// Reads the sink's kept state, if there is one, into the chain.
+    async fn restore(&self, chain: &mut Chain) -> Kept {
+        let version = chain.version.clone();
+        let spec = &version.spec;
+        let stage = version.sink.as_ref().map_or("", |sink| sink.spec.name.as_str());
+        let store = match StateStore::open(&self.connection, &spec.state_bucket, &spec.name, stage).await {
+            Ok(store) => store,
+            Err(error) => {
+                tracing::error!(pipeline = %spec.name, error = format!("{error:#}"), "Cannot keep the sink's state in NATS; it lives in memory only and a restart starts it empty.");
+                return Kept::default();
+            }
+        };
+        let loaded = store.load().await.and_then(|saved| match saved {
+            None => Ok(None),
+            Some(saved) => tokio::task::block_in_place(|| chain.take_over(Some(saved.snapshot.clone()))).map(|()| Some(saved)).context("the sink refused it"),
+        });
+        let counted_through = match loaded {
+            Ok(Some(saved)) => {
+                tracing::info!(pipeline = %spec.name, key = store.key(), bytes = saved.snapshot.len(), counted_through = saved.sequence, "Sink state restored.");
+                saved.sequence
+            }
+            Ok(None) => {
+                tracing::info!(pipeline = %spec.name, key = store.key(), "No kept sink state; starting empty.");
+                0
+            }
+            Err(error) => {
+                tracing::error!(pipeline = %spec.name, key = store.key(), error = format!("{error:#}"), "Cannot restore the kept sink state; starting empty.");
+                0
+            }
+        };
+        Kept { store: Some(store), counted_through }
+    }
+
     async fn handle(&self, chain: &mut Chain, batch: Vec<Delivery>) {
         Stats::add(&self.stats.received, batch.len());
         let (events, receipts): (Vec<Event>, Vec<Receipt>) = batch.into_iter().map(|d| (d.event, d.receipt)).unzip();
-        // Plugins run synchronously; let the runtime move other tasks off this thread meanwhile.
-        let result = tokio::task::block_in_place(|| chain.process(&events));
-        let result = match result {
-            Ok(result) => result,
+        match self.attempt(chain, &events, &receipts, None).await {
+            Ok(counts) => self.settle(&receipts, counts).await,
             Err(error) => {
-                tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "A stage cannot be restarted; the batch will be redelivered.");
-                return self.fail(&receipts).await;
+                tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "The batch failed; it will be redelivered (JetStream) or is lost (core).");
+                self.fail(&receipts).await;
             }
-        };
-        let counts = (result.outputs.len(), result.rejects.len(), result.dropped, result.faults);
-        let messages = messages(&chain.version, &events, &receipts, result);
-        if let Err(error) = self.publisher.publish_all(messages).await {
-            tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "Cannot publish a batch's outputs; it will be redelivered (JetStream) or is lost (core).");
-            return self.fail(&receipts).await;
         }
-        for receipt in &receipts {
+    }
+
+    /// A batch for a sink: inputs the kept state already counted are acked
+    /// and passed over; the rest is retried in place until its outputs and
+    /// the new state are stored, so the sink sees each event once, in order.
+    async fn handle_in_order(&self, chain: &mut Chain, batch: Vec<Delivery>, kept: &mut Kept) {
+        Stats::add(&self.stats.received, batch.len());
+        let (counted, fresh): (Vec<Delivery>, Vec<Delivery>) =
+            batch.into_iter().partition(|d| d.receipt.sequence.is_some_and(|sequence| sequence <= kept.counted_through));
+        if !counted.is_empty() {
+            tracing::info!(pipeline = %chain.version.spec.name, events = counted.len(), "Inputs already counted in the kept state; acking them without counting them again.");
+            for delivery in &counted {
+                delivery.receipt.ack().await;
+            }
+            Stats::add(&self.stats.already_counted, counted.len());
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        let (events, receipts): (Vec<Event>, Vec<Receipt>) = fresh.into_iter().map(|d| (d.event, d.receipt)).unzip();
+        let through = receipts.iter().filter_map(|r| r.sequence).max().unwrap_or(0).max(kept.counted_through);
+        let mut delay = RETRY_DELAYS.0;
+        loop {
+            match self.attempt(chain, &events, &receipts, Some((kept, through))).await {
+                Ok(counts) => {
+                    kept.counted_through = through;
+                    return self.settle(&receipts, counts).await;
+                }
+                Err(error) => {
+                    Stats::add(&self.stats.failed_batches, 1);
+                    tracing::error!(
+                        pipeline = %chain.version.spec.name, error = format!("{error:#}"), retry_in = ?delay,
+                        "The batch failed; the sink goes back to its last kept state and the batch is retried."
+                    );
+                    if let Err(error) = tokio::task::block_in_place(|| chain.rollback()) {
+                        tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "Cannot restart the sink from its kept state.");
+                    }
+                    tokio::time::sleep(delay).await;
+                    if *self.shutdown.borrow() {
+                        return self.fail(&receipts).await;
+                    }
+                    delay = (delay * 2).min(RETRY_DELAYS.1);
+                }
+            }
+        }
+    }
+
+    /// Runs a batch, publishes what it gives and, for a sink, stores its new
+    /// state (`kept`, with the stream sequence the state now reaches).
+    async fn attempt(&self, chain: &mut Chain, events: &[Event], receipts: &[Receipt], kept: Option<(&Kept, u64)>) -> Result<Counts> {
+        // Plugins run synchronously; let the runtime move other tasks off this thread meanwhile.
+        let result = tokio::task::block_in_place(|| chain.process(events)).context("a stage cannot be restarted")?;
+        let counts = Counts { published: result.outputs.len(), rejected: result.rejects.len(), dropped: result.dropped, faults: result.faults };
+        let messages = messages(&chain.version, events, receipts, result);
+        self.publisher.publish_all(messages).await.context("cannot publish the batch's outputs")?;
+        keep(chain, kept).await?;
+        Ok(counts)
+    }
+
+    async fn settle(&self, receipts: &[Receipt], counts: Counts) {
+        for receipt in receipts {
             receipt.ack().await;
         }
-        Stats::add(&self.stats.published, counts.0);
-        Stats::add(&self.stats.rejected, counts.1);
-        Stats::add(&self.stats.dropped, counts.2);
-        Stats::add(&self.stats.faults, counts.3);
+        Stats::add(&self.stats.published, counts.published);
+        Stats::add(&self.stats.rejected, counts.rejected);
+        Stats::add(&self.stats.dropped, counts.dropped);
+        Stats::add(&self.stats.faults, counts.faults);
     }
 
     /// Tells the sink that time passed and publishes what that causes.
-    async fn tick(&self, chain: &mut Chain) {
+    async fn tick(&self, chain: &mut Chain, kept: &Kept) {
         let now = chain.version.sink.as_ref().map_or(0, |sink| sink.context.clock.now_ns());
         let events = match tokio::task::block_in_place(|| chain.tick(now)) {
             Ok(events) => events,
@@ -133,14 +248,20 @@ impl Worker {
             .into_iter()
             .map(|event| {
                 let mut headers = carried(&event.headers);
-                stamp(&mut headers, &chain.version, None);
+                stamp(&mut headers, &chain.version, Some(content_id(&chain.version, &event)));
                 Message { subject: event.subject, headers, body: event.body.into() }
             })
             .collect::<Vec<_>>();
         let count = messages.len();
-        match self.publisher.publish_all(messages).await {
+        let published = self.publisher.publish_all(messages).await.context("cannot publish what the sink emitted on tick");
+        match published.and(keep(chain, Some((kept, kept.counted_through))).await) {
             Ok(()) => Stats::add(&self.stats.published, count),
-            Err(error) => tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "Cannot publish what the sink emitted on tick."),
+            Err(error) => {
+                tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "The tick failed; the sink goes back to its last kept state and the next tick tries again.");
+                if let Err(error) = tokio::task::block_in_place(|| chain.rollback()) {
+                    tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "Cannot restart the sink from its kept state.");
+                }
+            }
         }
     }
 
@@ -161,7 +282,14 @@ fn messages(version: &PipelineVersion, inputs: &[Event], receipts: &[Receipt], r
     let mut messages = Vec::with_capacity(result.outputs.len() + result.rejects.len());
     for output in result.outputs {
         let mut headers = carried(&output.event.headers);
-        stamp(&mut headers, version, receipts[output.origin].id.as_ref().map(|id| format!("{id}:{}", produced[output.origin])));
+        // A sink's events may come from a batch formed differently after a
+        // redelivery: their ids derive from their content instead.
+        let id = if version.sink.is_some() {
+            Some(content_id(version, &output.event))
+        } else {
+            receipts[output.origin].id.as_ref().map(|id| format!("{id}:{}", produced[output.origin]))
+        };
+        stamp(&mut headers, version, id);
         produced[output.origin] += 1;
         messages.push(Message { subject: output.event.subject, headers, body: output.event.body.into() });
     }
@@ -174,6 +302,28 @@ fn messages(version: &PipelineVersion, inputs: &[Event], receipts: &[Receipt], r
         messages.push(Message { subject: format!("{}.{}", spec.dead_letter, reject.stage), headers, body: body.into() });
     }
     messages
+}
+
+/// Commits the sink's state and, where it is kept, stores it.
+async fn keep(chain: &mut Chain, kept: Option<(&Kept, u64)>) -> Result<()> {
+    let snapshot = chain.commit().map(<[u8]>::to_vec);
+    if let (Some((Kept { store: Some(store), .. }, sequence)), Some(snapshot)) = (kept, snapshot) {
+        store.save(&Saved { sequence, snapshot }).await?;
+    }
+    Ok(())
+}
+
+/// A message id from the pipeline, subject and body: the same event emitted
+/// again (after a retry or a restart) is dropped by the stream.
+fn content_id(version: &PipelineVersion, event: &Event) -> String {
+    let mut hash = Sha256::new();
+    for part in [version.spec.name.as_bytes(), event.subject.as_bytes(), &event.body] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    let digest = hash.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}:{hex}", version.spec.name)
 }
 
 /// Headers passed on from an event to the message that carries it; its

@@ -1,0 +1,403 @@
+//! The stage's `config` table: defaults for every rule, and the rules.
+//!
+//! ```toml
+//! [pipeline.stage.config]
+//! subject_prefix = "storyforge.alerts"   # alerts go to <prefix>.<rule id>
+//! stage = "beta"                         # picks per-stage thresholds
+//! min_samples = 20                       # default for every rule
+//! late_allowance = "5m"                  # how late an event may still count
+//! resolution = "1m"                      # windows slide by this step
+//!
+//! [[pipeline.stage.config.rule]]
+//! id = "generation_p95"
+//! owner = "eng"
+//! severity = "page"
+//! window = "15m"
+//! samples = ["scene_generated"]
+//! quantile = { field = "latency_ms", q = 0.95 }
+//! above = { beta = 110_000, launch = 90_000 }
+//! ```
+//!
+//! A rule measures one of `quantile = { field, q }`, `mean = "field"` or
+//! `share = { event?, where? }` (the fraction of samples that match) over the
+//! events named in `samples` (optionally narrowed by `where`), and fires when
+//! the measure is `above` or `below` its threshold. `group_by` names a field
+//! whose value splits the rule into one alert per value; when that field holds
+//! an object (`experiment_assignments`), each of its entries is a group with
+//! the labels `experiment` and `variant`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_prefix")]
+    pub subject_prefix: String,
+    /// The release stage, for thresholds given per stage.
+    pub stage: Option<String>,
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u64,
+    #[serde(default = "default_late")]
+    pub late_allowance: String,
+    #[serde(default = "default_resolution")]
+    pub resolution: String,
+    /// Re-announce a firing alert this often (event time); default never.
+    pub repeat: Option<String>,
+    /// The property holding the event time.
+    #[serde(default = "default_time_field")]
+    pub time_field: String,
+    /// The property holding the event name.
+    #[serde(default = "default_event_field")]
+    pub event_field: String,
+    /// Most groups one rule tracks at once, so that a field with unbounded
+    /// values cannot exhaust memory.
+    #[serde(default = "default_max_groups")]
+    pub max_groups: usize,
+    /// Relative accuracy of quantiles.
+    #[serde(default = "default_accuracy")]
+    pub accuracy: f64,
+    #[serde(default)]
+    pub rule: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub id: String,
+    /// Tells apart rules that share an id (one per guardrail metric).
+    pub check: Option<String>,
+    pub owner: String,
+    pub severity: String,
+    pub window: String,
+    pub min_samples: Option<u64>,
+    pub repeat: Option<String>,
+    pub group_by: Option<String>,
+    pub samples: Vec<String>,
+    #[serde(rename = "where", default)]
+    pub filter: Map<String, Value>,
+    pub quantile: Option<QuantileConfig>,
+    pub mean: Option<String>,
+    pub share: Option<ShareConfig>,
+    pub above: Option<Threshold>,
+    pub below: Option<Threshold>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantileConfig {
+    pub field: String,
+    pub q: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareConfig {
+    pub event: Option<String>,
+    #[serde(rename = "where", default)]
+    pub filter: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Threshold {
+    Value(f64),
+    ByStage(BTreeMap<String, f64>),
+}
+
+fn default_prefix() -> String {
+    "alerts".into()
+}
+fn default_min_samples() -> u64 {
+    20
+}
+fn default_late() -> String {
+    "5m".into()
+}
+fn default_resolution() -> String {
+    "1m".into()
+}
+fn default_time_field() -> String {
+    "server_ts".into()
+}
+fn default_event_field() -> String {
+    "event".into()
+}
+fn default_max_groups() -> usize {
+    1000
+}
+fn default_accuracy() -> f64 {
+    0.01
+}
+
+/// What a rule measures.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Measure {
+    Quantile { field: String, q: f64 },
+    Mean { field: String },
+    Share { event: Option<String>, filter: Map<String, Value> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Condition {
+    Above(f64),
+    Below(f64),
+}
+
+impl Condition {
+    pub fn holds(self, value: f64) -> bool {
+        match self {
+            Condition::Above(threshold) => value > threshold,
+            Condition::Below(threshold) => value < threshold,
+        }
+    }
+
+    pub fn threshold(self) -> f64 {
+        match self {
+            Condition::Above(t) | Condition::Below(t) => t,
+        }
+    }
+
+    pub fn word(self) -> &'static str {
+        match self {
+            Condition::Above(_) => "above",
+            Condition::Below(_) => "below",
+        }
+    }
+}
+
+/// A checked rule, ready to evaluate.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// `id`, or `id/check`: names the rule's state in a snapshot.
+    pub key: String,
+    pub id: String,
+    pub check: Option<String>,
+    pub owner: String,
+    pub severity: String,
+    pub window_text: String,
+    pub window_ms: i64,
+    pub min_samples: u64,
+    pub repeat_ms: Option<i64>,
+    pub group_by: Option<String>,
+    pub samples: Vec<String>,
+    pub filter: Map<String, Value>,
+    pub measure: Measure,
+    pub condition: Condition,
+    pub description: Option<String>,
+}
+
+/// The whole checked configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub subject_prefix: String,
+    pub stage: Option<String>,
+    pub late_ms: i64,
+    pub resolution_ms: i64,
+    pub time_field: String,
+    pub event_field: String,
+    pub max_groups: usize,
+    pub accuracy: f64,
+    pub rules: Vec<Rule>,
+}
+
+impl Settings {
+    pub fn parse(json: &str) -> Result<Self, String> {
+        let config: Config = serde_json::from_str(json).map_err(|e| format!("invalid alert config: {e}"))?;
+        Self::check(config)
+    }
+
+    fn check(mut config: Config) -> Result<Self, String> {
+        let late_ms = duration_ms(&config.late_allowance).map_err(|e| format!("late_allowance: {e}"))?;
+        let resolution_ms = duration_ms(&config.resolution).map_err(|e| format!("resolution: {e}"))?;
+        if resolution_ms < 1000 {
+            return Err(format!("resolution: {:?} is shorter than one second", config.resolution));
+        }
+        if !(0.0001..=0.1).contains(&config.accuracy) {
+            return Err(format!("accuracy: {} is outside 0.0001..=0.1", config.accuracy));
+        }
+        if config.rule.is_empty() {
+            return Err("no rules: add at least one [[...config.rule]]".into());
+        }
+        let repeat = config.repeat.as_deref().map(duration_ms).transpose().map_err(|e| format!("repeat: {e}"))?;
+        let mut rules: Vec<Rule> = Vec::with_capacity(config.rule.len());
+        for raw in std::mem::take(&mut config.rule) {
+            let name = match &raw.check {
+                Some(check) => format!("{}/{check}", raw.id),
+                None => raw.id.clone(),
+            };
+            let rule = check_rule(raw, &config, resolution_ms, repeat).map_err(|e| format!("rule `{name}`: {e}"))?;
+            if rules.iter().any(|r| r.key == rule.key) {
+                return Err(format!("rule `{name}` is declared twice (give each rule of one id its own `check`)"));
+            }
+            rules.push(rule);
+        }
+        Ok(Self {
+            subject_prefix: config.subject_prefix,
+            stage: config.stage,
+            late_ms,
+            resolution_ms,
+            time_field: config.time_field,
+            event_field: config.event_field,
+            max_groups: config.max_groups,
+            accuracy: config.accuracy,
+            rules,
+        })
+    }
+
+    pub fn longest_window_ms(&self) -> i64 {
+        self.rules.iter().map(|r| r.window_ms).max().unwrap_or(0)
+    }
+}
+
+fn check_rule(raw: RuleConfig, config: &Config, resolution_ms: i64, default_repeat: Option<i64>) -> Result<Rule, String> {
+    if raw.id.is_empty() || !raw.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!("id {:?} must be letters, digits, `_` or `-` (it ends the alert's subject)", raw.id));
+    }
+    let window_ms = duration_ms(&raw.window).map_err(|e| format!("window: {e}"))?;
+    if window_ms < resolution_ms || window_ms % resolution_ms != 0 {
+        return Err(format!("window {:?} must be a whole number of resolution steps ({})", raw.window, config.resolution));
+    }
+    if raw.samples.is_empty() {
+        return Err("`samples` names no event".into());
+    }
+    let measure = match (raw.quantile, raw.mean, raw.share) {
+        (Some(q), None, None) => {
+            if !(0.0..=1.0).contains(&q.q) {
+                return Err(format!("quantile q = {} is outside 0..=1", q.q));
+            }
+            Measure::Quantile { field: q.field, q: q.q }
+        }
+        (None, Some(field), None) => Measure::Mean { field },
+        (None, None, Some(share)) => {
+            if share.event.is_none() && share.filter.is_empty() {
+                return Err("`share` needs an `event` or a `where`".into());
+            }
+            Measure::Share { event: share.event, filter: share.filter }
+        }
+        _ => return Err("give exactly one of `quantile`, `mean` or `share`".into()),
+    };
+    let pick = |threshold: Threshold| -> Result<f64, String> {
+        match threshold {
+            Threshold::Value(value) => Ok(value),
+            Threshold::ByStage(by_stage) => {
+                let stage = config.stage.as_deref().ok_or("the threshold is given per stage; set `stage` in the config")?;
+                by_stage.get(stage).copied().ok_or_else(|| format!("no threshold for stage {stage:?} (it has {:?})", by_stage.keys().collect::<Vec<_>>()))
+            }
+        }
+    };
+    let condition = match (raw.above, raw.below) {
+        (Some(above), None) => Condition::Above(pick(above)?),
+        (None, Some(below)) => Condition::Below(pick(below)?),
+        _ => return Err("give exactly one of `above` or `below`".into()),
+    };
+    let repeat_ms = match raw.repeat.as_deref() {
+        Some(text) => Some(duration_ms(text).map_err(|e| format!("repeat: {e}"))?),
+        None => default_repeat,
+    };
+    let key = match &raw.check {
+        Some(check) => format!("{}/{check}", raw.id),
+        None => raw.id.clone(),
+    };
+    Ok(Rule {
+        key,
+        id: raw.id,
+        check: raw.check,
+        owner: raw.owner,
+        severity: raw.severity,
+        window_text: raw.window,
+        window_ms,
+        min_samples: raw.min_samples.unwrap_or(config.min_samples).max(1),
+        repeat_ms: repeat_ms.filter(|ms| *ms > 0),
+        group_by: raw.group_by,
+        samples: raw.samples,
+        filter: raw.filter,
+        measure,
+        condition,
+        description: raw.description,
+    })
+}
+
+/// Milliseconds in a duration such as `90s`, `15m`, `1h`, `1h30m` or `500ms`.
+pub fn duration_ms(text: &str) -> Result<i64, String> {
+    let fail = || format!("{text:?} is not a duration such as 30s, 15m, 1h or 1h30m");
+    let mut total: i64 = 0;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(fail());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(fail());
+        }
+        let number: i64 = rest[..digits].parse().map_err(|_| fail())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(fail()),
+        };
+        rest = &rest[unit_len..];
+        total = number.checked_mul(unit).and_then(|ms| total.checked_add(ms)).ok_or_else(fail)?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(duration_ms("15m"), Ok(900_000));
+        assert_eq!(duration_ms("1h30m"), Ok(5_400_000));
+        assert_eq!(duration_ms("500ms"), Ok(500));
+        assert!(duration_ms("15").is_err());
+        assert!(duration_ms("m").is_err());
+        assert!(duration_ms("3 weeks").is_err());
+    }
+
+    fn settings(rule: &str) -> Result<Settings, String> {
+        Settings::parse(&format!(r#"{{ "stage": "beta", "rule": [{rule}] }}"#))
+    }
+
+    #[test]
+    fn thresholds_per_stage_follow_the_stage() {
+        let rule = r#"{ "id": "p95", "owner": "eng", "severity": "page", "window": "15m", "samples": ["scene_generated"],
+                       "quantile": { "field": "latency_ms", "q": 0.95 }, "above": { "beta": 110000, "launch": 90000 } }"#;
+        let settings = settings(rule).unwrap();
+        assert_eq!(settings.rules[0].condition, Condition::Above(110_000.0));
+        let launch = Settings::parse(&format!(r#"{{ "stage": "launch", "rule": [{rule}] }}"#)).unwrap();
+        assert_eq!(launch.rules[0].condition, Condition::Above(90_000.0));
+        let error = Settings::parse(&format!(r#"{{ "stage": "ga", "rule": [{rule}] }}"#)).unwrap_err();
+        assert!(error.contains("rule `p95`") && error.contains("no threshold for stage \"ga\""), "{error}");
+    }
+
+    #[test]
+    fn broken_rules_are_named_with_what_is_wrong() {
+        let base = r#""id": "r", "owner": "o", "severity": "s", "samples": ["e"]"#;
+        let cases = [
+            (format!(r#"{{ {base}, "window": "15m", "mean": "x" }}"#), "exactly one of `above` or `below`"),
+            (format!(r#"{{ {base}, "window": "15m", "below": 1 }}"#), "exactly one of `quantile`, `mean` or `share`"),
+            (format!(r#"{{ {base}, "window": "90s", "mean": "x", "below": 1 }}"#), "whole number of resolution steps"),
+            (format!(r#"{{ {base}, "window": "15m", "share": {{}}, "below": 1 }}"#), "needs an `event` or a `where`"),
+            (format!(r#"{{ {base}, "window": "15m", "quantile": {{ "field": "x", "q": 95 }}, "above": 1 }}"#), "outside 0..=1"),
+        ];
+        for (rule, expected) in cases {
+            let error = settings(&rule).unwrap_err();
+            assert!(error.contains("rule `r`") && error.contains(expected), "{rule}: {error}");
+        }
+        let twice = format!(r#"{{ {base}, "window": "15m", "mean": "x", "below": 1 }}, {{ {base}, "window": "15m", "mean": "x", "below": 1 }}"#);
+        assert!(settings(&twice).unwrap_err().contains("declared twice"));
+        assert!(Settings::parse(r#"{ "rule": [] }"#).unwrap_err().contains("no rules"));
+        assert!(Settings::parse(r#"{ "rules": [] }"#).unwrap_err().contains("unknown field `rules`"));
+    }
+}

@@ -1,0 +1,627 @@
+//! The alerting itself, as plain Rust: event-time windows per rule and group,
+//! evaluation at each step of event time, and the firing/resolved state
+//! machine of every alert.
+//!
+//! Time. Event time is the events' own `server_ts`. The engine's clock (its
+//! watermark) is the latest event time seen; an event more than
+//! `late_allowance` behind it is counted as late and ignored. Windows are
+//! evaluated at every `resolution` boundary the watermark passes, over the
+//! steps `[boundary - window, boundary)`, before the event that crossed the
+//! boundary is added. So a replay of the same events gives the same alerts,
+//! however they are batched. When no event arrives between two ticks, event
+//! time moves on by the wall time between them, so alerts resolve without
+//! traffic.
+//!
+//! Alerts. A rule (or one group of it) fires when its window holds at least
+//! `min_samples` samples and its condition holds; it then emits one `firing`
+//! alert, and one `resolved` alert when the condition no longer holds on the
+//! samples it has or its window is empty. Nothing is repeated between the two,
+//! unless the rule has a `repeat` interval.
+//!
+//! Memory. A window keeps one aggregate per step (count, hits, sum and, for
+//! quantiles, a sketch of 1 % relative error whose size depends on the spread
+//! of the values, not their number); steps older than the longest window are
+//! dropped, and a group with no samples and no firing alert is forgotten.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sluice_kit::sketch::Sketch;
+use sluice_kit::time;
+
+use crate::config::{Measure, Rule, Settings};
+
+/// The version of the snapshot format.
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// One alert to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub subject: String,
+    pub body: Value,
+}
+
+/// What happened to the events of one call, for the host's counters.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Tally {
+    /// Events that are a sample of at least one rule.
+    pub sampled: u64,
+    /// Events later than the allowance, ignored.
+    pub late: u64,
+    /// Events without a readable event time or name, or not JSON objects.
+    pub unreadable: u64,
+    /// Events timed further ahead of the wall clock than the late
+    /// allowance, ignored.
+    pub future: u64,
+    /// Samples without the numeric field their rule measures.
+    pub missing_field: u64,
+    /// Samples of a group past `max_groups`, ignored.
+    pub over_group_limit: u64,
+}
+
+/// The state that `snapshot` and `restore` carry.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    version: u32,
+    /// The latest event time, in Unix milliseconds.
+    watermark_ms: Option<i64>,
+    /// The last boundary at which the windows were evaluated.
+    evaluated_ms: Option<i64>,
+    /// The latest time of any sample.
+    last_sample_ms: Option<i64>,
+    /// The wall time of the last tick, and whether events came since.
+    last_tick_ns: Option<u64>,
+    events_since_tick: bool,
+    /// Every tracked window and alert, by rule key and labels.
+    series: BTreeMap<String, Series>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Series {
+    rule: String,
+    labels: BTreeMap<String, String>,
+    /// Aggregates by the start of their step (Unix milliseconds).
+    steps: BTreeMap<i64, Step>,
+    alert: AlertState,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Step {
+    samples: u64,
+    hits: u64,
+    sum: f64,
+    sketch: Option<Sketch>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum AlertState {
+    Ok,
+    Firing { since_ms: i64, announced_ms: i64 },
+}
+
+pub struct Engine {
+    settings: Settings,
+    /// Event name → indices of the rules it is a sample of.
+    by_event: HashMap<String, Vec<usize>>,
+    state: State,
+}
+
+impl Engine {
+    pub fn new(settings: Settings) -> Self {
+        let mut by_event: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, rule) in settings.rules.iter().enumerate() {
+            for event in &rule.samples {
+                by_event.entry(event.clone()).or_default().push(index);
+            }
+        }
+        Self { settings, by_event, state: State { version: SNAPSHOT_VERSION, ..State::default() } }
+    }
+
+    /// Takes in events (JSON bodies) in order, the wall clock reading
+    /// `now_ms`; returns the alerts they cause.
+    pub fn consume<'a>(&mut self, bodies: impl IntoIterator<Item = &'a [u8]>, now_ms: i64, tally: &mut Tally) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        for body in bodies {
+            self.state.events_since_tick = true;
+            let Ok(Value::Object(event)) = serde_json::from_slice::<Value>(body) else {
+                tally.unreadable += 1;
+                continue;
+            };
+            let Some(name) = event.get(&self.settings.event_field).and_then(Value::as_str) else {
+                tally.unreadable += 1;
+                continue;
+            };
+            let Some(rules) = self.by_event.get(name).cloned() else { continue };
+            let Some(at_ms) = event.get(&self.settings.time_field).and_then(Value::as_str).and_then(|t| time::parse_rfc3339(t).ok()) else {
+                tally.unreadable += 1;
+                continue;
+            };
+            if at_ms > now_ms + self.settings.late_ms {
+                // A clock far ahead would make every later event late.
+                tally.future += 1;
+                continue;
+            }
+            if self.state.watermark_ms.is_some_and(|watermark| at_ms < watermark - self.settings.late_ms) {
+                tally.late += 1;
+                continue;
+            }
+            if self.state.watermark_ms.is_none_or(|watermark| at_ms > watermark) {
+                self.advance_to(at_ms, &mut alerts);
+            }
+            tally.sampled += 1;
+            for index in rules {
+                self.add_sample(index, name, &event, at_ms, tally);
+            }
+        }
+        alerts
+    }
+
+    /// The wall clock reads `now_ns`. If no event came since the last tick,
+    /// event time moves on by the wall time that passed.
+    pub fn tick(&mut self, now_ns: u64) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        let previous = self.state.last_tick_ns.replace(now_ns);
+        let quiet = !std::mem::take(&mut self.state.events_since_tick);
+        if let (Some(previous), Some(watermark), true) = (previous, self.state.watermark_ms, quiet) {
+            let passed_ms = (now_ns.saturating_sub(previous) / 1_000_000) as i64;
+            if passed_ms > 0 {
+                self.advance_to(watermark + passed_ms, &mut alerts);
+            }
+        }
+        alerts
+    }
+
+    pub fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.state).unwrap_or_default()
+    }
+
+    /// Takes over a snapshot. Windows of rules that no longer exist are
+    /// dropped; the others carry on, alerts firing or not as they were.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let mut state: State = serde_json::from_slice(bytes).map_err(|e| format!("cannot read the alert state: {e}"))?;
+        if state.version != SNAPSHOT_VERSION {
+            return Err(format!("the alert state is format {}, this plugin reads format {SNAPSHOT_VERSION}", state.version));
+        }
+        state.series.retain(|_, series| self.settings.rules.iter().any(|rule| rule.key == series.rule));
+        self.state = state;
+        Ok(())
+    }
+
+    /// How many steps of all windows are held: the state's size, in effect.
+    pub fn steps_held(&self) -> usize {
+        self.state.series.values().map(|s| s.steps.len()).sum()
+    }
+
+    pub fn series_held(&self) -> usize {
+        self.state.series.len()
+    }
+
+    fn add_sample(&mut self, index: usize, name: &str, event: &Map<String, Value>, at_ms: i64, tally: &mut Tally) {
+        let rule = &self.settings.rules[index];
+        if !matches_all(event, &rule.filter) {
+            return;
+        }
+        let (value, hit) = match &rule.measure {
+            Measure::Quantile { field, .. } | Measure::Mean { field } => match event.get(field).and_then(Value::as_f64) {
+                Some(value) => (value, false),
+                None => {
+                    tally.missing_field += 1;
+                    return;
+                }
+            },
+            Measure::Share { event: wanted, filter } => (0.0, wanted.as_deref().is_none_or(|w| w == name) && matches_all(event, filter)),
+        };
+        let step_ms = at_ms.div_euclid(self.settings.resolution_ms) * self.settings.resolution_ms;
+        for labels in groups(rule, event) {
+            let key = series_key(&rule.key, &labels);
+            if !self.state.series.contains_key(&key) {
+                let tracked = self.state.series.values().filter(|s| s.rule == rule.key).count();
+                if tracked >= self.settings.max_groups {
+                    tally.over_group_limit += 1;
+                    continue;
+                }
+                let series = Series { rule: rule.key.clone(), labels, steps: BTreeMap::new(), alert: AlertState::Ok };
+                self.state.series.insert(key.clone(), series);
+            }
+            let Some(series) = self.state.series.get_mut(&key) else { continue };
+            let step = series.steps.entry(step_ms).or_default();
+            step.samples += 1;
+            step.hits += u64::from(hit);
+            step.sum += value;
+            if matches!(rule.measure, Measure::Quantile { .. }) {
+                step.sketch.get_or_insert_with(|| Sketch::new(self.settings.accuracy)).add(value);
+            }
+        }
+        self.state.last_sample_ms = self.state.last_sample_ms.max(Some(at_ms));
+    }
+
+    /// Moves event time to `to_ms`, evaluating every boundary it passes.
+    fn advance_to(&mut self, to_ms: i64, alerts: &mut Vec<Alert>) {
+        self.state.watermark_ms = Some(to_ms);
+        let resolution = self.settings.resolution_ms;
+        let target = to_ms.div_euclid(resolution) * resolution;
+        let Some(evaluated) = self.state.evaluated_ms else {
+            self.state.evaluated_ms = Some(target);
+            return;
+        };
+        let quiet_after = self.state.last_sample_ms.map_or(i64::MIN, |last| last + self.settings.longest_window_ms());
+        let mut boundary = evaluated + resolution;
+        while boundary <= target {
+            self.evaluate(boundary, alerts);
+            self.state.evaluated_ms = Some(boundary);
+            if boundary > quiet_after {
+                // Every window is empty from here on and every alert resolved:
+                // the boundaries up to the target would change nothing.
+                self.state.evaluated_ms = Some(target);
+                break;
+            }
+            boundary += resolution;
+        }
+    }
+
+    /// Evaluates every window ending at `boundary`.
+    fn evaluate(&mut self, boundary: i64, alerts: &mut Vec<Alert>) {
+        let settings = &self.settings;
+        self.state.series.retain(|_, series| {
+            let Some(rule) = settings.rules.iter().find(|r| r.key == series.rule) else { return false };
+            let start = boundary - rule.window_ms;
+            // Later evaluations never look before `start + resolution`.
+            series.steps.retain(|step, _| *step + settings.resolution_ms > start);
+            let (samples, value) = measure(rule, series.steps.range(start..boundary).map(|(_, step)| step), settings.accuracy);
+            match series.alert {
+                AlertState::Ok => {
+                    if samples >= rule.min_samples && value.is_some_and(|v| rule.condition.holds(v)) {
+                        series.alert = AlertState::Firing { since_ms: boundary, announced_ms: boundary };
+                        alerts.push(alert(settings, rule, series, "firing", value, samples, boundary, false));
+                    }
+                }
+                AlertState::Firing { since_ms, announced_ms } => {
+                    if samples == 0 || !value.is_some_and(|v| rule.condition.holds(v)) {
+                        alerts.push(alert(settings, rule, series, "resolved", value, samples, boundary, false));
+                        series.alert = AlertState::Ok;
+                    } else if rule.repeat_ms.is_some_and(|repeat| boundary - announced_ms >= repeat) {
+                        series.alert = AlertState::Firing { since_ms, announced_ms: boundary };
+                        alerts.push(alert(settings, rule, series, "firing", value, samples, boundary, true));
+                    }
+                }
+            }
+            !series.steps.is_empty() || series.alert != AlertState::Ok
+        });
+    }
+}
+
+/// The sample count and the measured value over some steps.
+fn measure<'a>(rule: &Rule, steps: impl Iterator<Item = &'a Step>, accuracy: f64) -> (u64, Option<f64>) {
+    let (mut samples, mut hits, mut sum) = (0u64, 0u64, 0.0f64);
+    let mut sketch = None::<Sketch>;
+    for step in steps {
+        samples += step.samples;
+        hits += step.hits;
+        sum += step.sum;
+        if let Some(more) = &step.sketch {
+            sketch.get_or_insert_with(|| Sketch::new(accuracy)).merge(more);
+        }
+    }
+    if samples == 0 {
+        return (0, None);
+    }
+    let value = match &rule.measure {
+        Measure::Quantile { q, .. } => sketch.and_then(|s| s.quantile(*q)),
+        Measure::Mean { .. } => Some(sum / samples as f64),
+        Measure::Share { .. } => Some(hits as f64 / samples as f64),
+    };
+    (samples, value)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn alert(settings: &Settings, rule: &Rule, series: &Series, state: &str, value: Option<f64>, samples: u64, at_ms: i64, repeat: bool) -> Alert {
+    let since = match series.alert {
+        AlertState::Firing { since_ms, .. } => since_ms,
+        AlertState::Ok => at_ms,
+    };
+    let value = value.map(|v| (v * 10_000.0).round() / 10_000.0);
+    let labels_text: Vec<String> = series.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let key = if labels_text.is_empty() { rule.key.clone() } else { format!("{}{{{}}}", rule.key, labels_text.join(",")) };
+    let what = match &rule.measure {
+        Measure::Quantile { field, q } => format!("p{} of {field}", (q * 100.0).round()),
+        Measure::Mean { field } => format!("mean {field}"),
+        Measure::Share { .. } => "share".to_string(),
+    };
+    let summary = format!(
+        "{key} {state}: {what} = {} over {} samples in the last {} ({} {})",
+        value.map_or("none".to_string(), |v| v.to_string()),
+        samples,
+        rule.window_text,
+        rule.condition.word(),
+        rule.condition.threshold()
+    );
+    let mut body = json!({
+        "rule": rule.id,
+        "state": state,
+        "key": key,
+        "value": value,
+        "threshold": rule.condition.threshold(),
+        "condition": rule.condition.word(),
+        "window": rule.window_text,
+        "owner": rule.owner,
+        "severity": rule.severity,
+        "labels": series.labels,
+        "changed_at": time::format_rfc3339(at_ms),
+        "firing_since": time::format_rfc3339(since),
+        "samples": samples,
+        "summary": summary,
+    });
+    let fields = body.as_object_mut().expect("a JSON object");
+    if let Some(check) = &rule.check {
+        fields.insert("check".into(), json!(check));
+    }
+    if let Some(stage) = &settings.stage {
+        fields.insert("stage".into(), json!(stage));
+    }
+    if let Some(description) = &rule.description {
+        fields.insert("description".into(), json!(description));
+    }
+    if repeat {
+        fields.insert("repeat".into(), json!(true));
+    }
+    Alert { subject: format!("{}.{}", settings.subject_prefix, rule.id), body }
+}
+
+/// Whether every `field = value` of `filter` holds of the event.
+fn matches_all(event: &Map<String, Value>, filter: &Map<String, Value>) -> bool {
+    filter.iter().all(|(field, value)| event.get(field) == Some(value))
+}
+
+/// The label sets an event counts towards: one without `group_by`; with it,
+/// one per value of the field (an object's entries are experiment/variant).
+fn groups(rule: &Rule, event: &Map<String, Value>) -> Vec<BTreeMap<String, String>> {
+    let Some(field) = &rule.group_by else { return vec![BTreeMap::new()] };
+    match event.get(field) {
+        Some(Value::Object(entries)) => entries
+            .iter()
+            .filter_map(|(experiment, variant)| {
+                let variant = scalar(variant)?;
+                Some(BTreeMap::from([("experiment".to_string(), experiment.clone()), ("variant".to_string(), variant)]))
+            })
+            .collect(),
+        Some(value) => scalar(value).map(|v| vec![BTreeMap::from([(field.clone(), v)])]).unwrap_or_default(),
+        None => Vec::new(),
+    }
+}
+
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn series_key(rule: &str, labels: &BTreeMap<String, String>) -> String {
+    let mut key = rule.to_string();
+    for (name, value) in labels {
+        key.push('|');
+        key.push_str(name);
+        key.push('=');
+        key.push_str(value);
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+    use sluice_kit::time;
+
+    use super::{Engine, Tally};
+    use crate::config::Settings;
+
+    /// 2026-11-24T10:00:00Z.
+    const T0: i64 = 1_795_514_400_000;
+    const MINUTE: i64 = 60_000;
+    /// The wall clock: a day after the events, as in a replay.
+    const NOW: i64 = T0 + 86_400_000;
+
+    fn engine() -> Engine {
+        let config = json!({
+            "subject_prefix": "storyforge.alerts",
+            "stage": "beta",
+            "rule": [
+                { "id": "generation_p95", "owner": "eng", "severity": "page", "window": "15m", "samples": ["scene_generated"],
+                  "quantile": { "field": "latency_ms", "q": 0.95 }, "above": { "beta": 110000, "launch": 90000 } },
+                { "id": "export_success_rate", "owner": "eng", "severity": "incident", "window": "30m",
+                  "samples": ["export_succeeded", "export_failed"], "share": { "event": "export_succeeded" }, "below": 0.8 },
+                { "id": "continuity_score", "owner": "ml", "severity": "flag", "window": "1h",
+                  "samples": ["character_locked", "scene_locked"], "mean": "consistency_score", "below": 0.88 },
+                { "id": "experiment_guardrail", "check": "export_success_rate", "owner": "growth", "severity": "guardrail", "window": "30m",
+                  "group_by": "experiment_assignments", "samples": ["export_succeeded", "export_failed"],
+                  "share": { "event": "export_succeeded" }, "below": 0.8 }
+            ]
+        });
+        Engine::new(Settings::parse(&config.to_string()).unwrap())
+    }
+
+    fn event(name: &str, at_ms: i64, extra: Value) -> Vec<u8> {
+        let mut body = json!({ "event": name, "server_ts": time::format_rfc3339(at_ms) });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::to_vec(&body).unwrap()
+    }
+
+    /// `count` generations, one every 10 s from `from_ms`.
+    fn generations(from_ms: i64, count: i64, latency_ms: f64) -> Vec<Vec<u8>> {
+        (0..count).map(|i| event("scene_generated", from_ms + i * 10_000, json!({ "latency_ms": latency_ms }))).collect()
+    }
+
+    fn feed(engine: &mut Engine, events: &[Vec<u8>]) -> Vec<Value> {
+        let mut tally = Tally::default();
+        let alerts = engine.consume(events.iter().map(Vec::as_slice), NOW, &mut tally);
+        alerts.into_iter().map(|a| a.body).collect()
+    }
+
+    fn states(alerts: &[Value]) -> Vec<(String, String)> {
+        alerts.iter().map(|a| (a["key"].as_str().unwrap().to_string(), a["state"].as_str().unwrap().to_string())).collect()
+    }
+
+    /// A sample far later, so that every boundary up to it is evaluated.
+    fn pass_time(engine: &mut Engine, at_ms: i64) -> Vec<Value> {
+        feed(engine, &[event("scene_generated", at_ms, json!({ "latency_ms": 1000 }))])
+    }
+
+    #[test]
+    fn a_slow_p95_fires_once_with_what_an_on_call_engineer_needs() {
+        let mut engine = engine();
+        // One every 10 s: the window ending 10:02 holds 12, the one ending 10:04 holds 24.
+        let alerts = feed(&mut engine, &generations(T0, 30, 115_000.0));
+        assert_eq!(states(&alerts), [("generation_p95".into(), "firing".into())]);
+        let alert = &alerts[0];
+        assert_eq!(alert["rule"], "generation_p95");
+        assert_eq!(alert["owner"], "eng");
+        assert_eq!(alert["severity"], "page");
+        assert_eq!(alert["threshold"], 110_000.0);
+        assert_eq!(alert["window"], "15m");
+        assert_eq!(alert["samples"], 24);
+        assert_eq!(alert["stage"], "beta");
+        assert_eq!(alert["changed_at"], time::format_rfc3339(T0 + 4 * MINUTE));
+        let value = alert["value"].as_f64().unwrap();
+        assert!((value - 115_000.0).abs() / 115_000.0 <= 0.01, "p95 {value} within 1 %");
+    }
+
+    #[test]
+    fn at_or_below_the_threshold_or_under_the_minimum_sample_count_nothing_fires() {
+        let mut engine = engine();
+        // 19 very slow generations: one short of the minimum.
+        let mut alerts = feed(&mut engine, &generations(T0, 19, 300_000.0));
+        alerts.extend(feed(&mut engine, &generations(T0 + 16 * MINUTE, 200, 100_000.0)));
+        alerts.extend(pass_time(&mut engine, T0 + 60 * MINUTE));
+        assert_eq!(alerts, Vec::<Value>::new());
+    }
+
+    #[test]
+    fn an_incident_gives_exactly_one_firing_and_one_resolved() {
+        let mut engine = engine();
+        let mut alerts = feed(&mut engine, &generations(T0, 60, 130_000.0));
+        alerts.extend(feed(&mut engine, &generations(T0 + 10 * MINUTE, 240, 20_000.0)));
+        alerts.extend(pass_time(&mut engine, T0 + 120 * MINUTE));
+        assert_eq!(states(&alerts), [("generation_p95".into(), "firing".into()), ("generation_p95".into(), "resolved".into())]);
+        let resolved = &alerts[1];
+        assert_eq!(resolved["firing_since"], alerts[0]["changed_at"]);
+        assert!(resolved["value"].as_f64().unwrap() <= 110_000.0);
+    }
+
+    #[test]
+    fn a_repeat_interval_re_announces_a_firing_alert() {
+        let mut config: Value = serde_json::from_str(r#"{ "repeat": "10m", "rule": [
+            { "id": "p", "owner": "eng", "severity": "page", "window": "15m", "samples": ["scene_generated"],
+              "quantile": { "field": "latency_ms", "q": 0.95 }, "above": 110000 } ] }"#)
+        .unwrap();
+        config["min_samples"] = json!(5);
+        let mut engine = Engine::new(Settings::parse(&config.to_string()).unwrap());
+        let alerts = feed(&mut engine, &generations(T0, 6 * 30, 130_000.0));
+        let repeats: Vec<bool> = alerts.iter().map(|a| a.get("repeat").is_some()).collect();
+        // Fires at 10:01, repeats at 10:11 and 10:21; the last sample is at 10:29:50.
+        assert_eq!(repeats, [false, true, true], "{alerts:?}");
+        assert!(alerts.iter().all(|a| a["state"] == "firing"));
+    }
+
+    #[test]
+    fn guardrails_alert_for_the_failing_variant_only() {
+        let mut engine = engine();
+        let mut events = Vec::new();
+        for i in 0..40 {
+            let at = T0 + i * 20_000;
+            let a = json!({ "experiment_assignments": { "pricing_layout": "A" } });
+            let b = json!({ "experiment_assignments": { "pricing_layout": "B" } });
+            events.push(event("export_succeeded", at, a));
+            events.push(event(if i % 2 == 0 { "export_failed" } else { "export_succeeded" }, at, b));
+        }
+        let mut alerts = feed(&mut engine, &events);
+        alerts.extend(pass_time(&mut engine, T0 + 14 * MINUTE));
+        let keys = states(&alerts);
+        assert!(keys.contains(&("experiment_guardrail/export_success_rate{experiment=pricing_layout,variant=B}".into(), "firing".into())), "{keys:?}");
+        assert!(!keys.iter().any(|(key, _)| key.contains("variant=A")), "{keys:?}");
+        let b = alerts.iter().find(|a| a["rule"] == "experiment_guardrail").unwrap();
+        assert_eq!(b["labels"], json!({ "experiment": "pricing_layout", "variant": "B" }));
+        assert_eq!(b["check"], "export_success_rate");
+        assert_eq!(b["owner"], "growth");
+    }
+
+    #[test]
+    fn batching_does_not_change_the_alerts() {
+        let mut events = generations(T0, 90, 130_000.0);
+        events.extend(generations(T0 + 15 * MINUTE, 200, 10_000.0));
+        events.extend((0..60).map(|i| event("scene_locked", T0 + i * 30_000, json!({ "consistency_score": 0.8 }))));
+        events.sort_by_key(|e| serde_json::from_slice::<Value>(e).unwrap()["server_ts"].as_str().unwrap().to_string());
+        let whole = feed(&mut engine(), &events);
+        let mut engine = engine();
+        let mut one_by_one = Vec::new();
+        for chunk in events.chunks(7) {
+            one_by_one.extend(feed(&mut engine, chunk));
+        }
+        assert!(!whole.is_empty());
+        assert_eq!(whole, one_by_one);
+    }
+
+    #[test]
+    fn late_events_count_within_the_allowance_and_are_ignored_beyond_it() {
+        let mut engine = engine();
+        feed(&mut engine, &generations(T0 + 10 * MINUTE, 1, 1000.0));
+        let mut tally = Tally::default();
+        let within = event("scene_generated", T0 + 6 * MINUTE, json!({ "latency_ms": 1000 }));
+        let beyond = event("scene_generated", T0 + 4 * MINUTE, json!({ "latency_ms": 1000 }));
+        let ahead = event("scene_generated", NOW + 6 * MINUTE, json!({ "latency_ms": 1000 }));
+        engine.consume([within.as_slice(), beyond.as_slice(), ahead.as_slice(), b"not json".as_slice()], NOW, &mut tally);
+        assert_eq!((tally.sampled, tally.late, tally.future, tally.unreadable), (1, 1, 1, 1));
+    }
+
+    #[test]
+    fn quiet_ticks_move_event_time_so_alerts_resolve_without_traffic() {
+        let mut engine = engine();
+        let mut alerts = feed(&mut engine, &generations(T0, 60, 130_000.0));
+        alerts.extend(pass_time(&mut engine, T0 + 10 * MINUTE + 1));
+        assert_eq!(states(&alerts).len(), 1);
+        let wall = 1_000_000_000_000_000_000u64;
+        assert!(engine.tick(wall).is_empty(), "the first tick only starts the clock");
+        assert!(engine.tick(wall + 5 * 60 * 1_000_000_000).is_empty(), "events came before that tick: time is theirs");
+        let resolved = engine.tick(wall + 25 * 60 * 1_000_000_000);
+        assert_eq!(states(&resolved.iter().map(|a| a.body.clone()).collect::<Vec<_>>()), [("generation_p95".into(), "resolved".into())]);
+    }
+
+    #[test]
+    fn a_restored_engine_neither_repeats_nor_forgets_an_alert() {
+        let mut first = engine();
+        let fired = feed(&mut first, &generations(T0, 61, 130_000.0));
+        assert_eq!(states(&fired).len(), 1);
+        let snapshot = first.snapshot();
+        let mut second = engine();
+        second.restore(&snapshot).unwrap();
+        let mut later = feed(&mut second, &generations(T0 + 611_000, 30, 130_000.0));
+        later.extend(pass_time(&mut second, T0 + 60 * MINUTE));
+        assert_eq!(states(&later), [("generation_p95".into(), "resolved".into())]);
+        assert_eq!(later[0]["firing_since"], fired[0]["changed_at"]);
+        assert!(engine().restore(b"{]").unwrap_err().contains("cannot read the alert state"));
+    }
+
+    #[test]
+    fn memory_stays_bounded_however_many_events_come() {
+        let mut engine = engine();
+        let mut tally = Tally::default();
+        let mut batch = Vec::with_capacity(1000);
+        for i in 0..300_000i64 {
+            // Three hours of traffic, latencies spread over 1 ms .. 200 s.
+            let latency = (i * 7919 % 200_000 + 1) as f64;
+            batch.push(event("scene_generated", T0 + i * 36, json!({ "latency_ms": latency })));
+            if batch.len() == 1000 {
+                engine.consume(batch.iter().map(Vec::as_slice), NOW, &mut tally);
+                batch.clear();
+            }
+        }
+        assert_eq!(tally.sampled, 300_000);
+        // One step per minute of the 15-minute window (plus the one filling).
+        assert!(engine.steps_held() <= 17, "{} steps", engine.steps_held());
+        let size = engine.snapshot().len();
+        assert!(size < 400_000, "snapshot {size} bytes");
+    }
+}
