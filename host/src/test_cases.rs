@@ -25,6 +25,22 @@
 //! reject = { stage = "validate", code = "missing_property", property = "user_id" }
 //! ```
 //!
+//! A pipeline that ends in a sink (such as `storyforge-alerts`) keeps its state
+//! from case to case of one file, so a file tells one story in steps. Such a
+//! step usually feeds many events and may move time on:
+//!
+//! ```toml
+//! [[case]]
+//! name = "25 slow generations page"
+//! series = [{ from = "2026-11-24T10:00:00Z", every = "10s", count = 25, input = { event = "scene_generated", latency_ms = 150000 } }]
+//! tick = "2026-11-24T10:30:00Z"           # then tell the sink this time has come
+//! expect = [{ subject = "storyforge.alerts.generation_p95", body = { state = "firing" } }]
+//! ```
+//!
+//! Each event of a `series` gets `time_field` (default `server_ts`) set to
+//! `from` plus `every` for each event before it; the events of all series of
+//! a case go in as one batch, in time order.
+//!
 //! `expect` lists every output in order; each `body` is matched as a subset
 //! (the keys it names must be equal), `absent` keys must not be there, and
 //! `contains_none` lists strings no output may contain. `input_raw` gives the
@@ -34,13 +50,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::{self, PipelineSpec};
-use crate::pipeline::{BatchResult, Chain, PipelineVersion};
+use crate::pipeline::{BatchResult, Chain, Output, PipelineVersion};
 use crate::plugin::{Clock, Event, PluginEngine};
 
 #[derive(Deserialize)]
@@ -73,6 +90,25 @@ struct Case {
     dropped: bool,
     #[serde(default)]
     contains_none: Vec<String>,
+    #[serde(default)]
+    series: Vec<Series>,
+    tick: Option<String>,
+}
+
+/// Events one apart in time, for a sink.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Series {
+    from: String,
+    every: String,
+    count: usize,
+    #[serde(default = "default_time_field")]
+    time_field: String,
+    input: Map<String, Value>,
+}
+
+fn default_time_field() -> String {
+    "server_ts".into()
 }
 
 #[derive(Deserialize)]
@@ -178,21 +214,51 @@ fn parse_clock(text: Option<&str>) -> Result<u64> {
     Ok(time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64))
 }
 
+/// The input events of a case: its `input` (or `input_raw`), then its series.
+fn inputs(file: &CaseFile, case: &Case) -> Result<Vec<Vec<u8>>, String> {
+    let merged = |input: &Map<String, Value>| {
+        let mut body = file.defaults.clone();
+        for name in &case.without {
+            body.remove(name);
+        }
+        body.extend(input.clone());
+        body
+    };
+    let mut bodies = Vec::new();
+    match (&case.input, &case.input_raw) {
+        (_, Some(raw)) => bodies.push(raw.clone().into_bytes()),
+        (Some(input), None) => bodies.push(serde_json::to_vec(&merged(input)).map_err(|e| e.to_string())?),
+        (None, None) if case.series.is_empty() && case.tick.is_none() => bodies.push(serde_json::to_vec(&merged(&Map::new())).map_err(|e| e.to_string())?),
+        (None, None) => {}
+    }
+    let mut timed = Vec::new();
+    for series in &case.series {
+        let from = parse_clock(Some(&series.from)).map_err(|e| format!("series: {e:#}"))?;
+        let every = humantime::parse_duration(&series.every).map_err(|e| format!("series: every {:?}: {e}", series.every))?;
+        for i in 0..series.count {
+            let at = std::time::UNIX_EPOCH + Duration::from_nanos(from) + every * i as u32;
+            let mut body = merged(&series.input);
+            body.insert(series.time_field.clone(), Value::String(humantime::format_rfc3339_millis(at).to_string()));
+            timed.push((at, serde_json::to_vec(&body).map_err(|e| e.to_string())?));
+        }
+    }
+    // Series interleave in time, as live traffic would.
+    timed.sort_by_key(|(at, _)| *at);
+    bodies.extend(timed.into_iter().map(|(_, body)| body));
+    Ok(bodies)
+}
+
 /// Runs one case; the error is the description of what differed.
 fn run_case(chain: &mut Chain, file: &CaseFile, case: &Case, default_subject: &str) -> Result<(), String> {
-    let body = match (&case.input, &case.input_raw) {
-        (_, Some(raw)) => raw.clone().into_bytes(),
-        (input, None) => {
-            let mut body = file.defaults.clone();
-            for name in &case.without {
-                body.remove(name);
-            }
-            body.extend(input.clone().unwrap_or_default());
-            serde_json::to_vec(&body).map_err(|e| e.to_string())?
-        }
-    };
     let subject = case.subject.clone().unwrap_or_else(|| default_subject.to_string());
-    let result = chain.process(&[Event { subject, headers: Vec::new(), body }]).map_err(|e| format!("the pipeline failed: {e:#}"))?;
+    let events: Vec<Event> = inputs(file, case)?.into_iter().map(|body| Event { subject: subject.clone(), headers: Vec::new(), body }).collect();
+    let mut result = if events.is_empty() { BatchResult::default() } else { chain.process(&events).map_err(|e| format!("the pipeline failed: {e:#}"))? };
+    if let Some(tick) = &case.tick {
+        let now = parse_clock(Some(tick)).map_err(|e| format!("tick: {e:#}"))?;
+        let emitted = chain.tick(now).map_err(|e| format!("the sink failed on tick: {e:#}"))?;
+        result.outputs.extend(emitted.into_iter().map(|event| Output { origin: 0, event }));
+    }
+    chain.commit();
     let mut problems = String::new();
     check_outputs(case, &result, &mut problems);
     check_reject(case, &result, &mut problems);

@@ -197,7 +197,7 @@ impl Checker {
         };
         let webhook = match &raw.output.webhook {
             None => Some(None),
-            Some(w) => self.webhook(w, raw.output.jetstream == Some(true)).map(Some),
+            Some(w) => self.webhook(w).map(Some),
         };
 
         let mut stage_names = HashSet::new();
@@ -230,10 +230,7 @@ impl Checker {
         })
     }
 
-    fn webhook(&mut self, raw: &Spanned<raw::Webhook>, jetstream: bool) -> Option<WebhookSpec> {
-        if jetstream {
-            self.problem(raw, "an output goes either to a webhook or to JetStream: drop `jetstream = true` or the `webhook`");
-        }
+    fn webhook(&mut self, raw: &Spanned<raw::Webhook>) -> Option<WebhookSpec> {
         let w = raw.get_ref();
         let url = self.parsed(&w.url, |url| {
             let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).ok_or(format!("webhook url {url:?} must start with http:// or https://"))?;

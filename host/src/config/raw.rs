@@ -84,7 +84,8 @@ pub struct Input {
 pub struct Output {
     /// Publish through JetStream and wait for its acknowledgements.
     pub jetstream: Option<bool>,
-    /// Deliver each output to an HTTP endpoint instead of publishing it.
+    /// Deliver each output to an HTTP endpoint instead of publishing it
+    /// (dead letters still go to NATS, through JetStream if `jetstream`).
     pub webhook: Option<Spanned<Webhook>>,
 }
 

@@ -26,7 +26,7 @@ impl RunningPipeline {
     pub async fn start(connection: &Connection, version: Arc<PipelineVersion>) -> Result<Self> {
         let spec = &version.spec;
         let source = Arc::new(Source::open(connection, spec).await?);
-        let publisher = Publisher::new(connection.clone(), spec.output_jetstream);
+        let publisher = Publisher::new(connection.clone(), spec)?;
         let (versions, _) = watch::channel(version.clone());
         let (shutdown, _) = watch::channel(false);
         let stats = Arc::new(Stats::default());
@@ -53,7 +53,7 @@ impl RunningPipeline {
 
     /// Whether `new` can replace the running version between two batches, or
     /// needs the workers restarted (a different input, worker count, batch
-    /// shape, output mode or tick).
+    /// shape, output or tick).
     pub fn can_swap_to(&self, new: &PipelineSpec) -> bool {
         let old = &self.version().spec;
         old.input == new.input
@@ -62,6 +62,7 @@ impl RunningPipeline {
             && old.max_wait == new.max_wait
             && old.output_jetstream == new.output_jetstream
             && old.tick == new.tick
+            && old.webhook == new.webhook
     }
 
     /// Hands a new version to the workers; each takes it up after its current batch.

@@ -249,7 +249,7 @@ impl Worker {
             .map(|event| {
                 let mut headers = carried(&event.headers);
                 stamp(&mut headers, &chain.version, Some(content_id(&chain.version, &event)));
-                Message { subject: event.subject, headers, body: event.body.into() }
+                Message { subject: event.subject, headers, body: event.body.into(), dead_letter: false }
             })
             .collect::<Vec<_>>();
         let count = messages.len();
@@ -291,7 +291,7 @@ fn messages(version: &PipelineVersion, inputs: &[Event], receipts: &[Receipt], r
         };
         stamp(&mut headers, version, id);
         produced[output.origin] += 1;
-        messages.push(Message { subject: output.event.subject, headers, body: output.event.body.into() });
+        messages.push(Message { subject: output.event.subject, headers, body: output.event.body.into(), dead_letter: false });
     }
     for reject in &result.rejects {
         let original = &inputs[reject.origin];
@@ -299,7 +299,7 @@ fn messages(version: &PipelineVersion, inputs: &[Event], receipts: &[Receipt], r
         let mut headers = carried(&original.headers);
         stamp(&mut headers, version, receipts[reject.origin].id.as_ref().map(|id| format!("{id}:dead-letter")));
         let body = DeadLetter::new(&spec.name, &version.id, reject, original).to_json();
-        messages.push(Message { subject: format!("{}.{}", spec.dead_letter, reject.stage), headers, body: body.into() });
+        messages.push(Message { subject: format!("{}.{}", spec.dead_letter, reject.stage), headers, body: body.into(), dead_letter: true });
     }
     messages
 }
