@@ -1,5 +1,7 @@
 //! The sluice test suite, in one binary with shared helpers (`support`).
 //!
+//! - `alerts`: StoryForge alerting over NATS: a replayed day's timeline, an
+//!   alert across a plugin swap and a host restart, a webhook output.
 //! - `chain`: the batch path in-process, with the real plugins: outcomes,
 //!   admission checks, poison-event isolation, components that are broken or
 //!   of the wrong world.
@@ -12,6 +14,7 @@
 //! - `storyforge`: the StoryForge pipeline: its `sluice test` cases, and a
 //!   day of mixed events through `sluice run` over NATS.
 
+mod alerts;
 mod chain;
 mod config;
 mod crash;

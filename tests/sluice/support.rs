@@ -47,11 +47,17 @@ impl Nats {
         &self.server.url
     }
 
-    /// Publishes through JetStream, awaiting every acknowledgement (all at once).
+    /// Publishes through JetStream, awaiting the acknowledgements a thousand
+    /// at a time (the client holds only so many unacknowledged publishes).
     pub async fn publish_stored(&self, messages: impl IntoIterator<Item = (String, Vec<u8>)>) {
         let mut acks = Vec::new();
         for (subject, body) in messages {
             acks.push(self.jetstream.publish(subject, body.into()).await.expect("publish to JetStream"));
+            if acks.len() == 1000 {
+                for ack in acks.drain(..) {
+                    ack.await.expect("JetStream stores the message");
+                }
+            }
         }
         for ack in acks {
             ack.await.expect("JetStream stores the message");

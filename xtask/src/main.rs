@@ -5,7 +5,8 @@
 //!   events, and print what came out on which subject.
 //! - `cargo xtask test`: set up, build the plugins, run the plugins' unit
 //!   tests and then every test of the host.
-//! - `cargo xtask bench`: set up, build in release mode, run the benchmark.
+//! - `cargo xtask bench`: set up, build in release mode, run the throughput
+//!   benchmark (`--alerts`: the alert pipeline's).
 //! - `cargo xtask plugins`: build the plugins only.
 //!
 //! Set-up installs what the project needs and the toolchain lacks: the
@@ -47,8 +48,10 @@ fn main() -> Result<()> {
         "bench" => {
             setup()?;
             build_plugins()?;
-            let mut args = vec!["bench", "--package", "sluice", "--bench", "throughput", "--"];
-            args.extend(rest.iter().map(String::as_str));
+            // `--alerts` picks the alert pipeline's benchmark.
+            let bench = if rest.iter().any(|a| a == "--alerts") { "alerts" } else { "throughput" };
+            let mut args = vec!["bench", "--package", "sluice", "--bench", bench, "--"];
+            args.extend(rest.iter().filter(|a| *a != "--alerts").map(String::as_str));
             cargo(&args)
         }
         _ => bail!("usage: cargo xtask (demo | test | bench | plugins)"),

@@ -189,7 +189,8 @@ impl Chain {
     fn publishable(&self, event: &Event) -> Result<(), (&'static str, String)> {
         let spec = &self.version.spec;
         subject::check(&event.subject, false).map_err(|e| ("bad_subject", e))?;
-        if subject::matches(spec.input.subject(), &event.subject) {
+        // Outputs to a webhook never reach NATS, so cannot come back in.
+        if spec.webhook.is_none() && subject::matches(spec.input.subject(), &event.subject) {
             return Err((
                 "loop",
                 format!("output subject {:?} matches this pipeline's input {:?}; publishing it would feed it back in (does the pipeline route its events?)", event.subject, spec.input.subject()),

@@ -1,0 +1,308 @@
+//! StoryForge alerting through `sluice run` over a real nats-server: a day of
+//! analytics replayed through pipelines/storyforge.toml gives the expected
+//! alert timeline; an alert survives a hot swap of the plugin and a restart of
+//! the host without repeating; a webhook output delivers alerts to a local
+//! HTTP receiver, retrying when it fails.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice_kit::time;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{Nats, Sluice, Workspace, json, root, write_atomically};
+
+const WAIT: Duration = Duration::from_secs(90);
+/// 2026-11-23T00:00:00Z: the replayed day.
+const DAY: i64 = 1_795_392_000_000;
+const MINUTE: i64 = 60_000;
+
+/// An analytics event as the ingest pipeline publishes it.
+fn analytics(name: &str, at_ms: i64, extra: Value) -> (String, Vec<u8>) {
+    let mut body = json!({
+        "event": name,
+        "server_ts": time::format_rfc3339(at_ms),
+        "user_id": "9b2f6d0e-4c1a-4f5e-9a7b-1d2c3e4f5a6b",
+        "platform": "web",
+    });
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    (format!("storyforge.analytics.{name}"), serde_json::to_vec(&body).unwrap())
+}
+
+/// Waits until `stream` holds at least `count` messages, then returns them all.
+async fn stream_at_least(nats: &Nats, stream: &str, count: u64, sluice: &Sluice) -> Vec<async_nats::Message> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let held = match nats.jetstream.get_stream(stream).await {
+            Ok(mut handle) => handle.info().await.map_or(0, |info| info.state.messages),
+            Err(_) => 0,
+        };
+        if held >= count {
+            return nats.stream_messages(stream).await;
+        }
+        assert!(Instant::now() < deadline, "{stream} holds {held} messages, expected {count}; sluice logged:\n{}", sluice.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One StoryForge day: steady traffic with six incidents and a quiet night.
+fn storyforge_day() -> Vec<(String, Vec<u8>)> {
+    let mut events = Vec::new();
+    let mut exports = 0u64;
+    for m in 0..1440i64 {
+        let t = DAY + m * MINUTE;
+        let hour = m / 60;
+        // Generations: three a minute, none between 01:00 and 05:00 but for ten
+        // slow ones at 02:00 (too few samples to page).
+        if (60..300).contains(&m) {
+            if (120..130).contains(&m) {
+                events.push(analytics("scene_generated", t, json!({ "latency_ms": 150_000, "provider_route": "primary" })));
+            }
+        } else {
+            for (i, variant) in ["A", "B", "A"].iter().enumerate() {
+                let slow = (360..380).contains(&m); // 06:00–06:20
+                let latency = if slow { 115_000 } else { 30_000 + (m % 7) * 1000 };
+                let fallback = (1080..1140).contains(&m) && i == 0; // 18:00–19:00
+                let route = if fallback { "fallback" } else { "primary" };
+                let extra = json!({ "latency_ms": latency, "provider_route": route, "experiment_assignments": { "pricing_layout": variant } });
+                events.push(analytics("scene_generated", t + i as i64 * 20_000, extra));
+            }
+        }
+        // Exports: three of variant A and one of B a minute. 09:00–09:30 half
+        // of B's fail; 21:00–21:30 half of everyone's.
+        for (i, variant) in ["A", "A", "A", "B"].iter().enumerate() {
+            exports += 1;
+            let b_incident = (540..570).contains(&m) && *variant == "B" && m % 2 == 0;
+            let all_incident = (1260..1290).contains(&m) && exports % 2 == 0;
+            let name = if b_incident || all_incident { "export_failed" } else { "export_succeeded" };
+            events.push(analytics(name, t + 5_000 + i as i64 * 15_000, json!({ "experiment_assignments": { "pricing_layout": variant } })));
+        }
+        // Payments: one a minute; 12:00–13:00 every tenth fails.
+        let failed = hour == 12 && m % 10 == 0;
+        events.push(analytics(if failed { "payment_failed" } else { "payment_succeeded" }, t + 50_000, json!({})));
+        // Locked scenes: one a minute; 15:00–16:00 their consistency drops.
+        let score = if hour == 15 { 0.80 } else { 0.95 };
+        events.push(analytics("scene_locked", t + 15_000, json!({ "consistency_score": score })));
+    }
+    events.sort_by_key(|(_, body)| serde_json::from_slice::<Value>(body).unwrap()["server_ts"].as_str().unwrap().to_string());
+    events
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_day_gives_the_expected_alert_timeline() {
+    let nats = Nats::start().await;
+    let sluice = Sluice::run(&root().join("pipelines/storyforge.toml"), nats.url(), 2);
+    let day = storyforge_day();
+    nats.publish_stored(day.clone()).await;
+
+    // Each incident: the alert key, when it began and ended (the window may
+    // delay the firing and the resolving by up to its length).
+    let h = |hh: i64, mm: i64| DAY + hh * 60 * MINUTE + mm * MINUTE;
+    let guardrail = |variant: &str| format!("experiment_guardrail/export_success_rate{{experiment=pricing_layout,variant={variant}}}");
+    let expected: Vec<(String, i64, i64, i64)> = vec![
+        ("generation_p95".into(), h(6, 0), h(6, 20), 15),
+        (guardrail("B"), h(9, 0), h(9, 30), 30),
+        ("payment_failure_rate".into(), h(12, 0), h(13, 0), 60),
+        ("continuity_score".into(), h(15, 0), h(16, 0), 60),
+        ("provider_fallback_rate".into(), h(18, 0), h(19, 0), 60),
+        ("export_success_rate".into(), h(21, 0), h(21, 30), 30),
+        (guardrail("A"), h(21, 0), h(21, 30), 30),
+        (guardrail("B"), h(21, 0), h(21, 30), 30),
+    ];
+    stream_at_least(&nats, "STORYFORGE_ALERTS", 2 * expected.len() as u64, &sluice).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let alerts: Vec<Value> = nats.stream_messages("STORYFORGE_ALERTS").await.iter().map(json).collect();
+    let timeline: Vec<String> = alerts.iter().map(|a| format!("{} {} {}", a["changed_at"], a["key"], a["state"])).collect();
+    eprintln!("alert timeline:\n{}", timeline.join("\n"));
+    assert_eq!(alerts.len(), 2 * expected.len(), "one firing and one resolved per incident, nothing else:\n{}", timeline.join("\n"));
+
+    let mut by_key: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for alert in &alerts {
+        by_key.entry(alert["key"].as_str().unwrap().to_string()).or_default().push(alert);
+    }
+    let at = |alert: &Value| time::parse_rfc3339(alert["changed_at"].as_str().unwrap()).unwrap();
+    for (key, began, ended, window_minutes) in &expected {
+        let incidents = by_key.get_mut(key).unwrap_or_else(|| panic!("no alert for {key}:\n{}", timeline.join("\n")));
+        let (firing, resolved) = (incidents.remove(0), incidents.remove(0));
+        assert_eq!((firing["state"].as_str(), resolved["state"].as_str()), (Some("firing"), Some("resolved")), "{key}");
+        assert!((*began..=*began + window_minutes * MINUTE).contains(&at(firing)), "{key} fired at {}:\n{}", firing["changed_at"], timeline.join("\n"));
+        assert!((*ended..=*ended + (window_minutes + 1) * MINUTE).contains(&at(resolved)), "{key} resolved at {}:\n{}", resolved["changed_at"], timeline.join("\n"));
+        assert_eq!(resolved["firing_since"], firing["changed_at"]);
+        for field in ["rule", "value", "threshold", "window", "owner", "severity", "labels", "samples"] {
+            assert!(!firing[field].is_null(), "{key}: `{field}` missing in {firing}");
+        }
+        assert!(firing["samples"].as_u64().unwrap() >= 20, "{key} fired on fewer than 20 samples");
+    }
+    assert!(by_key.values().all(Vec::is_empty), "alerts beyond the expected:\n{}", timeline.join("\n"));
+    // Every analytics event of the day went into the windows once.
+    sluice.wait_for_log(&format!("received={}", day.len()), 1, WAIT);
+    sluice.terminate();
+}
+
+/// A pipeline file for one alert rule, its plugin at `component`.
+fn p95_pipeline(component: &str) -> String {
+    format!(
+        r#"
+        [[stream]]
+        name = "ANALYTICS"
+        subjects = ["storyforge.analytics.>"]
+
+        [[stream]]
+        name = "ALERTS"
+        subjects = ["storyforge.alerts.>"]
+        duplicate_window = "2m"
+
+        [[pipeline]]
+        name = "alerts"
+        input = {{ subject = "storyforge.analytics.>", stream = "ANALYTICS", durable = "alerts" }}
+        output = {{ jetstream = true }}
+        dead_letter = "storyforge.dlq"
+        workers = 1
+        tick = "100ms"
+
+          [[pipeline.stage]]
+          name = "alert"
+          component = "{component}"
+
+          [pipeline.stage.config]
+          subject_prefix = "storyforge.alerts"
+
+          [[pipeline.stage.config.rule]]
+          id = "generation_p95"
+          owner = "eng"
+          severity = "page"
+          window = "15m"
+          samples = ["scene_generated"]
+          quantile = {{ field = "latency_ms", q = 0.95 }}
+          above = 110_000
+        "#
+    )
+}
+
+fn generations(from_ms: i64, count: i64, latency_ms: i64) -> Vec<(String, Vec<u8>)> {
+    (0..count).map(|i| analytics("scene_generated", from_ms + i * 30_000, json!({ "latency_ms": latency_ms }))).collect()
+}
+
+/// The same component with a custom section added: another build of it.
+fn rebuilt(component: &[u8]) -> Vec<u8> {
+    let (name, payload) = (b"sluice-test-build", b"2");
+    let mut out = component.to_vec();
+    out.push(0); // custom section
+    out.push((1 + name.len() + payload.len()) as u8);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.extend_from_slice(payload);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_firing_alert_survives_a_plugin_swap_and_a_restart_without_repeating() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let component = workspace.copy_plugin("alert", "alert.wasm");
+    let file = workspace.write_pipeline(&p95_pipeline(component.to_str().unwrap()));
+    let t0 = DAY + 10 * 60 * MINUTE;
+
+    let sluice = Sluice::run(&file, nats.url(), 1);
+    nats.publish_stored(generations(t0, 25, 130_000)).await;
+    let fired = stream_at_least(&nats, "ALERTS", 1, &sluice).await;
+    assert_eq!(json(&fired[0])["state"], "firing");
+
+    // A new build of the plugin, swapped in while the alert is firing.
+    write_atomically(&component, &rebuilt(&std::fs::read(&component).unwrap()));
+    sluice.wait_for_log("Worker swapped version.", 1, WAIT);
+    nats.publish_stored(generations(t0 + 25 * 30_000, 10, 130_000)).await;
+    sluice.wait_for_log("received=35", 1, WAIT);
+    let log = sluice.terminate();
+    assert!(log.contains("No kept sink state"), "{log}");
+
+    // A new host: the state comes back from the key-value bucket.
+    let sluice = Sluice::run(&file, nats.url(), 1);
+    sluice.wait_for_log("Sink state restored.", 1, WAIT);
+    nats.publish_stored(generations(t0 + 35 * 30_000, 60, 20_000)).await;
+    stream_at_least(&nats, "ALERTS", 2, &sluice).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let alerts: Vec<Value> = nats.stream_messages("ALERTS").await.iter().map(json).collect();
+    let states: Vec<&str> = alerts.iter().map(|a| a["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["firing", "resolved"], "{alerts:#?}");
+    assert_eq!(alerts[1]["firing_since"], alerts[0]["changed_at"]);
+    sluice.terminate();
+}
+
+/// A local HTTP endpoint that answers 503 to its first `failures` requests
+/// and 200 after; it keeps what each request carried.
+async fn receiver(failures: usize) -> (String, Arc<Mutex<Vec<(u16, String, String)>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/alerts", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            let (head, body) = loop {
+                let n = socket.read(&mut buffer).await.unwrap_or(0);
+                if n == 0 {
+                    break (String::new(), String::new());
+                }
+                request.extend_from_slice(&buffer[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let head = text[..end].to_string();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break (head, String::from_utf8_lossy(&request[end + 4..end + 4 + length]).to_string());
+                    }
+                }
+            };
+            let status = if record.lock().unwrap().len() < failures { 503 } else { 200 };
+            record.lock().unwrap().push((status, head, body));
+            let reply = format!("HTTP/1.1 {status} {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", if status == 200 { "OK" } else { "Unavailable" });
+            let _ = socket.write_all(reply.as_bytes()).await;
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_output_delivers_every_alert_in_order_retrying_failures() {
+    let nats = Nats::start().await;
+    let (url, seen) = receiver(2).await;
+    let workspace = Workspace::new();
+    let file = workspace.write_pipeline(&format!(
+        r#"
+        [[stream]]
+        name = "ALERTS"
+        subjects = ["storyforge.alerts.>"]
+
+        [[pipeline]]
+        name = "pager"
+        input = {{ subject = "storyforge.alerts.>", stream = "ALERTS", durable = "pager" }}
+        output = {{ webhook = {{ url = "{url}", attempts = 4, backoff = "50ms", timeout = "2s" }} }}
+        dead_letter = "dlq"
+        "#
+    ));
+    let sluice = Sluice::run(&file, nats.url(), 1);
+    let alerts: Vec<(String, Vec<u8>)> = ["firing", "resolved", "firing"]
+        .iter()
+        .enumerate()
+        .map(|(n, state)| ("storyforge.alerts.generation_p95".to_string(), serde_json::to_vec(&json!({ "rule": "generation_p95", "state": state, "n": n })).unwrap()))
+        .collect();
+    nats.publish_stored(alerts).await;
+    sluice.wait_for_log("published=3", 1, WAIT);
+    let seen = seen.lock().unwrap().clone();
+    let delivered: Vec<Value> = seen.iter().filter(|(status, ..)| *status == 200).map(|(_, _, body)| serde_json::from_str(body).unwrap()).collect();
+    let order: Vec<u64> = delivered.iter().map(|b| b["n"].as_u64().unwrap()).collect();
+    assert_eq!(order, [0, 1, 2], "each alert once, in order: {seen:#?}");
+    assert_eq!(seen.len(), 5, "two refused attempts, then three deliveries: {seen:#?}");
+    assert!(seen[0].1.starts_with("POST /hooks/alerts "), "{}", seen[0].1);
+    assert!(seen.iter().all(|(_, head, _)| head.to_ascii_lowercase().contains("content-type: application/json")));
+    assert!(sluice.log().contains("Webhook delivery failed; retrying."), "{}", sluice.log());
+    sluice.terminate();
+}
