@@ -117,6 +117,29 @@ async fn a_replayed_day_gives_the_expected_alert_timeline() {
     let timeline: Vec<String> = alerts.iter().map(|a| format!("{} {} {}", a["changed_at"], a["key"], a["state"])).collect();
     eprintln!("alert timeline:\n{}", timeline.join("\n"));
     assert_eq!(alerts.len(), 2 * expected.len(), "one firing and one resolved per incident, nothing else:\n{}", timeline.join("\n"));
+    // Windows run on event time: the same day always gives this timeline.
+    let b = guardrail("B");
+    let a = guardrail("A");
+    let exact = [
+        ("06:02", "generation_p95", "firing"),
+        ("06:34", "generation_p95", "resolved"),
+        ("09:13", b.as_str(), "firing"),
+        ("09:47", b.as_str(), "resolved"),
+        ("12:11", "payment_failure_rate", "firing"),
+        ("13:41", "payment_failure_rate", "resolved"),
+        ("15:28", "continuity_score", "firing"),
+        ("16:32", "continuity_score", "resolved"),
+        ("18:37", "provider_fallback_rate", "firing"),
+        ("19:24", "provider_fallback_rate", "resolved"),
+        ("21:07", b.as_str(), "firing"),
+        ("21:13", "export_success_rate", "firing"),
+        ("21:19", a.as_str(), "firing"),
+        ("21:42", a.as_str(), "resolved"),
+        ("21:48", "export_success_rate", "resolved"),
+        ("21:54", b.as_str(), "resolved"),
+    ];
+    let exact: Vec<String> = exact.iter().map(|(at, key, state)| format!("\"2026-11-23T{at}:00.000Z\" \"{key}\" \"{state}\"")).collect();
+    assert_eq!(timeline, exact);
 
     let mut by_key: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     for alert in &alerts {
