@@ -1,16 +1,26 @@
 //! The alert benchmark: a million StoryForge analytics events through the
-//! `storyforge-alerts` pipeline of pipelines/storyforge.toml, in-process (the
-//! real alert plugin in the real chain, in batches of 512, without NATS),
-//! printing events per second and the memory it holds afterwards: the
-//! process's resident memory and the size of the sink's state.
+//! `storyforge-alerts` pipeline of pipelines/storyforge.toml, twice:
+//! - in-process: the real alert plugin in the real chain, in batches of 512,
+//!   without NATS: events per second, the process's resident memory and the
+//!   size of the sink's state afterwards;
+//! - over NATS: `sluice run pipelines/storyforge.toml` on a fresh nats-server,
+//!   the events published into the analytics stream through JetStream (acks
+//!   awaited a thousand at a time) while sluice consumes them, storing the
+//!   sink's state after every batch: events per second from the first publish
+//!   to the last event counted, and sluice's resident memory at the end.
 //!
 //! Run with `cargo xtask bench --alerts` (or `-- --events N`). It is a
 //! measurement, not a test: it asserts nothing about speed.
 
-use std::time::Instant;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice::config;
+use sluice::nats::ManagedServer;
 use sluice::pipeline::{Chain, PipelineVersion};
 use sluice::plugin::{Clock, Event, PluginEngine};
 
@@ -19,43 +29,24 @@ const DAY_MS: i64 = 1_795_392_000_000;
 
 fn main() -> anyhow::Result<()> {
     let events = std::env::args().skip_while(|a| a != "--events").nth(1).and_then(|n| n.parse().ok()).unwrap_or(1_000_000usize);
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     // SAFETY: single-threaded here; the ingest pipeline's redact stage needs a key to prepare.
-    unsafe { std::env::set_var("STORYFORGE_HASH_KEY", "bench-key-0123456789abcdef") };
+    unsafe { std::env::set_var("STORYFORGE_HASH_KEY", KEY) };
+    let batches = analytics(events);
+    in_process(&root, &batches, events)?;
+    over_nats(&root, batches, events)
+}
+
+const KEY: &str = "bench-key-0123456789abcdef";
+
+fn in_process(root: &Path, batches: &[Vec<Event>], events: usize) -> anyhow::Result<()> {
     let file = config::load(&root.join("pipelines/storyforge.toml"))?;
     let spec = file.pipelines.iter().find(|p| p.name == "storyforge-alerts").expect("storyforge.toml has storyforge-alerts");
     let engine = PluginEngine::new()?;
     let clock = Clock::manual(((DAY_MS + 10 * 86_400_000) * 1_000_000) as u64);
     let mut chain = Chain::start(PipelineVersion::prepare(&engine, spec, &clock)?)?;
-
-    // One day of traffic spread over the events, whatever their number: the
-    // windows slide all the way through it.
-    let step_ms = (86_400_000 / events as i64).max(1);
-    let names = ["scene_generated", "export_succeeded", "scene_locked", "payment_succeeded", "export_failed", "character_locked"];
-    let batches: Vec<Vec<Event>> = (0..events)
-        .collect::<Vec<_>>()
-        .chunks(512)
-        .map(|chunk| {
-            chunk
-                .iter()
-                .map(|&n| {
-                    let name = names[n % names.len()];
-                    let body = json!({
-                        "event": name,
-                        "server_ts": sluice_kit::time::format_rfc3339(DAY_MS + n as i64 * step_ms),
-                        "user_id": "9b2f6d0e-4c1a-4f5e-9a7b-1d2c3e4f5a6b",
-                        "latency_ms": 20_000 + (n * 7919) % 90_000,
-                        "provider_route": if n % 11 == 0 { "fallback" } else { "primary" },
-                        "consistency_score": 0.9 + (n % 10) as f64 / 100.0,
-                        "experiment_assignments": { "pricing_layout": ["A", "B"][n % 2], "upsell_timing": ["scene_6", "scene_8"][n % 2] },
-                    });
-                    Event { subject: format!("storyforge.analytics.{name}"), headers: Vec::new(), body: serde_json::to_vec(&body).unwrap() }
-                })
-                .collect()
-        })
-        .collect();
     let bytes: usize = batches.iter().flatten().map(|e| e.body.len()).sum();
-    let rss_before = rss_kib();
+    let rss_before = rss_kib("self");
     let started = Instant::now();
     let mut alerts = 0;
     for (i, batch) in batches.iter().enumerate() {
@@ -67,16 +58,113 @@ fn main() -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     let state = chain.hand_over().map_or(0, |s| s.len());
-    println!("alert pipeline (storyforge-alerts, in-process, batches of 512, snapshot after each)");
-    println!("events:                {events} ({} bytes on average)", bytes / events.max(1));
-    println!("events/s:              {:.0}", events as f64 / elapsed.as_secs_f64());
-    println!("alerts emitted:        {alerts}");
-    println!("sink state (snapshot): {state} bytes");
-    println!("resident memory:       {} KiB before the events (inputs built), {} KiB after", rss_before, rss_kib());
+    println!("alert pipeline (storyforge-alerts), in-process, batches of 512, a snapshot after each");
+    println!("  events:                {events} ({} bytes on average)", bytes / events.max(1));
+    println!("  events/s:              {:.0}", events as f64 / elapsed.as_secs_f64());
+    println!("  alerts emitted:        {alerts}");
+    println!("  sink state (snapshot): {state} bytes");
+    println!("  resident memory:       {rss_before} KiB before the events (inputs built), {} KiB after", rss_kib("self"));
     Ok(())
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// `events` analytics events, in batches of 512.
+fn analytics(events: usize) -> Vec<Vec<Event>> {
+    // One day of traffic spread over the events, whatever their number: the
+    // windows slide all the way through it.
+    let step_ms = (86_400_000 / events as i64).max(1);
+    let names = ["scene_generated", "export_succeeded", "scene_locked", "payment_succeeded", "export_failed", "character_locked"];
+    (0..events)
+        .collect::<Vec<_>>()
+        .chunks(512)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|&n| {
+                    let name = names[n % names.len()];
+                    let (variant, upsell) = if n % 2 == 0 { ("A", "scene_6") } else { ("B", "scene_8") };
+                    let body = json!({
+                        "event": name,
+                        "server_ts": sluice_kit::time::format_rfc3339(DAY_MS + n as i64 * step_ms),
+                        "user_id": "9b2f6d0e-4c1a-4f5e-9a7b-1d2c3e4f5a6b",
+                        "latency_ms": 20_000 + (n * 7919) % 90_000,
+                        "provider_route": if n % 11 == 0 { "fallback" } else { "primary" },
+                        "consistency_score": 0.9 + (n % 10) as f64 / 100.0,
+                        "experiment_assignments": { "pricing_layout": variant, "upsell_timing": upsell },
+                    });
+                    Event { subject: format!("storyforge.analytics.{name}"), headers: Vec::new(), body: serde_json::to_vec(&body).unwrap() }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn over_nats(root: &Path, batches: Vec<Vec<Event>>, events: usize) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let server = ManagedServer::start().await?;
+        let mut sluice = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", root.join("pipelines/storyforge.toml").to_str().unwrap(), "--nats", &server.url, "--no-watch", "--stats-interval", "1s"])
+            .env("STORYFORGE_HASH_KEY", KEY)
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // Progress lines of the alerts pipeline, as the count of events it received.
+        let (started_tx, started_rx) = mpsc::channel();
+        let (received_tx, received_rx) = mpsc::channel();
+        let stderr = sluice.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("WARN") || line.contains("ERROR") {
+                    eprintln!("  sluice | {line}");
+                }
+                if line.contains("Pipeline started.") {
+                    let _ = started_tx.send(());
+                }
+                if line.contains("Progress.") && line.contains("pipeline=storyforge-alerts") {
+                    let received = line.split_whitespace().find_map(|w| w.strip_prefix("received=")).and_then(|n| n.parse::<usize>().ok());
+                    let _ = received_tx.send(received.unwrap_or(0));
+                }
+            }
+        });
+        for _ in 0..2 {
+            started_rx.recv_timeout(Duration::from_secs(120))?;
+        }
+        let client = async_nats::connect(&server.url).await?;
+        let jetstream = async_nats::jetstream::new(client);
+        let started = Instant::now();
+        let mut acks = Vec::with_capacity(1000);
+        for event in batches.into_iter().flatten() {
+            acks.push(jetstream.publish(event.subject, event.body.into()).await?);
+            if acks.len() == 1000 {
+                for ack in acks.drain(..) {
+                    ack.await?;
+                }
+            }
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        let published = started.elapsed();
+        loop {
+            let received = received_rx.recv_timeout(Duration::from_secs(600))?;
+            if received >= events {
+                break;
+            }
+        }
+        let elapsed = started.elapsed();
+        let rss = rss_kib(&sluice.id().to_string());
+        let _ = Command::new("kill").args(["-TERM", &sluice.id().to_string()]).status();
+        let _ = sluice.wait();
+        server.stop().await;
+        println!("alert pipeline (storyforge-alerts), sluice run over NATS, JetStream in and out, state stored after every batch");
+        println!("  events:                {events} (published in {:.1} s)", published.as_secs_f64());
+        println!("  events/s:              {:.0} (first publish to last event counted, within the 1 s progress interval)", events as f64 / elapsed.as_secs_f64());
+        println!("  sluice resident memory at the end: {rss} KiB (both StoryForge pipelines)");
+        Ok(())
+    })
+}
+
+/// Resident memory of a process (`self` or a pid), in KiB.
+fn rss_kib(process: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).unwrap_or_default();
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0)
 }
