@@ -29,9 +29,7 @@ struct AlertSink;
 impl Guest for AlertSink {
     fn init(config: String) -> Result<(), String> {
         let settings = config::Settings::parse(&config)?;
-        let rules = settings.rules.len();
         ENGINE.with(|engine| *engine.borrow_mut() = Some(Engine::new(settings)));
-        log::log(log::Level::Debug, "Alert rules loaded.", &[("rules".into(), rules.to_string())]);
         Ok(())
     }
 
