@@ -24,6 +24,7 @@ fn a_failing_case_is_reported_with_what_differed() {
     std::fs::write(
         &cases,
         r#"
+        pipeline = "storyforge-ingest"
         clock = "2026-11-24T12:00:00Z"
         env = { STORYFORGE_HASH_KEY = "test-key-0123456789abcdef" }
         [[case]]

@@ -158,6 +158,8 @@ impl Checker {
             }),
         };
         let workers = match &raw.workers {
+            // A webhook gets its outputs in order only from a single worker.
+            None if raw.output.webhook.is_some() => Some(1),
             None => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
             Some(n) => self.parsed(n, |&n| {
                 (1..=256).contains(&n).then_some(n as usize).ok_or(format!("expected from 1 to 256 workers, found {n}"))
