@@ -8,6 +8,8 @@
 //! the host stopped, so that none is counted twice. The bucket keeps five
 //! values per key: ops can read back an earlier state with `nats kv history`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream::kv;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -28,6 +30,10 @@ pub struct Saved {
 pub struct StateStore {
     store: kv::Store,
     key: String,
+    /// The largest message the server takes: a larger state cannot be kept.
+    max_value: usize,
+    /// Whether a state too large to keep was reported (once, until one fits).
+    oversize_reported: AtomicBool,
 }
 
 impl StateStore {
@@ -41,7 +47,9 @@ impl StateStore {
                 .await
                 .with_context(|| format!("cannot open or create the key-value bucket `{bucket}` for sink state"))?,
         };
-        Ok(Self { store, key: key(pipeline, stage) })
+        // Room for the header and the key-value protocol's own headers.
+        let max_value = connection.client.server_info().max_payload.saturating_sub(1024);
+        Ok(Self { store, key: key(pipeline, stage), max_value, oversize_reported: AtomicBool::new(false) })
     }
 
     pub fn key(&self) -> &str {
@@ -53,7 +61,23 @@ impl StateStore {
         decode(&value).map(Some).with_context(|| format!("the sink state `{}` is damaged", self.key))
     }
 
+    /// Stores a state. One larger than the server takes is not stored (the
+    /// last one that fitted stays) and is reported once: the sink runs on,
+    /// but a restart would take up that older state, and the events acked
+    /// since would be missing from it.
     pub async fn save(&self, saved: &Saved) -> Result<()> {
+        if saved.snapshot.len() + 12 > self.max_value {
+            if !self.oversize_reported.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    key = %self.key, bytes = saved.snapshot.len(), max = self.max_value,
+                    "The sink's state is larger than NATS takes; it is no longer kept, and a restart would start from the last state that fitted (raise the server's max_payload, or reduce the sink's groups)."
+                );
+            }
+            return Ok(());
+        }
+        if self.oversize_reported.swap(false, Ordering::Relaxed) {
+            tracing::info!(key = %self.key, bytes = saved.snapshot.len(), "The sink's state fits again and is kept.");
+        }
         self.store.put(&self.key, encode(saved)).await.with_context(|| format!("cannot store the sink state `{}` ({} bytes)", self.key, saved.snapshot.len()))?;
         Ok(())
     }
