@@ -192,6 +192,7 @@ fn p95_pipeline(component: &str) -> String {
 
           [pipeline.stage.config]
           subject_prefix = "storyforge.alerts"
+          late_allowance = "1m"
 
           [[pipeline.stage.config.rule]]
           id = "generation_p95"
@@ -230,18 +231,18 @@ async fn a_firing_alert_survives_a_plugin_swap_and_a_restart_without_repeating()
     let t0 = DAY + 10 * 60 * MINUTE;
 
     let sluice = Sluice::run(&file, nats.url(), 1);
-    nats.publish_stored(generations(t0, 25, 130_000)).await;
+    nats.publish_stored(generations(t0, 30, 130_000)).await;
     let fired = stream_at_least(&nats, "ALERTS", 1, &sluice).await;
     assert_eq!(json(&fired[0])["state"], "firing");
 
     // A new build of the plugin, swapped in while the alert is firing.
     write_atomically(&component, &rebuilt(&std::fs::read(&component).unwrap()));
     sluice.wait_for_log("Worker swapped version.", 1, WAIT);
-    nats.publish_stored(generations(t0 + 25 * 30_000, 10, 130_000)).await;
-    sluice.wait_for_log("received=35", 1, WAIT);
+    nats.publish_stored(generations(t0 + 30 * 30_000, 10, 130_000)).await;
+    sluice.wait_for_log("received=40", 1, WAIT);
     let log = sluice.terminate();
     assert!(log.contains("No kept sink state"), "{log}");
-    // Lose the consumer's acks too: the new host is given all 35 events
+    // Lose the consumer's acks too: the new host is given all 40 events
     // again, as after a crash between storing the state and acking.
     let stream = nats.jetstream.get_stream("ANALYTICS").await.unwrap();
     stream.delete_consumer("alerts").await.unwrap();
@@ -250,8 +251,8 @@ async fn a_firing_alert_survives_a_plugin_swap_and_a_restart_without_repeating()
     // events it already holds are acked without being counted twice.
     let sluice = Sluice::run(&file, nats.url(), 1);
     sluice.wait_for_log("Sink state restored.", 1, WAIT);
-    sluice.wait_for_log("already_counted=35", 1, WAIT);
-    nats.publish_stored(generations(t0 + 35 * 30_000, 60, 20_000)).await;
+    sluice.wait_for_log("already_counted=40", 1, WAIT);
+    nats.publish_stored(generations(t0 + 40 * 30_000, 60, 20_000)).await;
     stream_at_least(&nats, "ALERTS", 2, &sluice).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let alerts: Vec<Value> = nats.stream_messages("ALERTS").await.iter().map(json).collect();

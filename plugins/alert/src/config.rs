@@ -5,7 +5,7 @@
 //! subject_prefix = "storyforge.alerts"   # alerts go to <prefix>.<rule id>
 //! stage = "beta"                         # picks per-stage thresholds
 //! min_samples = 20                       # default for every rule
-//! late_allowance = "5m"                  # how late an event may still count
+//! late_allowance = "1m"                  # how late an event may still count (default 5m)
 //! resolution = "1m"                      # windows slide by this step
 //!
 //! [[pipeline.stage.config.rule]]

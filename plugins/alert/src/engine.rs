@@ -4,13 +4,14 @@
 //!
 //! Time. Event time is the events' own `server_ts`. The engine's clock (its
 //! watermark) is the latest event time seen; an event more than
-//! `late_allowance` behind it is counted as late and ignored. Windows are
-//! evaluated at every `resolution` boundary the watermark passes, over the
-//! steps `[boundary - window, boundary)`, before the event that crossed the
-//! boundary is added. So a replay of the same events gives the same alerts,
-//! however they are batched. When no event arrives between two ticks, event
-//! time moves on by the wall time between them, so alerts resolve without
-//! traffic.
+//! `late_allowance` behind it is counted as late and ignored. The window
+//! ending at each `resolution` boundary, over the steps
+//! `[boundary - window, boundary)`, is evaluated once the watermark is
+//! `late_allowance` past the boundary: by then every event that may still
+//! count for it has come. So the same events give the same alerts however
+//! they are batched, and in whatever order they arrive within the allowance.
+//! When no event arrives between two ticks, event time moves on by the wall
+//! time between them, so alerts resolve without traffic.
 //!
 //! Alerts. A rule (or one group of it) fires when its window holds at least
 //! `min_samples` samples and its condition holds; it then emits one `firing`
@@ -241,7 +242,9 @@ impl Engine {
     fn advance_to(&mut self, to_ms: i64, alerts: &mut Vec<Alert>) {
         self.state.watermark_ms = Some(to_ms);
         let resolution = self.settings.resolution_ms;
-        let target = to_ms.div_euclid(resolution) * resolution;
+        // A window is evaluated once no event that may still count for it
+        // can come: the allowance has passed its end.
+        let target = (to_ms - self.settings.late_ms).div_euclid(resolution) * resolution;
         let Some(evaluated) = self.state.evaluated_ms else {
             self.state.evaluated_ms = Some(target);
             return;
@@ -473,8 +476,10 @@ mod tests {
     #[test]
     fn a_slow_p95_fires_once_with_what_an_on_call_engineer_needs() {
         let mut engine = engine();
-        // One every 10 s: the window ending 10:02 holds 12, the one ending 10:04 holds 24.
-        let alerts = feed(&mut engine, &generations(T0, 30, 115_000.0));
+        // One every 10 s: the window ending 10:02 holds 12, the one ending
+        // 10:04 holds 24; it is decided once event time is 5 minutes past it.
+        assert_eq!(feed(&mut engine, &generations(T0, 30, 115_000.0)), Vec::<Value>::new());
+        let alerts = pass_time(&mut engine, T0 + 9 * MINUTE);
         assert_eq!(states(&alerts), [("generation_p95".into(), "firing".into())]);
         let alert = &alerts[0];
         assert_eq!(alert["rule"], "generation_p95");
@@ -565,6 +570,27 @@ mod tests {
     }
 
     #[test]
+    fn events_out_of_order_within_the_allowance_give_the_same_alerts() {
+        let mut events = generations(T0, 40, 130_000.0);
+        events.extend(generations(T0 + 400_000, 200, 10_000.0));
+        events.extend((0..80).map(|i| event("scene_locked", T0 + i * 30_000, json!({ "consistency_score": 0.8 }))));
+        events.sort_by_key(|e| serde_json::from_slice::<Value>(e).unwrap()["server_ts"].as_str().unwrap().to_string());
+        let in_order = feed(&mut engine(), &events);
+        // As two ingest workers might deliver them: neighbours swapped, and
+        // every tenth event held back by four minutes' worth of others.
+        let mut shuffled = events.clone();
+        for pair in shuffled.chunks_mut(2) {
+            pair.reverse();
+        }
+        for i in (0..shuffled.len().saturating_sub(25)).step_by(10) {
+            shuffled[i..i + 25].rotate_left(1);
+        }
+        assert_ne!(shuffled, events);
+        assert!(!in_order.is_empty());
+        assert_eq!(feed(&mut engine(), &shuffled), in_order);
+    }
+
+    #[test]
     fn late_events_count_within_the_allowance_and_are_ignored_beyond_it() {
         let mut engine = engine();
         feed(&mut engine, &generations(T0 + 10 * MINUTE, 1, 1000.0));
@@ -619,8 +645,9 @@ mod tests {
             }
         }
         assert_eq!(tally.sampled, 300_000);
-        // One step per minute of the 15-minute window (plus the one filling).
-        assert!(engine.steps_held() <= 17, "{} steps", engine.steps_held());
+        // One step per minute of the 15-minute window, and of the 5 minutes
+        // of allowance before it is decided.
+        assert!(engine.steps_held() <= 21, "{} steps", engine.steps_held());
         let size = engine.snapshot().len();
         assert!(size < 400_000, "snapshot {size} bytes");
     }
