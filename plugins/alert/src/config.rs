@@ -225,11 +225,8 @@ impl Settings {
         let repeat = config.repeat.as_deref().map(duration_ms).transpose().map_err(|e| format!("repeat: {e}"))?;
         let mut rules: Vec<Rule> = Vec::with_capacity(config.rule.len());
         for raw in std::mem::take(&mut config.rule) {
-            let name = match &raw.check {
-                Some(check) => format!("{}/{check}", raw.id),
-                None => raw.id.clone(),
-            };
-            let rule = check_rule(raw, &config, resolution_ms, repeat).map_err(|e| format!("rule `{name}`: {e}"))?;
+            let name = rule_key(&raw.id, raw.check.as_deref());
+            let rule = check_rule(raw, name.clone(), &config, resolution_ms, repeat).map_err(|e| format!("rule `{name}`: {e}"))?;
             if rules.iter().any(|r| r.key == rule.key) {
                 return Err(format!("rule `{name}` is declared twice (give each rule of one id its own `check`)"));
             }
@@ -253,7 +250,15 @@ impl Settings {
     }
 }
 
-fn check_rule(raw: RuleConfig, config: &Config, resolution_ms: i64, default_repeat: Option<i64>) -> Result<Rule, String> {
+/// `id`, or `id/check` for one of several rules sharing an id.
+fn rule_key(id: &str, check: Option<&str>) -> String {
+    match check {
+        Some(check) => format!("{id}/{check}"),
+        None => id.to_string(),
+    }
+}
+
+fn check_rule(raw: RuleConfig, key: String, config: &Config, resolution_ms: i64, default_repeat: Option<i64>) -> Result<Rule, String> {
     if raw.id.is_empty() || !raw.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         return Err(format!("id {:?} must be letters, digits, `_` or `-` (it ends the alert's subject)", raw.id));
     }
@@ -297,10 +302,6 @@ fn check_rule(raw: RuleConfig, config: &Config, resolution_ms: i64, default_repe
     let repeat_ms = match raw.repeat.as_deref() {
         Some(text) => Some(duration_ms(text).map_err(|e| format!("repeat: {e}"))?),
         None => default_repeat,
-    };
-    let key = match &raw.check {
-        Some(check) => format!("{}/{check}", raw.id),
-        None => raw.id.clone(),
     };
     Ok(Rule {
         key,

@@ -25,6 +25,7 @@
 //! dropped, and a group with no samples and no firing alert is forgotten.
 
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -104,8 +105,9 @@ enum AlertState {
 
 pub struct Engine {
     settings: Settings,
-    /// Event name → indices of the rules it is a sample of.
-    by_event: HashMap<String, Vec<usize>>,
+    /// Event name → indices of the rules it is a sample of (shared, so that
+    /// looking them up per event copies no list).
+    by_event: HashMap<String, Rc<[usize]>>,
     state: State,
 }
 
@@ -117,6 +119,7 @@ impl Engine {
                 by_event.entry(event.clone()).or_default().push(index);
             }
         }
+        let by_event = by_event.into_iter().map(|(event, rules)| (event, Rc::from(rules))).collect();
         Self { settings, by_event, state: State { version: SNAPSHOT_VERSION, ..State::default() } }
     }
 
@@ -152,7 +155,7 @@ impl Engine {
                 self.advance_to(at_ms, &mut alerts);
             }
             tally.sampled += 1;
-            for index in rules {
+            for &index in rules.iter() {
                 self.add_sample(index, name, &event, at_ms, tally);
             }
         }
