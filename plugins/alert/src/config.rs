@@ -7,6 +7,7 @@
 //! min_samples = 20                       # default for every rule
 //! late_allowance = "1m"                  # how late an event may still count (default 5m)
 //! resolution = "1m"                      # windows slide by this step
+//! keep_firing_for = "5m"                 # default for every rule (see below)
 //!
 //! [[pipeline.stage.config.rule]]
 //! id = "generation_p95"
@@ -25,6 +26,11 @@
 //! whose value splits the rule into one alert per value; when that field holds
 //! an object (`experiment_assignments`), each of its entries is a group with
 //! the labels `experiment` and `variant`.
+//!
+//! Damping, for measures that hover at their threshold: `for = "5m"` fires
+//! only once the condition has held at every step for that long, and
+//! `keep_firing_for = "5m"` resolves only once it has failed at every step for
+//! that long. Both default to zero: fire and resolve at the first step.
 
 use std::collections::BTreeMap;
 
@@ -46,6 +52,12 @@ pub struct Config {
     pub resolution: String,
     /// Re-announce a firing alert this often (event time); default never.
     pub repeat: Option<String>,
+    /// How long a condition must hold before its alert fires; default 0.
+    #[serde(rename = "for")]
+    pub hold: Option<String>,
+    /// How long a condition must fail before a firing alert resolves;
+    /// default 0.
+    pub keep_firing_for: Option<String>,
     /// The property holding the event time.
     #[serde(default = "default_time_field")]
     pub time_field: String,
@@ -74,6 +86,9 @@ pub struct RuleConfig {
     pub window: String,
     pub min_samples: Option<u64>,
     pub repeat: Option<String>,
+    #[serde(rename = "for")]
+    pub hold: Option<String>,
+    pub keep_firing_for: Option<String>,
     pub group_by: Option<String>,
     pub samples: Vec<String>,
     #[serde(rename = "where", default)]
@@ -182,6 +197,10 @@ pub struct Rule {
     pub window_ms: i64,
     pub min_samples: u64,
     pub repeat_ms: Option<i64>,
+    /// How long the condition must hold before the alert fires (`for`).
+    pub hold_ms: i64,
+    /// How long the condition must fail before the alert resolves.
+    pub keep_firing_ms: i64,
     pub group_by: Option<String>,
     pub samples: Vec<String>,
     pub filter: Map<String, Value>,
@@ -222,11 +241,15 @@ impl Settings {
         if config.rule.is_empty() {
             return Err("no rules: add at least one [[...config.rule]]".into());
         }
-        let repeat = config.repeat.as_deref().map(duration_ms).transpose().map_err(|e| format!("repeat: {e}"))?;
+        let defaults = Defaults {
+            repeat_ms: config.repeat.as_deref().map(duration_ms).transpose().map_err(|e| format!("repeat: {e}"))?,
+            hold_ms: steps("for", config.hold.as_deref(), resolution_ms, 0)?,
+            keep_firing_ms: steps("keep_firing_for", config.keep_firing_for.as_deref(), resolution_ms, 0)?,
+        };
         let mut rules: Vec<Rule> = Vec::with_capacity(config.rule.len());
         for raw in std::mem::take(&mut config.rule) {
             let name = rule_key(&raw.id, raw.check.as_deref());
-            let rule = check_rule(raw, name.clone(), &config, resolution_ms, repeat).map_err(|e| format!("rule `{name}`: {e}"))?;
+            let rule = check_rule(raw, name.clone(), &config, resolution_ms, &defaults).map_err(|e| format!("rule `{name}`: {e}"))?;
             if rules.iter().any(|r| r.key == rule.key) {
                 return Err(format!("rule `{name}` is declared twice (give each rule of one id its own `check`)"));
             }
@@ -258,7 +281,25 @@ fn rule_key(id: &str, check: Option<&str>) -> String {
     }
 }
 
-fn check_rule(raw: RuleConfig, key: String, config: &Config, resolution_ms: i64, default_repeat: Option<i64>) -> Result<Rule, String> {
+/// What the top of the config sets for every rule that does not set its own.
+struct Defaults {
+    repeat_ms: Option<i64>,
+    hold_ms: i64,
+    keep_firing_ms: i64,
+}
+
+/// A damping duration (`for`, `keep_firing_for`) in milliseconds: a whole
+/// number of resolution steps, since conditions are decided once a step.
+fn steps(name: &str, text: Option<&str>, resolution_ms: i64, default_ms: i64) -> Result<i64, String> {
+    let Some(text) = text else { return Ok(default_ms) };
+    let ms = duration_ms(text).map_err(|e| format!("{name}: {e}"))?;
+    if ms % resolution_ms != 0 {
+        return Err(format!("{name} = {text:?} must be a whole number of resolution steps ({} ms)", resolution_ms));
+    }
+    Ok(ms)
+}
+
+fn check_rule(raw: RuleConfig, key: String, config: &Config, resolution_ms: i64, defaults: &Defaults) -> Result<Rule, String> {
     if raw.id.is_empty() || !raw.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         return Err(format!("id {:?} must be letters, digits, `_` or `-` (it ends the alert's subject)", raw.id));
     }
@@ -301,8 +342,10 @@ fn check_rule(raw: RuleConfig, key: String, config: &Config, resolution_ms: i64,
     };
     let repeat_ms = match raw.repeat.as_deref() {
         Some(text) => Some(duration_ms(text).map_err(|e| format!("repeat: {e}"))?),
-        None => default_repeat,
+        None => defaults.repeat_ms,
     };
+    let hold_ms = steps("for", raw.hold.as_deref(), resolution_ms, defaults.hold_ms)?;
+    let keep_firing_ms = steps("keep_firing_for", raw.keep_firing_for.as_deref(), resolution_ms, defaults.keep_firing_ms)?;
     Ok(Rule {
         key,
         id: raw.id,
@@ -313,6 +356,8 @@ fn check_rule(raw: RuleConfig, key: String, config: &Config, resolution_ms: i64,
         window_ms,
         min_samples: raw.min_samples.unwrap_or(config.min_samples).max(1),
         repeat_ms: repeat_ms.filter(|ms| *ms > 0),
+        hold_ms,
+        keep_firing_ms,
         group_by: raw.group_by,
         samples: raw.samples,
         filter: raw.filter,
@@ -391,6 +436,8 @@ mod tests {
             (format!(r#"{{ {base}, "window": "90s", "mean": "x", "below": 1 }}"#), "whole number of resolution steps"),
             (format!(r#"{{ {base}, "window": "15m", "share": {{}}, "below": 1 }}"#), "needs an `event` or a `where`"),
             (format!(r#"{{ {base}, "window": "15m", "quantile": {{ "field": "x", "q": 95 }}, "above": 1 }}"#), "outside 0..=1"),
+            (format!(r#"{{ {base}, "window": "15m", "mean": "x", "below": 1, "for": "90s" }}"#), "for = \"90s\" must be a whole number"),
+            (format!(r#"{{ {base}, "window": "15m", "mean": "x", "below": 1, "keep_firing_for": "soon" }}"#), "keep_firing_for: \"soon\" is not a duration"),
         ];
         for (rule, expected) in cases {
             let error = settings(&rule).unwrap_err();

@@ -17,7 +17,12 @@
 //! `min_samples` samples and its condition holds; it then emits one `firing`
 //! alert, and one `resolved` alert when the condition no longer holds on the
 //! samples it has or its window is empty. Nothing is repeated between the two,
-//! unless the rule has a `repeat` interval.
+//! unless the rule has a `repeat` interval. Two settings damp a measure that
+//! hovers at its threshold: with `for`, the condition must hold at every
+//! boundary for that long before the alert fires (it is pending meanwhile,
+//! and nothing is emitted); with `keep_firing_for`, it must fail at every
+//! boundary for that long before the alert resolves. An empty window resolves
+//! at once: with no samples there is nothing left to flap.
 //!
 //! Memory. A window keeps one aggregate per step (count, hits, sum and, for
 //! quantiles, a sketch of 1 % relative error whose size depends on the spread
@@ -96,11 +101,29 @@ struct Step {
     sketch: Option<Sketch>,
 }
 
+/// Where one alert is in its life. The damping fields are optional in the
+/// snapshot, so a plugin without damping reads a newer snapshot (dropping a
+/// pending or clearing mark) and a rollback keeps the alert states.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 enum AlertState {
-    Ok,
-    Firing { since_ms: i64, announced_ms: i64 },
+    Ok {
+        /// The boundary since which the condition has held, while `for` runs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pending_since_ms: Option<i64>,
+    },
+    Firing {
+        since_ms: i64,
+        announced_ms: i64,
+        /// The boundary since which the condition has failed, while
+        /// `keep_firing_for` runs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clearing_since_ms: Option<i64>,
+    },
+}
+
+impl AlertState {
+    const QUIET: AlertState = AlertState::Ok { pending_since_ms: None };
 }
 
 pub struct Engine {
@@ -226,7 +249,7 @@ impl Engine {
                     tally.over_group_limit += 1;
                     continue;
                 }
-                let series = Series { rule: rule.key.clone(), labels, steps: BTreeMap::new(), alert: AlertState::Ok };
+                let series = Series { rule: rule.key.clone(), labels, steps: BTreeMap::new(), alert: AlertState::QUIET };
                 self.state.series.insert(key.clone(), series);
             }
             let Some(series) = self.state.series.get_mut(&key) else { continue };
@@ -276,24 +299,42 @@ impl Engine {
             // Later evaluations never look before `start + resolution`.
             series.steps.retain(|step, _| *step + settings.resolution_ms > start);
             let (samples, value) = measure(rule, series.steps.range(start..boundary).map(|(_, step)| step), settings.accuracy);
+            let holds = value.is_some_and(|v| rule.condition.holds(v));
+            let reading = Reading { value, samples, at_ms: boundary };
             match series.alert {
-                AlertState::Ok => {
-                    if samples >= rule.min_samples && value.is_some_and(|v| rule.condition.holds(v)) {
-                        series.alert = AlertState::Firing { since_ms: boundary, announced_ms: boundary };
-                        alerts.push(alert(settings, rule, series, "firing", value, samples, boundary, false));
+                AlertState::Ok { pending_since_ms } => {
+                    if samples >= rule.min_samples && holds {
+                        let held_since = pending_since_ms.unwrap_or(boundary);
+                        if boundary - held_since >= rule.hold_ms {
+                            series.alert = AlertState::Firing { since_ms: boundary, announced_ms: boundary, clearing_since_ms: None };
+                            alerts.push(alert(settings, rule, series, "firing", &reading, held_since, false));
+                        } else {
+                            series.alert = AlertState::Ok { pending_since_ms: Some(held_since) };
+                        }
+                    } else {
+                        series.alert = AlertState::QUIET;
                     }
                 }
-                AlertState::Firing { since_ms, announced_ms } => {
-                    if samples == 0 || !value.is_some_and(|v| rule.condition.holds(v)) {
-                        alerts.push(alert(settings, rule, series, "resolved", value, samples, boundary, false));
-                        series.alert = AlertState::Ok;
-                    } else if rule.repeat_ms.is_some_and(|repeat| boundary - announced_ms >= repeat) {
-                        series.alert = AlertState::Firing { since_ms, announced_ms: boundary };
-                        alerts.push(alert(settings, rule, series, "firing", value, samples, boundary, true));
+                AlertState::Firing { since_ms, announced_ms, clearing_since_ms } => {
+                    if holds {
+                        let repeat_due = rule.repeat_ms.is_some_and(|repeat| boundary - announced_ms >= repeat);
+                        let announced_ms = if repeat_due { boundary } else { announced_ms };
+                        series.alert = AlertState::Firing { since_ms, announced_ms, clearing_since_ms: None };
+                        if repeat_due {
+                            alerts.push(alert(settings, rule, series, "firing", &reading, since_ms, true));
+                        }
+                    } else {
+                        let failing_since = clearing_since_ms.unwrap_or(boundary);
+                        if samples == 0 || boundary - failing_since >= rule.keep_firing_ms {
+                            alerts.push(alert(settings, rule, series, "resolved", &reading, failing_since, false));
+                            series.alert = AlertState::QUIET;
+                        } else {
+                            series.alert = AlertState::Firing { since_ms, announced_ms, clearing_since_ms: Some(failing_since) };
+                        }
                     }
                 }
             }
-            !series.steps.is_empty() || series.alert != AlertState::Ok
+            !series.steps.is_empty() || series.alert != AlertState::QUIET
         });
     }
 }
@@ -321,11 +362,21 @@ fn measure<'a>(rule: &Rule, steps: impl Iterator<Item = &'a Step>, accuracy: f64
     (samples, value)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn alert(settings: &Settings, rule: &Rule, series: &Series, state: &str, value: Option<f64>, samples: u64, at_ms: i64, repeat: bool) -> Alert {
+/// A window's measure at one boundary.
+struct Reading {
+    value: Option<f64>,
+    samples: u64,
+    at_ms: i64,
+}
+
+/// The alert a series emits on changing `state` at a reading;
+/// `condition_since` is when its condition began to hold (firing) or to fail
+/// (resolved), earlier than the change itself by `for` or `keep_firing_for`.
+fn alert(settings: &Settings, rule: &Rule, series: &Series, state: &str, reading: &Reading, condition_since: i64, repeat: bool) -> Alert {
+    let Reading { value, samples, at_ms } = *reading;
     let since = match series.alert {
         AlertState::Firing { since_ms, .. } => since_ms,
-        AlertState::Ok => at_ms,
+        AlertState::Ok { .. } => at_ms,
     };
     let value = value.map(|v| (v * 10_000.0).round() / 10_000.0);
     let labels_text: Vec<String> = series.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -335,7 +386,8 @@ fn alert(settings: &Settings, rule: &Rule, series: &Series, state: &str, value: 
         Measure::Mean { field } => format!("mean {field}"),
         Measure::Share { .. } => "share".to_string(),
     };
-    let summary = format!(
+    let damped = condition_since != at_ms && !repeat;
+    let mut summary = format!(
         "{key} {state}: {what} = {} over {} samples in the last {} ({} {})",
         value.map_or("none".to_string(), |v| v.to_string()),
         samples,
@@ -343,6 +395,10 @@ fn alert(settings: &Settings, rule: &Rule, series: &Series, state: &str, value: 
         rule.condition.word(),
         rule.condition.threshold()
     );
+    if damped {
+        let how = if state == "firing" { "held" } else { "failed" };
+        summary.push_str(&format!("; condition {how} since {}", time::format_rfc3339(condition_since)));
+    }
     let mut body = json!({
         "rule": rule.id,
         "state": state,
@@ -371,6 +427,9 @@ fn alert(settings: &Settings, rule: &Rule, series: &Series, state: &str, value: 
     }
     if repeat {
         fields.insert("repeat".into(), json!(true));
+    }
+    if damped {
+        fields.insert("condition_since".into(), json!(time::format_rfc3339(condition_since)));
     }
     Alert { subject: format!("{}.{}", settings.subject_prefix, rule.id), body }
 }
@@ -631,6 +690,111 @@ mod tests {
         assert_eq!(states(&later), [("generation_p95".into(), "resolved".into())]);
         assert_eq!(later[0]["firing_since"], fired[0]["changed_at"]);
         assert!(engine().restore(b"{]").unwrap_err().contains("cannot read the alert state"));
+    }
+
+    /// A continuity rule over one-minute windows, so each minute's mean is
+    /// decided on its own, with the given damping settings.
+    fn continuity(damping: Value) -> Engine {
+        let mut rule = json!({ "id": "continuity_score", "owner": "ml", "severity": "flag", "window": "1m", "min_samples": 5,
+                               "samples": ["scene_locked"], "mean": "consistency_score", "below": 0.88 });
+        rule.as_object_mut().unwrap().extend(damping.as_object().unwrap().clone());
+        Engine::new(Settings::parse(&json!({ "rule": [rule] }).to_string()).unwrap())
+    }
+
+    /// Six locks in each minute from `from_minute`, scored by `score(minute)`.
+    fn locks(from_minute: i64, minutes: i64, score: impl Fn(i64) -> f64) -> Vec<Vec<u8>> {
+        (from_minute..from_minute + minutes)
+            .flat_map(|m| (0..6).map(move |k| (m, T0 + m * MINUTE + k * 10_000)))
+            .map(|(m, at)| event("scene_locked", at, json!({ "consistency_score": score(m) })))
+            .collect()
+    }
+
+    /// Twenty minutes of a mean that hovers at the threshold (0.85, 0.90,
+    /// 0.85, ...), then twenty healthy minutes.
+    fn hovering() -> Vec<Vec<u8>> {
+        let mut events = locks(0, 20, |m| if m % 2 == 0 { 0.85 } else { 0.90 });
+        events.extend(locks(20, 20, |_| 0.95));
+        events
+    }
+
+    #[test]
+    fn without_damping_a_hovering_measure_flaps() {
+        let alerts = feed(&mut continuity(json!({})), &hovering());
+        assert_eq!(alerts.iter().filter(|a| a["state"] == "firing").count(), 10);
+        assert_eq!(alerts.iter().filter(|a| a["state"] == "resolved").count(), 10);
+    }
+
+    #[test]
+    fn keep_firing_for_turns_a_hovering_measure_into_one_incident() {
+        let alerts = feed(&mut continuity(json!({ "keep_firing_for": "5m" })), &hovering());
+        assert_eq!(states(&alerts), [("continuity_score".into(), "firing".into()), ("continuity_score".into(), "resolved".into())]);
+        let (firing, resolved) = (&alerts[0], &alerts[1]);
+        // Minute 0 is bad (decided at 10:01); minute 19 is the last good one
+        // of the hovering, so the condition fails from 10:20 on, and has
+        // failed for five minutes at 10:25.
+        assert_eq!(firing["changed_at"], time::format_rfc3339(T0 + MINUTE));
+        assert_eq!(resolved["condition_since"], time::format_rfc3339(T0 + 20 * MINUTE));
+        assert_eq!(resolved["changed_at"], time::format_rfc3339(T0 + 25 * MINUTE));
+        assert_eq!(resolved["firing_since"], firing["changed_at"]);
+        assert!(resolved["summary"].as_str().unwrap().ends_with("condition failed since 2026-11-24T10:20:00.000Z"), "{resolved}");
+    }
+
+    #[test]
+    fn for_fires_only_once_the_condition_has_held_that_long() {
+        let mut engine = continuity(json!({ "for": "3m" }));
+        // Hovering never holds for three minutes: nothing fires.
+        assert_eq!(feed(&mut engine, &hovering()), Vec::<Value>::new());
+        // Minutes 40..50 bad: it holds from 10:41 and fires at 10:44.
+        let mut alerts = feed(&mut engine, &locks(40, 10, |_| 0.80));
+        alerts.extend(feed(&mut engine, &locks(50, 10, |_| 0.95)));
+        assert_eq!(states(&alerts), [("continuity_score".into(), "firing".into()), ("continuity_score".into(), "resolved".into())]);
+        assert_eq!(alerts[0]["condition_since"], time::format_rfc3339(T0 + 41 * MINUTE));
+        assert_eq!(alerts[0]["changed_at"], time::format_rfc3339(T0 + 44 * MINUTE));
+        assert_eq!(alerts[0]["firing_since"], time::format_rfc3339(T0 + 44 * MINUTE));
+        // Without keep_firing_for it resolves at the first healthy minute.
+        assert_eq!(alerts[1]["changed_at"], time::format_rfc3339(T0 + 51 * MINUTE));
+        assert!(alerts[1].get("condition_since").is_none());
+    }
+
+    #[test]
+    fn damping_set_at_the_top_applies_to_every_rule_that_sets_none() {
+        let rule = json!({ "id": "c", "owner": "ml", "severity": "flag", "window": "1m", "samples": ["scene_locked"],
+                           "mean": "consistency_score", "below": 0.88 });
+        let mut own = rule.clone();
+        own["keep_firing_for"] = json!("0s");
+        own["check"] = json!("own");
+        let config = json!({ "for": "2m", "keep_firing_for": "10m", "rule": [rule, own] });
+        let settings = Settings::parse(&config.to_string()).unwrap();
+        assert_eq!((settings.rules[0].hold_ms, settings.rules[0].keep_firing_ms), (2 * MINUTE, 10 * MINUTE));
+        assert_eq!((settings.rules[1].hold_ms, settings.rules[1].keep_firing_ms), (2 * MINUTE, 0));
+    }
+
+    #[test]
+    fn a_pending_or_clearing_alert_survives_a_restore_and_older_snapshots_still_read() {
+        // Pending across a restore: the hold time counts from before it.
+        let events = locks(0, 10, |_| 0.80);
+        let mut first = continuity(json!({ "for": "3m", "keep_firing_for": "3m" }));
+        assert_eq!(feed(&mut first, &events[..6 * 8]), Vec::<Value>::new(), "held from 10:01, decided up to 10:03");
+        let mut second = continuity(json!({ "for": "3m", "keep_firing_for": "3m" }));
+        second.restore(&first.snapshot()).unwrap();
+        let mut alerts = feed(&mut second, &events[6 * 8..]);
+        alerts.extend(feed(&mut second, &locks(10, 20, |_| 0.95)));
+        assert_eq!(states(&alerts), [("continuity_score".into(), "firing".into()), ("continuity_score".into(), "resolved".into())]);
+        assert_eq!(alerts[0]["changed_at"], time::format_rfc3339(T0 + 4 * MINUTE));
+        assert_eq!(alerts[1]["changed_at"], time::format_rfc3339(T0 + 14 * MINUTE));
+        // A snapshot written before damping existed: a firing alert, no marks.
+        let older = format!(
+            r#"{{"version":1,"watermark_ms":{w},"evaluated_ms":{e},"last_sample_ms":{w},"last_tick_ns":null,"events_since_tick":false,
+                "series":{{"continuity_score":{{"rule":"continuity_score","labels":{{}},"steps":{{}},
+                "alert":{{"state":"firing","since_ms":{e},"announced_ms":{e}}}}}}}}}"#,
+            w = T0,
+            e = T0 - 5 * MINUTE
+        );
+        let mut engine = continuity(json!({ "keep_firing_for": "3m" }));
+        engine.restore(older.as_bytes()).unwrap();
+        let alerts = feed(&mut engine, &locks(0, 7, |_| 0.95));
+        assert_eq!(states(&alerts), [("continuity_score".into(), "resolved".into())], "an empty window resolves at once");
+        assert_eq!(alerts[0]["firing_since"], time::format_rfc3339(T0 - 5 * MINUTE));
     }
 
     #[test]
