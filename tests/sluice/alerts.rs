@@ -48,6 +48,9 @@ async fn stream_at_least(nats: &Nats, stream: &str, count: u64, sluice: &Sluice)
     }
 }
 
+/// `keep_firing_for` in pipelines/storyforge.toml.
+const KEEP_FIRING_MINUTES: i64 = 10;
+
 /// One StoryForge day: steady traffic with six incidents and a quiet night.
 fn storyforge_day() -> Vec<(String, Vec<u8>)> {
     let mut events = Vec::new();
@@ -99,7 +102,8 @@ async fn a_replayed_day_gives_the_expected_alert_timeline() {
     nats.publish_stored(day.clone()).await;
 
     // Each incident: the alert key, when it began and ended (the window may
-    // delay the firing and the resolving by up to its length).
+    // delay the firing and the resolving by up to its length, and the
+    // resolving by the pipeline's `keep_firing_for` on top).
     let h = |hh: i64, mm: i64| DAY + hh * 60 * MINUTE + mm * MINUTE;
     let guardrail = |variant: &str| format!("experiment_guardrail/export_success_rate{{experiment=pricing_layout,variant={variant}}}");
     let expected: Vec<(String, i64, i64, i64)> = vec![
@@ -123,21 +127,21 @@ async fn a_replayed_day_gives_the_expected_alert_timeline() {
     let a = guardrail("A");
     let exact = [
         ("06:02", "generation_p95", "firing"),
-        ("06:34", "generation_p95", "resolved"),
+        ("06:44", "generation_p95", "resolved"),
         ("09:13", b.as_str(), "firing"),
-        ("09:47", b.as_str(), "resolved"),
+        ("09:57", b.as_str(), "resolved"),
         ("12:11", "payment_failure_rate", "firing"),
-        ("13:41", "payment_failure_rate", "resolved"),
+        ("13:51", "payment_failure_rate", "resolved"),
         ("15:28", "continuity_score", "firing"),
-        ("16:32", "continuity_score", "resolved"),
+        ("16:42", "continuity_score", "resolved"),
         ("18:37", "provider_fallback_rate", "firing"),
-        ("19:24", "provider_fallback_rate", "resolved"),
+        ("19:34", "provider_fallback_rate", "resolved"),
         ("21:07", b.as_str(), "firing"),
         ("21:13", "export_success_rate", "firing"),
         ("21:19", a.as_str(), "firing"),
-        ("21:42", a.as_str(), "resolved"),
-        ("21:48", "export_success_rate", "resolved"),
-        ("21:54", b.as_str(), "resolved"),
+        ("21:52", a.as_str(), "resolved"),
+        ("21:58", "export_success_rate", "resolved"),
+        ("22:04", b.as_str(), "resolved"),
     ];
     let exact: Vec<String> = exact.iter().map(|(at, key, state)| format!("\"2026-11-23T{at}:00.000Z\" \"{key}\" \"{state}\"")).collect();
     assert_eq!(timeline, exact);
@@ -152,7 +156,7 @@ async fn a_replayed_day_gives_the_expected_alert_timeline() {
         let (firing, resolved) = (incidents.remove(0), incidents.remove(0));
         assert_eq!((firing["state"].as_str(), resolved["state"].as_str()), (Some("firing"), Some("resolved")), "{key}");
         assert!((*began..=*began + window_minutes * MINUTE).contains(&at(firing)), "{key} fired at {}:\n{}", firing["changed_at"], timeline.join("\n"));
-        assert!((*ended..=*ended + (window_minutes + 1) * MINUTE).contains(&at(resolved)), "{key} resolved at {}:\n{}", resolved["changed_at"], timeline.join("\n"));
+        assert!((*ended..=*ended + (window_minutes + KEEP_FIRING_MINUTES + 1) * MINUTE).contains(&at(resolved)), "{key} resolved at {}:\n{}", resolved["changed_at"], timeline.join("\n"));
         assert_eq!(resolved["firing_since"], firing["changed_at"]);
         for field in ["rule", "value", "threshold", "window", "owner", "severity", "labels", "samples"] {
             assert!(!firing[field].is_null(), "{key}: `{field}` missing in {firing}");
