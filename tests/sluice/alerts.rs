@@ -164,8 +164,10 @@ async fn a_replayed_day_gives_the_expected_alert_timeline() {
         assert!(firing["samples"].as_u64().unwrap() >= 20, "{key} fired on fewer than 20 samples");
     }
     assert!(by_key.values().all(Vec::is_empty), "alerts beyond the expected:\n{}", timeline.join("\n"));
-    // Every analytics event of the day went into the windows once.
+    // Every analytics event of the day went into the windows once, none late.
     sluice.wait_for_log(&format!("received={}", day.len()), 1, WAIT);
+    sluice.wait_for_log(&format!("alert.sampled={}", day.len()), 1, WAIT);
+    assert!(!sluice.log().contains("alert.late="), "no event of an in-order replay is late:\n{}", sluice.log());
     sluice.terminate();
 }
 

@@ -34,16 +34,22 @@ pub fn run(root: &Path) -> Result<()> {
         .spawn()
         .context("cannot start sluice")?;
 
-    // sluice says where its nats-server is; everything else it logs is shown as it comes.
+    // sluice says where its nats-server is; everything else it logs is shown
+    // as it comes. Its last word on the alert pipeline is kept for the report.
     let (url_sender, url) = mpsc::channel();
     let stderr = sluice.stderr.take().context("no stderr from sluice")?;
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
+        let mut alert_progress = None;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.strip_prefix("sluice: NATS is at ") {
                 let _ = url_sender.send(rest.split_whitespace().next().unwrap_or_default().to_string());
             }
+            if line.contains("Progress.") && line.contains("pipeline=storyforge-alerts") {
+                alert_progress = Some(line.clone());
+            }
             eprintln!("  | {line}");
         }
+        alert_progress
     });
     let url = match url.recv_timeout(Duration::from_secs(60)) {
         Ok(url) => url,
@@ -58,8 +64,10 @@ pub fn run(root: &Path) -> Result<()> {
     // SIGTERM: sluice drains its in-flight batches and stops its nats-server.
     let _ = Command::new("kill").args(["-TERM", &sluice.id().to_string()]).status();
     let status = sluice.wait()?;
+    let alert_progress = reader.join().ok().flatten();
     let seen = outcome?;
     print_report(samples.lines().count(), &seen);
+    print_alert_counters(alert_progress.as_deref());
     if !status.success() {
         bail!("sluice exited with {status}");
     }
@@ -123,5 +131,21 @@ fn print_report(published: usize, seen: &BTreeMap<String, Vec<String>>) {
             let example: String = bodies[0].chars().take(400).collect();
             println!("\nfor example, on {subject}:\n  {example}");
         }
+    }
+}
+
+/// What the alert plugin counted, from the alert pipeline's last progress
+/// line, and why a demo's alerts can differ from run to run.
+fn print_alert_counters(progress: Option<&str>) {
+    let Some(counters) = progress.and_then(|line| line.split("plugin_counters=\"").nth(1)).and_then(|rest| rest.split('"').next()) else {
+        return;
+    };
+    println!("\nthe alert plugin counted: {}", if counters.is_empty() { "nothing" } else { counters });
+    if counters.contains("alert.late=") {
+        println!(
+            "(late: events more than the late allowance behind the newest. The demo pushes a whole day through the ingest \
+             pipeline's two workers in seconds, which reorders it by hours of event time, so which windows fill, and the \
+             alerts, vary from run to run; live traffic and an in-order replay of STORYFORGE_CLEAN do not.)"
+        );
     }
 }

@@ -85,6 +85,22 @@ impl PipelineVersion {
     }
 }
 
+impl PipelineVersion {
+    /// What its plugins counted through the `counters` import, as
+    /// `stage.name=value` pairs: since this version started, summed over its
+    /// instances.
+    pub fn plugin_counters(&self) -> String {
+        let contexts = self.stages.iter().map(|s| &s.context).chain(self.sink.iter().map(|s| &s.context));
+        let mut pairs = Vec::new();
+        for context in contexts {
+            for (name, value) in context.counters.snapshot() {
+                pairs.push(format!("{}.{name}={value}", context.name));
+            }
+        }
+        pairs.join(" ")
+    }
+}
+
 enum Linked {
     Transform(PreparedStage),
     Sink(PreparedSink),

@@ -181,10 +181,11 @@ impl Host {
 
 fn progress(name: &str, running: &RunningPipeline, connection: &Connection) {
     let s = running.stats.snapshot();
+    let version = running.version();
     tracing::info!(
-        pipeline = %name, version = %running.version().id, received = s.received, published = s.published,
+        pipeline = %name, version = %version.id, received = s.received, published = s.published,
         rejected = s.rejected, dropped = s.dropped, faults = s.faults, failed_batches = s.failed_batches, already_counted = s.already_counted,
-        slow_consumer_events = connection.slow_consumer_events(), "Progress."
+        slow_consumer_events = connection.slow_consumer_events(), plugin_counters = ?version.plugin_counters(), "Progress."
     );
 }
 
