@@ -481,7 +481,7 @@ mod tests {
     use serde_json::{Value, json};
     use sluice_kit::time;
 
-    use super::{Engine, Tally};
+    use super::{AlertState, Engine, Tally};
     use crate::config::Settings;
 
     /// 2026-11-24T10:00:00Z.
@@ -795,6 +795,26 @@ mod tests {
         let alerts = feed(&mut engine, &locks(0, 7, |_| 0.95));
         assert_eq!(states(&alerts), [("continuity_score".into(), "resolved".into())], "an empty window resolves at once");
         assert_eq!(alerts[0]["firing_since"], time::format_rfc3339(T0 - 5 * MINUTE));
+    }
+
+    #[test]
+    fn a_plugin_without_damping_reads_the_alert_states_of_one_with_it() {
+        // The alert state as builds before damping declared it.
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        #[serde(tag = "state", rename_all = "snake_case")]
+        enum Before {
+            Ok,
+            Firing { since_ms: i64, announced_ms: i64 },
+        }
+        let now = [
+            (AlertState::Ok { pending_since_ms: Some(5) }, Before::Ok),
+            (AlertState::QUIET, Before::Ok),
+            (AlertState::Firing { since_ms: 1, announced_ms: 2, clearing_since_ms: Some(3) }, Before::Firing { since_ms: 1, announced_ms: 2 }),
+        ];
+        for (state, before) in now {
+            let text = serde_json::to_string(&state).unwrap();
+            assert_eq!(serde_json::from_str::<Before>(&text).unwrap(), before, "{text}");
+        }
     }
 
     #[test]
