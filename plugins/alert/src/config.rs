@@ -19,10 +19,15 @@
 //! above = { beta = 110_000, launch = 90_000 }
 //! ```
 //!
-//! A rule measures one of `quantile = { field, q }`, `mean = "field"` or
-//! `share = { event?, where? }` (the fraction of samples that match) over the
-//! events named in `samples` (optionally narrowed by `where`), and fires when
-//! the measure is `above` or `below` its threshold. `group_by` names a field
+//! A rule measures one of `quantile = { field, q }`, `mean = "field"`,
+//! `share = { event?, where? }` (the fraction of samples that match) or
+//! `count = true` (how many samples there are) over the events named in
+//! `samples` (optionally narrowed by `where`), and fires when the measure is
+//! `above` or `below` its threshold. `count` with `below = 1` fires on
+//! absence: when none of the events came for a whole window (ticks move
+//! event time on without traffic). A count is not held back by
+//! `min_samples`, is never grouped, and is first decided once the plugin has
+//! watched a whole window, so a start does not look like an outage. `group_by` names a field
 //! whose value splits the rule into one alert per value; when that field holds
 //! an object (`experiment_assignments`), each of its entries is a group with
 //! the labels `experiment` and `variant`.
@@ -96,6 +101,7 @@ pub struct RuleConfig {
     pub quantile: Option<QuantileConfig>,
     pub mean: Option<String>,
     pub share: Option<ShareConfig>,
+    pub count: Option<bool>,
     pub above: Option<Threshold>,
     pub below: Option<Threshold>,
     pub description: Option<String>,
@@ -154,6 +160,7 @@ pub enum Measure {
     Quantile { field: String, q: f64 },
     Mean { field: String },
     Share { event: Option<String>, filter: Map<String, Value> },
+    Count,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -310,21 +317,28 @@ fn check_rule(raw: RuleConfig, key: String, config: &Config, resolution_ms: i64,
     if raw.samples.is_empty() {
         return Err("`samples` names no event".into());
     }
-    let measure = match (raw.quantile, raw.mean, raw.share) {
-        (Some(q), None, None) => {
+    let measure = match (raw.quantile, raw.mean, raw.share, raw.count) {
+        (Some(q), None, None, None) => {
             if !(0.0..=1.0).contains(&q.q) {
                 return Err(format!("quantile q = {} is outside 0..=1", q.q));
             }
             Measure::Quantile { field: q.field, q: q.q }
         }
-        (None, Some(field), None) => Measure::Mean { field },
-        (None, None, Some(share)) => {
+        (None, Some(field), None, None) => Measure::Mean { field },
+        (None, None, Some(share), None) => {
             if share.event.is_none() && share.filter.is_empty() {
                 return Err("`share` needs an `event` or a `where`".into());
             }
             Measure::Share { event: share.event, filter: share.filter }
         }
-        _ => return Err("give exactly one of `quantile`, `mean` or `share`".into()),
+        (None, None, None, Some(true)) => {
+            if raw.group_by.is_some() {
+                return Err("a `count` is watched for the whole rule: it cannot have a `group_by` (a group that stops sending is forgotten)".into());
+            }
+            Measure::Count
+        }
+        (None, None, None, Some(false)) => return Err("`count = false` measures nothing: leave it out, or give another measure".into()),
+        _ => return Err("give exactly one of `quantile`, `mean`, `share` or `count`".into()),
     };
     let pick = |threshold: Threshold| -> Result<f64, String> {
         match threshold {
@@ -354,7 +368,8 @@ fn check_rule(raw: RuleConfig, key: String, config: &Config, resolution_ms: i64,
         severity: raw.severity,
         window_text: raw.window,
         window_ms,
-        min_samples: raw.min_samples.unwrap_or(config.min_samples).max(1),
+        // A count is its own sample count: a minimum would hide absence.
+        min_samples: if measure == Measure::Count { 0 } else { raw.min_samples.unwrap_or(config.min_samples).max(1) },
         repeat_ms: repeat_ms.filter(|ms| *ms > 0),
         hold_ms,
         keep_firing_ms,
@@ -432,7 +447,9 @@ mod tests {
         let base = r#""id": "r", "owner": "o", "severity": "s", "samples": ["e"]"#;
         let cases = [
             (format!(r#"{{ {base}, "window": "15m", "mean": "x" }}"#), "exactly one of `above` or `below`"),
-            (format!(r#"{{ {base}, "window": "15m", "below": 1 }}"#), "exactly one of `quantile`, `mean` or `share`"),
+            (format!(r#"{{ {base}, "window": "15m", "below": 1 }}"#), "exactly one of `quantile`, `mean`, `share` or `count`"),
+            (format!(r#"{{ {base}, "window": "15m", "count": true, "below": 1, "group_by": "experiment_assignments" }}"#), "cannot have a `group_by`"),
+            (format!(r#"{{ {base}, "window": "15m", "count": false, "below": 1 }}"#), "`count = false` measures nothing"),
             (format!(r#"{{ {base}, "window": "90s", "mean": "x", "below": 1 }}"#), "whole number of resolution steps"),
             (format!(r#"{{ {base}, "window": "15m", "share": {{}}, "below": 1 }}"#), "needs an `event` or a `where`"),
             (format!(r#"{{ {base}, "window": "15m", "quantile": {{ "field": "x", "q": 95 }}, "above": 1 }}"#), "outside 0..=1"),

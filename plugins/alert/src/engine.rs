@@ -24,6 +24,12 @@
 //! boundary for that long before the alert resolves. An empty window resolves
 //! at once: with no samples there is nothing left to flap.
 //!
+//! Absence. A `count` rule's window is a measure even when empty, so
+//! `count = true, below = 1` fires when no sample came for a whole window,
+//! and quiet ticks (moving event time on) are what fire it. Its series is
+//! never forgotten, and it is decided only on windows that start after the
+//! state was first evaluated, so a start is not taken for an outage.
+//!
 //! Memory. A window keeps one aggregate per step (count, hits, sum and, for
 //! quantiles, a sketch of 1 % relative error whose size depends on the spread
 //! of the values, not their number); steps older than the longest window are
@@ -75,6 +81,10 @@ pub struct State {
     watermark_ms: Option<i64>,
     /// The last boundary at which the windows were evaluated.
     evaluated_ms: Option<i64>,
+    /// The first boundary this state was evaluated from: a count is decided
+    /// only on windows that start after it.
+    #[serde(default)]
+    watching_since_ms: Option<i64>,
     /// The latest time of any sample.
     last_sample_ms: Option<i64>,
     /// The wall time of the last tick, and whether events came since.
@@ -212,6 +222,8 @@ impl Engine {
             return Err(format!("the alert state is format {}, this plugin reads format {SNAPSHOT_VERSION}", state.version));
         }
         state.series.retain(|_, series| self.settings.rules.iter().any(|rule| rule.key == series.rule));
+        // A state from before counts existed: they start watching now.
+        state.watching_since_ms = state.watching_since_ms.or(state.evaluated_ms);
         self.state = state;
         Ok(())
     }
@@ -239,6 +251,7 @@ impl Engine {
                 }
             },
             Measure::Share { event: wanted, filter } => (0.0, wanted.as_deref().is_none_or(|w| w == name) && matches_all(event, filter)),
+            Measure::Count => (0.0, false),
         };
         let step_ms = at_ms.div_euclid(self.settings.resolution_ms) * self.settings.resolution_ms;
         for labels in groups(rule, event) {
@@ -273,14 +286,19 @@ impl Engine {
         let target = (to_ms - self.settings.late_ms).div_euclid(resolution) * resolution;
         let Some(evaluated) = self.state.evaluated_ms else {
             self.state.evaluated_ms = Some(target);
+            self.state.watching_since_ms = Some(target);
             return;
         };
+        self.watch_counts();
         let quiet_after = self.state.last_sample_ms.map_or(i64::MIN, |last| last + self.settings.longest_window_ms());
+        // An empty window changes a count, so with counts every boundary is
+        // evaluated (one per minute of a gap in the events).
+        let counts = self.settings.rules.iter().any(|rule| rule.measure == Measure::Count);
         let mut boundary = evaluated + resolution;
         while boundary <= target {
             self.evaluate(boundary, alerts);
             self.state.evaluated_ms = Some(boundary);
-            if boundary > quiet_after {
+            if boundary > quiet_after && !counts {
                 // Every window is empty from here on and every alert resolved:
                 // the boundaries up to the target would change nothing.
                 self.state.evaluated_ms = Some(target);
@@ -290,14 +308,30 @@ impl Engine {
         }
     }
 
+    /// A count's series exists whether or not samples came: their absence is
+    /// what it watches.
+    fn watch_counts(&mut self) {
+        for rule in self.settings.rules.iter().filter(|rule| rule.measure == Measure::Count) {
+            let labels = BTreeMap::new();
+            let key = series_key(&rule.key, &labels);
+            self.state.series.entry(key).or_insert_with(|| Series { rule: rule.key.clone(), labels, steps: BTreeMap::new(), alert: AlertState::QUIET });
+        }
+    }
+
     /// Evaluates every window ending at `boundary`.
     fn evaluate(&mut self, boundary: i64, alerts: &mut Vec<Alert>) {
         let settings = &self.settings;
+        let watching_since = self.state.watching_since_ms.unwrap_or(i64::MIN);
         self.state.series.retain(|_, series| {
             let Some(rule) = settings.rules.iter().find(|r| r.key == series.rule) else { return false };
             let start = boundary - rule.window_ms;
             // Later evaluations never look before `start + resolution`.
             series.steps.retain(|step, _| *step + settings.resolution_ms > start);
+            let count = rule.measure == Measure::Count;
+            if count && start < watching_since {
+                // Part of this window is from before the plugin watched.
+                return true;
+            }
             let (samples, value) = measure(rule, series.steps.range(start..boundary).map(|(_, step)| step), settings.accuracy);
             let holds = value.is_some_and(|v| rule.condition.holds(v));
             let reading = Reading { value, samples, at_ms: boundary };
@@ -325,7 +359,8 @@ impl Engine {
                         }
                     } else {
                         let failing_since = clearing_since_ms.unwrap_or(boundary);
-                        if samples == 0 || boundary - failing_since >= rule.keep_firing_ms {
+                        let empty = samples == 0 && !count;
+                        if empty || boundary - failing_since >= rule.keep_firing_ms {
                             alerts.push(alert(settings, rule, series, "resolved", &reading, failing_since, false));
                             series.alert = AlertState::QUIET;
                         } else {
@@ -334,7 +369,7 @@ impl Engine {
                     }
                 }
             }
-            !series.steps.is_empty() || series.alert != AlertState::QUIET
+            !series.steps.is_empty() || series.alert != AlertState::QUIET || count
         });
     }
 }
@@ -351,13 +386,14 @@ fn measure<'a>(rule: &Rule, steps: impl Iterator<Item = &'a Step>, accuracy: f64
             sketch.get_or_insert_with(|| Sketch::new(accuracy)).merge(more);
         }
     }
-    if samples == 0 {
+    if samples == 0 && rule.measure != Measure::Count {
         return (0, None);
     }
     let value = match &rule.measure {
         Measure::Quantile { q, .. } => sketch.and_then(|s| s.quantile(*q)),
         Measure::Mean { .. } => Some(sum / samples as f64),
         Measure::Share { .. } => Some(hits as f64 / samples as f64),
+        Measure::Count => Some(samples as f64),
     };
     (samples, value)
 }
@@ -385,6 +421,7 @@ fn alert(settings: &Settings, rule: &Rule, series: &Series, state: &str, reading
         Measure::Quantile { field, q } => format!("p{} of {field}", (q * 100.0).round()),
         Measure::Mean { field } => format!("mean {field}"),
         Measure::Share { .. } => "share".to_string(),
+        Measure::Count => "count".to_string(),
     };
     let damped = condition_since != at_ms && !repeat;
     let mut summary = format!(
@@ -815,6 +852,65 @@ mod tests {
             let text = serde_json::to_string(&state).unwrap();
             assert_eq!(serde_json::from_str::<Before>(&text).unwrap(), before, "{text}");
         }
+    }
+
+    /// A rule that fires when no export came for fifteen minutes.
+    fn exports_stopped() -> Engine {
+        let config = json!({ "rule": [{ "id": "exports_stopped", "owner": "eng", "severity": "page", "window": "15m",
+                                        "samples": ["export_succeeded", "export_failed"], "count": true, "below": 1 }] });
+        Engine::new(Settings::parse(&config.to_string()).unwrap())
+    }
+
+    fn exports(from_minute: i64, minutes: i64) -> Vec<Vec<u8>> {
+        (from_minute..from_minute + minutes).map(|m| event("export_succeeded", T0 + m * MINUTE, json!({}))).collect()
+    }
+
+    #[test]
+    fn a_count_below_one_fires_when_the_events_stop_and_resolves_when_they_return() {
+        let mut engine = exports_stopped();
+        // Forty minutes of exports, the last at 10:39.
+        assert_eq!(feed(&mut engine, &exports(0, 40)), Vec::<Value>::new());
+        // Then none: ticks move event time on. The window ending 10:55 is
+        // the first with nothing in it, decided at 11:00 (the allowance).
+        let wall = 2_000_000_000_000_000_000u64;
+        let second = 1_000_000_000u64;
+        assert!(engine.tick(wall).is_empty());
+        assert!(engine.tick(wall + 60 * second).is_empty(), "events came before that tick");
+        let mut alerts = Vec::new();
+        for minute in 2..=30 {
+            alerts.extend(engine.tick(wall + minute * 60 * second).into_iter().map(|a| a.body));
+        }
+        assert_eq!(states(&alerts), [("exports_stopped".into(), "firing".into())]);
+        assert_eq!(alerts[0]["changed_at"], time::format_rfc3339(T0 + 55 * MINUTE));
+        assert_eq!(alerts[0]["value"], 0.0);
+        assert_eq!(alerts[0]["samples"], 0);
+        // They come back at 11:20; the window ending 11:21 holds one.
+        let back = feed(&mut engine, &exports(80, 10));
+        assert_eq!(states(&back), [("exports_stopped".into(), "resolved".into())]);
+        assert_eq!(back[0]["changed_at"], time::format_rfc3339(T0 + 81 * MINUTE));
+    }
+
+    #[test]
+    fn a_count_is_not_decided_on_a_window_from_before_the_plugin_watched() {
+        let mut engine = exports_stopped();
+        // Two exports, at 10:00 and 10:12: every window the plugin has
+        // watched whole (from 09:55 on) holds one; earlier ones look empty.
+        let mut alerts = feed(&mut engine, &[exports(0, 1), exports(12, 1)].concat());
+        alerts.extend(feed(&mut engine, &exports(17, 1)));
+        assert_eq!(alerts, Vec::<Value>::new());
+        // After a restore from a state of a build without counts, it watches
+        // from the restored evaluation on.
+        let mut restored = exports_stopped();
+        let mut older: Value = serde_json::from_slice(&engine.snapshot()).unwrap();
+        older.as_object_mut().unwrap().remove("watching_since_ms");
+        older["series"] = json!({});
+        restored.restore(older.to_string().as_bytes()).unwrap();
+        assert_eq!(feed(&mut restored, &exports(20, 1)), Vec::<Value>::new());
+        // It watches whole windows from 10:12 (the restored evaluation): the
+        // first window without 10:20's export ends at 10:36.
+        let alerts = feed(&mut restored, &exports(45, 1));
+        assert_eq!(states(&alerts), [("exports_stopped".into(), "firing".into())], "{alerts:?}");
+        assert_eq!(alerts[0]["changed_at"], time::format_rfc3339(T0 + 36 * MINUTE));
     }
 
     #[test]
