@@ -268,11 +268,14 @@ async fn a_firing_alert_survives_a_plugin_swap_and_a_restart_without_repeating()
     sluice.terminate();
 }
 
-/// A local HTTP endpoint that answers 503 to its first `failures` requests
-/// and 200 after; it keeps what each request carried.
-async fn receiver(failures: usize) -> (String, Arc<Mutex<Vec<(u16, String, String)>>>) {
+/// Requests a receiver took: status answered, head, body.
+type Received = Arc<Mutex<Vec<(u16, String, String)>>>;
+
+/// A local HTTP endpoint at `path` that answers 503 to its first `failures`
+/// requests and 200 after; it keeps what each request carried.
+async fn receiver(failures: usize, path: &str) -> (String, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hooks/alerts", listener.local_addr().unwrap());
+    let url = format!("http://{}{path}", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
     tokio::spawn(async move {
@@ -310,7 +313,7 @@ async fn receiver(failures: usize) -> (String, Arc<Mutex<Vec<(u16, String, Strin
 #[tokio::test(flavor = "multi_thread")]
 async fn a_webhook_output_delivers_every_alert_in_order_retrying_failures() {
     let nats = Nats::start().await;
-    let (url, seen) = receiver(2).await;
+    let (url, seen) = receiver(2, "/hooks/alerts").await;
     let workspace = Workspace::new();
     let file = workspace.write_pipeline(&format!(
         r#"
@@ -342,4 +345,78 @@ async fn a_webhook_output_delivers_every_alert_in_order_retrying_failures() {
     assert!(seen.iter().all(|(_, head, _)| head.to_ascii_lowercase().contains("content-type: application/json")));
     assert!(sluice.log().contains("Webhook delivery failed; retrying."), "{}", sluice.log());
     sluice.terminate();
+}
+
+/// The bodies a receiver answered 200 to, in order.
+fn delivered(received: &Received) -> Vec<Value> {
+    received.lock().unwrap().iter().filter(|(status, ..)| *status == 200).map(|(_, _, body)| serde_json::from_str(body).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storyforge_alerts_reach_pagerduty_and_slack_in_their_formats() {
+    let nats = Nats::start().await;
+    let (pagerduty, to_pagerduty) = receiver(0, "/v2/enqueue").await;
+    // A Slack incoming webhook's path is its secret; it must not be logged.
+    let (slack, to_slack) = receiver(1, "/services/T0SF/B0SF/s3cr3tT0k3n").await;
+    let alerting = Sluice::run(&root().join("pipelines/storyforge.toml"), nats.url(), 2);
+    let vars = [("PAGERDUTY_EVENTS_URL", pagerduty.as_str()), ("PAGERDUTY_ROUTING_KEY", "test-routing-key"), ("STORYFORGE_SLACK_WEBHOOK", slack.as_str())];
+    let pager = Sluice::run_with_env(&root().join("pipelines/storyforge-pager.toml"), nats.url(), 2, &vars);
+
+    // From 06:00, 20 slow generations (a page) and 20 poorly scored locks (a
+    // flag for the ML team), then an hour of healthy ones that resolves both.
+    let t = DAY + 6 * 60 * MINUTE;
+    let mut events = generations(t, 20, 115_000);
+    events.extend(generations(t + 10 * MINUTE, 100, 30_000));
+    for m in 0..60 {
+        let score = if m < 20 { 0.80 } else { 0.95 };
+        events.push(analytics("scene_locked", t + m * MINUTE + 15_000, json!({ "consistency_score": score })));
+    }
+    events.sort_by_key(|(_, body)| serde_json::from_slice::<Value>(body).unwrap()["server_ts"].as_str().unwrap().to_string());
+    nats.publish_stored(events).await;
+
+    let alerts: Vec<Value> = stream_at_least(&nats, "STORYFORGE_ALERTS", 4, &alerting).await.iter().map(json).collect();
+    let states: Vec<(String, String)> = alerts.iter().map(|a| (a["key"].as_str().unwrap().into(), a["state"].as_str().unwrap().into())).collect();
+    assert_eq!(states.iter().filter(|(key, _)| key == "generation_p95").count(), 2, "{states:?}");
+    assert_eq!(states.iter().filter(|(key, _)| key == "continuity_score").count(), 2, "{states:?}");
+    let deadline = Instant::now() + WAIT;
+    while delivered(&to_slack).len() < 4 || delivered(&to_pagerduty).len() < 2 {
+        assert!(Instant::now() < deadline, "slack {:?}, pagerduty {:?}; sluice logged:\n{}", to_slack.lock().unwrap(), to_pagerduty.lock().unwrap(), pager.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // PagerDuty: the page only, opened and closed under one dedup key.
+    let events = delivered(&to_pagerduty);
+    let actions: Vec<(&str, &str)> = events.iter().map(|e| (e["event_action"].as_str().unwrap(), e["dedup_key"].as_str().unwrap())).collect();
+    assert_eq!(actions, [("trigger", "generation_p95"), ("resolve", "generation_p95")], "{events:#?}");
+    assert_eq!(events[0]["routing_key"], "test-routing-key");
+    assert_eq!(events[0]["payload"]["severity"], "critical");
+    assert_eq!(events[0]["payload"]["source"], "storyforge");
+    assert_eq!(events[0]["payload"]["custom_details"], alerts.iter().find(|a| a["key"] == "generation_p95").unwrap().clone());
+
+    // Slack: every alert, once, in the order of the alerts stream, after one
+    // refused attempt.
+    let texts: Vec<String> = delivered(&to_slack).iter().map(|m| m["text"].as_str().unwrap().to_string()).collect();
+    assert_eq!(texts.len(), 4, "{texts:#?}");
+    for (text, (key, state)) in texts.iter().zip(&states) {
+        let mark = if state == "firing" { ":rotating_light: FIRING" } else { ":white_check_mark: RESOLVED" };
+        assert!(text.starts_with(&format!("{mark} *{key}*")), "{text} for {key} {state}");
+    }
+    assert_eq!(to_slack.lock().unwrap().len(), 5, "one 503, then four deliveries");
+    assert!(pager.log().contains("Webhook delivery failed; retrying."), "{}", pager.log());
+    assert!(!pager.log().contains("s3cr3tT0k3n"), "the Slack URL's secret was logged:\n{}", pager.log());
+    pager.terminate();
+    alerting.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pager_file_refuses_to_start_without_its_slack_url() {
+    let nats = Nats::start().await;
+    let stream = async_nats::jetstream::stream::Config { name: "STORYFORGE_ALERTS".into(), subjects: vec!["storyforge.alerts.>".into()], ..Default::default() };
+    nats.jetstream.create_stream(stream).await.unwrap();
+    let file = root().join("pipelines/storyforge-pager.toml");
+    let pagerduty = [("PAGERDUTY_EVENTS_URL", "http://127.0.0.1:9/v2/enqueue"), ("PAGERDUTY_ROUTING_KEY", "test-routing-key")];
+    let (status, log) = Sluice::spawn_with_env(&["run", file.to_str().unwrap(), "--nats", nats.url()], &pagerduty).wait();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("pipeline `storyforge-slack`: the webhook URL is read from STORYFORGE_SLACK_WEBHOOK, which is not set"), "{log}");
 }

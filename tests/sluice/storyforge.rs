@@ -10,11 +10,13 @@ use crate::support::{Nats, Sluice, Workspace, root};
 
 #[test]
 fn every_storyforge_case_passes() {
-    let (status, log) = Sluice::spawn(&["test", "pipelines/storyforge.toml"]).wait();
-    assert!(status.success(), "{log}");
-    let totals = log.lines().find(|l| l.ends_with(" failed")).expect("a closing line");
-    let passed: usize = totals.split_whitespace().next().unwrap().parse().unwrap();
-    assert!(totals.ends_with(", 0 failed") && passed >= 92, "{totals}");
+    for (file, cases) in [("pipelines/storyforge.toml", 94), ("pipelines/storyforge-pager.toml", 7)] {
+        let (status, log) = Sluice::spawn(&["test", file]).wait();
+        assert!(status.success(), "{file}: {log}");
+        let totals = log.lines().find(|l| l.ends_with(" failed")).expect("a closing line");
+        let passed: usize = totals.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(totals.ends_with(", 0 failed") && passed >= cases, "{file}: {totals}");
+    }
 }
 
 #[test]

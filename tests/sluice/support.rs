@@ -161,6 +161,25 @@ impl Sluice {
             Some(key) => command.env("STORYFORGE_HASH_KEY", key),
             None => command.env_remove("STORYFORGE_HASH_KEY"),
         };
+        Self::spawn_command(command, args)
+    }
+
+    /// Like `spawn`, with these environment variables set too.
+    pub fn spawn_with_env(args: &[&str], vars: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command.env("STORYFORGE_HASH_KEY", HASH_KEY).envs(vars.iter().copied());
+        Self::spawn_command(command, args)
+    }
+
+    /// `sluice run FILE --nats URL` with these environment variables set,
+    /// waiting until `pipelines` pipelines have started.
+    pub fn run_with_env(file: &Path, nats_url: &str, pipelines: usize, vars: &[(&str, &str)]) -> Self {
+        let sluice = Self::spawn_with_env(&["run", file.to_str().unwrap(), "--nats", nats_url, "--stats-interval", "1s"], vars);
+        sluice.wait_for_log("Pipeline started.", pipelines, Duration::from_secs(60));
+        sluice
+    }
+
+    fn spawn_command(mut command: Command, args: &[&str]) -> Self {
         let mut child = command
             .args(args)
             .current_dir(root())

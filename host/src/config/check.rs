@@ -234,10 +234,17 @@ impl Checker {
 
     fn webhook(&mut self, raw: &Spanned<raw::Webhook>) -> Option<WebhookSpec> {
         let w = raw.get_ref();
-        let url = self.parsed(&w.url, |url| {
-            let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).ok_or(format!("webhook url {url:?} must start with http:// or https://"))?;
-            if rest.is_empty() || rest.starts_with('/') { Err(format!("webhook url {url:?} names no host")) } else { Ok(url.clone()) }
-        });
+        let url = match (&w.url, &w.url_env) {
+            (Some(url), None) => self.parsed(url, |url| check_http_url(url).map(|()| WebhookUrl::Given(url.clone()))),
+            (None, Some(name)) => self.parsed(name, |name| {
+                let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if valid { Ok(WebhookUrl::Env(name.clone())) } else { Err(format!("url_env {name:?} is not an environment variable name")) }
+            }),
+            _ => {
+                self.problem(raw, "a webhook needs exactly one of `url` or `url_env` (the variable that holds a URL carrying a secret)".to_string());
+                None
+            }
+        };
         let timeout = match &w.timeout {
             None => Some(Duration::from_secs(10)),
             Some(t) => self.parsed(t, |t| units::duration(t).and_then(|d| within(d, (Duration::from_millis(10), Duration::from_secs(300)), "timeout"))),

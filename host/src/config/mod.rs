@@ -80,13 +80,51 @@ pub struct PipelineSpec {
 /// An HTTP endpoint that receives a pipeline's outputs, one POST each.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WebhookSpec {
-    pub url: String,
+    pub url: WebhookUrl,
     /// How long one attempt may take.
     pub timeout: Duration,
     /// Attempts per output before the batch is handed back for redelivery.
     pub attempts: u32,
     /// The wait after the first failed attempt, doubled after each.
     pub backoff: Duration,
+}
+
+/// Where a webhook's URL comes from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum WebhookUrl {
+    /// Written in the pipeline file.
+    Given(String),
+    /// Read from this environment variable when the pipeline starts, and
+    /// never logged: such URLs carry a secret.
+    Env(String),
+}
+
+impl WebhookUrl {
+    /// The URL to post to; an error names a missing or malformed variable.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            WebhookUrl::Given(url) => Ok(url.clone()),
+            WebhookUrl::Env(name) => {
+                let url = std::env::var(name).map_err(|_| format!("the webhook URL is read from {name}, which is not set (or not UTF-8)"))?;
+                check_http_url(&url).map_err(|_| format!("{name} must hold an http:// or https:// URL with a host"))?;
+                Ok(url)
+            }
+        }
+    }
+
+    /// How logs and errors name the endpoint.
+    pub fn shown(&self) -> String {
+        match self {
+            WebhookUrl::Given(url) => url.clone(),
+            WebhookUrl::Env(name) => format!("${name}"),
+        }
+    }
+}
+
+/// Checks that `url` is http(s) with a host.
+pub fn check_http_url(url: &str) -> Result<(), String> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).ok_or(format!("webhook url {url:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') { Err(format!("webhook url {url:?} names no host")) } else { Ok(()) }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

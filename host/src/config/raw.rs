@@ -92,7 +92,10 @@ pub struct Output {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
-    pub url: Spanned<String>,
+    pub url: Option<Spanned<String>>,
+    /// The variable holding the URL, for URLs that carry a secret (a Slack
+    /// incoming webhook's path): read when the pipeline starts.
+    pub url_env: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub attempts: Option<Spanned<i64>>,
     pub backoff: Option<Spanned<String>>,

@@ -76,7 +76,7 @@ impl Source {
             InputSpec::Core { subject, queue } => Ok(Source::Core { subject: subject.clone(), queue: queue.clone() }),
             InputSpec::JetStream { subject, stream, durable, ack_wait, max_deliver } => {
                 let stream_handle = connection.jetstream.get_stream(stream).await.with_context(|| {
-                    format!("pipeline `{}` reads from stream `{stream}`, which the server does not have: declare it with [[stream]] or create it", spec.name)
+                    format!("it reads from stream `{stream}`, which the server does not have: declare it with [[stream]] or create it")
                 })?;
                 let in_flight = spec.workers * spec.max_events * 4;
                 let consumer = stream_handle

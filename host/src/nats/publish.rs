@@ -30,7 +30,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(connection: Connection, spec: &PipelineSpec) -> Result<Self> {
-        let webhook = spec.webhook.as_ref().map(|w| Webhook::new(&spec.name, w)).transpose()?;
+        let webhook = spec.webhook.as_ref().map(|w| Webhook::new(w)).transpose()?;
         Ok(Self { connection, jetstream: spec.output_jetstream, webhook })
     }
 
@@ -86,16 +86,21 @@ impl Publisher {
 struct Webhook {
     client: reqwest::Client,
     spec: WebhookSpec,
+    /// The URL posted to; logs name the endpoint by `shown` instead, since
+    /// a URL from the environment carries a secret.
+    url: String,
+    shown: String,
 }
 
 impl Webhook {
-    fn new(pipeline: &str, spec: &WebhookSpec) -> Result<Self> {
+    fn new(spec: &WebhookSpec) -> Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(spec.timeout)
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .build()
-            .with_context(|| format!("pipeline `{pipeline}`: cannot set up the HTTP client for its webhook"))?;
-        Ok(Self { client, spec: spec.clone() })
+            .context("cannot set up the HTTP client for its webhook")?;
+        let url = spec.url.resolve().map_err(anyhow::Error::msg)?;
+        Ok(Self { client, spec: spec.clone(), url, shown: spec.url.shown() })
     }
 
     async fn deliver(&self, message: &Message) -> Result<()> {
@@ -104,12 +109,12 @@ impl Webhook {
             let outcome = self.post(message).await;
             match outcome {
                 Ok(()) => return Ok(()),
-                Err(Failure::Permanent(reason)) => bail!("the webhook {} refused the event on {}: {reason}", self.spec.url, message.subject),
+                Err(Failure::Permanent(reason)) => bail!("the webhook {} refused the event on {}: {reason}", self.shown, message.subject),
                 Err(Failure::Passing(reason)) if attempt == self.spec.attempts => {
-                    bail!("the webhook {} failed {} times for the event on {}; last: {reason}", self.spec.url, attempt, message.subject)
+                    bail!("the webhook {} failed {} times for the event on {}; last: {reason}", self.shown, attempt, message.subject)
                 }
                 Err(Failure::Passing(reason)) => {
-                    tracing::warn!(url = %self.spec.url, subject = %message.subject, attempt, retry_in = ?wait, %reason, "Webhook delivery failed; retrying.");
+                    tracing::warn!(url = %self.shown, subject = %message.subject, attempt, retry_in = ?wait, %reason, "Webhook delivery failed; retrying.");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(std::time::Duration::from_secs(600));
                 }
@@ -121,7 +126,7 @@ impl Webhook {
     async fn post(&self, message: &Message) -> Result<(), Failure> {
         let mut request = self
             .client
-            .post(&self.spec.url)
+            .post(&self.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("X-Sluice-Subject", &message.subject)
             .body(message.body.clone());
@@ -129,7 +134,8 @@ impl Webhook {
         if let Some(id) = message.headers.get("Nats-Msg-Id") {
             request = request.header("Idempotency-Key", id.as_str());
         }
-        let response = request.send().await.map_err(|e| Failure::Passing(error_chain(&e)))?;
+        // Without the URL: it may carry a secret, and the log names the endpoint.
+        let response = request.send().await.map_err(|e| Failure::Passing(error_chain(&e.without_url())))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
