@@ -3,7 +3,7 @@
 //! alert timeline; an alert survives a hot swap of the plugin and a restart of
 //! the host without repeating, even when the restarted host is given again
 //! events its kept state already counted; a webhook output delivers alerts to a local
-//! HTTP receiver, retrying when it fails.
+//! HTTP receiver, retrying when it fails and dead-lettering what it refuses.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sluice_kit::time;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Nats, Sluice, Workspace, json, root, write_atomically};
+use crate::support::{Collector, Nats, Sluice, Workspace, json, root, write_atomically};
 
 const WAIT: Duration = Duration::from_secs(90);
 /// 2026-11-23T00:00:00Z: the replayed day.
@@ -274,6 +274,12 @@ type Received = Arc<Mutex<Vec<(u16, String, String)>>>;
 /// A local HTTP endpoint at `path` that answers 503 to its first `failures`
 /// requests and 200 after; it keeps what each request carried.
 async fn receiver(failures: usize, path: &str) -> (String, Received) {
+    answering(path, move |earlier, _| if earlier < failures { 503 } else { 200 }).await
+}
+
+/// A local HTTP endpoint at `path` whose answer `status(earlier requests,
+/// body)` gives; it keeps what each request carried.
+async fn answering(path: &str, status: impl Fn(usize, &str) -> u16 + Send + 'static) -> (String, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}{path}", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -301,21 +307,23 @@ async fn receiver(failures: usize, path: &str) -> (String, Received) {
                     }
                 }
             };
-            let status = if record.lock().unwrap().len() < failures { 503 } else { 200 };
+            let status = status(record.lock().unwrap().len(), &body);
             record.lock().unwrap().push((status, head, body));
-            let reply = format!("HTTP/1.1 {status} {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", if status == 200 { "OK" } else { "Unavailable" });
+            let reason = match status {
+                200 => "OK",
+                400 => "Bad Request",
+                _ => "Service Unavailable",
+            };
+            let reply = format!("HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
             let _ = socket.write_all(reply.as_bytes()).await;
         }
     });
     (url, seen)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_webhook_output_delivers_every_alert_in_order_retrying_failures() {
-    let nats = Nats::start().await;
-    let (url, seen) = receiver(2, "/hooks/alerts").await;
-    let workspace = Workspace::new();
-    let file = workspace.write_pipeline(&format!(
+/// A pipeline that POSTs the alerts stream to `url`, its dead letters to `dlq.>`.
+fn pager_pipeline(workspace: &Workspace, url: &str) -> std::path::PathBuf {
+    workspace.write_pipeline(&format!(
         r#"
         [[stream]]
         name = "ALERTS"
@@ -327,7 +335,15 @@ async fn a_webhook_output_delivers_every_alert_in_order_retrying_failures() {
         output = {{ webhook = {{ url = "{url}", attempts = 4, backoff = "50ms", timeout = "2s" }} }}
         dead_letter = "dlq"
         "#
-    ));
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_output_delivers_every_alert_in_order_retrying_failures() {
+    let nats = Nats::start().await;
+    let (url, seen) = receiver(2, "/hooks/alerts").await;
+    let workspace = Workspace::new();
+    let file = pager_pipeline(&workspace, &url);
     let sluice = Sluice::run(&file, nats.url(), 1);
     let alerts: Vec<(String, Vec<u8>)> = ["firing", "resolved", "firing"]
         .iter()
@@ -344,6 +360,36 @@ async fn a_webhook_output_delivers_every_alert_in_order_retrying_failures() {
     assert!(seen[0].1.starts_with("POST /hooks/alerts "), "{}", seen[0].1);
     assert!(seen.iter().all(|(_, head, _)| head.to_ascii_lowercase().contains("content-type: application/json")));
     assert!(sluice.log().contains("Webhook delivery failed; retrying."), "{}", sluice.log());
+    sluice.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_the_webhook_refuses_is_dead_lettered_once_and_the_rest_delivered() {
+    let nats = Nats::start().await;
+    // As PagerDuty answers an event it cannot take: 400, whatever the retries.
+    let (url, seen) = answering("/v2/enqueue", |_, body| if body.contains("\"n\":1") { 400 } else { 200 }).await;
+    let workspace = Workspace::new();
+    let file = pager_pipeline(&workspace, &url);
+    let mut dead = Collector::subscribe(&nats, "dlq.>").await;
+    let sluice = Sluice::run(&file, nats.url(), 1);
+    let alerts: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|n| ("storyforge.alerts.export_success_rate".to_string(), serde_json::to_vec(&json!({ "rule": "export_success_rate", "state": "firing", "n": n })).unwrap()))
+        .collect();
+    nats.publish_stored(alerts).await;
+    sluice.wait_for_log("rejected=1", 1, WAIT);
+    let order: Vec<u64> = delivered(&seen).iter().map(|b| b["n"].as_u64().unwrap()).collect();
+    assert_eq!(order, [0, 2], "the alerts after the refused one still go out");
+    let statuses: Vec<u16> = seen.lock().unwrap().iter().map(|(status, ..)| *status).collect();
+    assert_eq!(statuses, [200, 400, 200], "a refusal is not tried again");
+    let letters = dead.drain(Duration::from_secs(2)).await;
+    assert_eq!(letters.len(), 1, "one dead letter");
+    assert_eq!(letters[0].subject.as_str(), "dlq.output");
+    let letter = json(&letters[0]);
+    assert_eq!((letter["stage"].as_str(), letter["code"].as_str()), (Some("output"), Some("webhook_refused")), "{letter}");
+    assert!(letter["message"].as_str().unwrap().contains("HTTP 400"), "{letter}");
+    assert_eq!(letter["subject"], "storyforge.alerts.export_success_rate");
+    assert_eq!(serde_json::from_str::<Value>(letter["body"].as_str().unwrap()).unwrap()["n"], 1, "the refused alert, whole: {letter}");
+    assert!(sluice.log().contains("published=2"), "{}", sluice.log());
     sluice.terminate();
 }
 

@@ -123,6 +123,8 @@ impl Source {
                     .queue_subscribe(subject.clone(), queue.clone())
                     .await
                     .with_context(|| format!("cannot subscribe to {subject} in queue group {queue}"))?;
+                // The server knows the subscription once this returns.
+                connection.client.flush().await.with_context(|| format!("cannot subscribe to {subject}: the flush after it failed"))?;
                 Box::pin(subscriber.map(|message| Delivery {
                     event: Event { subject: message.subject.to_string(), headers: headers(message.headers.as_ref()), body: message.payload.to_vec() },
                     receipt: Receipt { id: None, sequence: None, settle: Settle::Core },

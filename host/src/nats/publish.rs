@@ -2,7 +2,8 @@
 //! arrived before the inputs are acked: through JetStream, every publish
 //! acknowledgement is awaited (all at once, never one at a time); on core
 //! NATS, the connection is flushed. A pipeline with a webhook output POSTs
-//! each output to it instead (dead letters still go to NATS).
+//! each output to it instead; what the endpoint refuses for good comes back
+//! to the caller, to be dead-lettered. Dead letters always go to NATS.
 
 use anyhow::{Context, Result, bail};
 use async_nats::HeaderMap;
@@ -17,8 +18,15 @@ pub struct Message {
     pub subject: String,
     pub headers: HeaderMap,
     pub body: Bytes,
-    /// A refused input on its way to the dead-letter subject: always NATS.
-    pub dead_letter: bool,
+}
+
+/// An output the webhook refused for good (a 4xx other than 408 and 429):
+/// sent again, it would be refused again.
+pub struct Refused {
+    /// Its place among the outputs given to [`Publisher::outputs`].
+    pub index: usize,
+    pub message: Message,
+    pub reason: String,
 }
 
 #[derive(Clone)]
@@ -34,14 +42,25 @@ impl Publisher {
         Ok(Self { connection, jetstream: spec.output_jetstream, webhook })
     }
 
-    pub async fn publish_all(&self, messages: Vec<Message>) -> Result<()> {
-        let Some(webhook) = &self.webhook else { return self.to_nats(messages).await };
-        let (dead_letters, outputs): (Vec<Message>, Vec<Message>) = messages.into_iter().partition(|m| m.dead_letter);
+    /// Publishes outputs to NATS or POSTs them to the webhook. An error means
+    /// some may not have arrived (the batch is to be tried again); the outputs
+    /// the webhook refused for good are returned.
+    pub async fn outputs(&self, messages: Vec<Message>) -> Result<Vec<Refused>> {
+        let Some(webhook) = &self.webhook else { return self.to_nats(messages).await.map(|()| Vec::new()) };
+        let mut refused = Vec::new();
         // In order: an alert's `resolved` must not overtake its `firing`.
-        for message in &outputs {
-            webhook.deliver(message).await?;
+        for (index, message) in messages.into_iter().enumerate() {
+            if let Delivered::Refused(reason) = webhook.deliver(&message).await? {
+                tracing::error!(url = %webhook.shown, subject = %message.subject, %reason, "The webhook refused an output for good; it goes to the dead-letter subject.");
+                refused.push(Refused { index, message, reason: format!("the webhook {} refused it: {reason}", webhook.shown) });
+            }
         }
-        self.to_nats(dead_letters).await
+        Ok(refused)
+    }
+
+    /// Publishes dead letters, always to NATS.
+    pub async fn dead_letters(&self, messages: Vec<Message>) -> Result<()> {
+        self.to_nats(messages).await
     }
 
     async fn to_nats(&self, messages: Vec<Message>) -> Result<()> {
@@ -80,8 +99,9 @@ impl Publisher {
 
 /// An HTTP endpoint taking one POST per output, e.g. a pager's or a chat
 /// tool's incoming webhook. Failures that may pass (no connection, a timeout,
-/// 408, 429, 5xx) are retried with a doubling wait; the others fail at once.
-/// Either way a failed output fails its batch, which JetStream redelivers.
+/// 408, 429, 5xx) are retried with a doubling wait, and when `attempts` run
+/// out the output fails its batch, which JetStream redelivers. Any other
+/// answer is a refusal of that output, not tried again.
 #[derive(Clone)]
 struct Webhook {
     client: reqwest::Client,
@@ -103,24 +123,26 @@ impl Webhook {
         Ok(Self { client, spec: spec.clone(), url, shown: spec.url.shown() })
     }
 
-    async fn deliver(&self, message: &Message) -> Result<()> {
+    /// POSTs one output, trying again (up to `attempts` in all) while the
+    /// failure may pass.
+    async fn deliver(&self, message: &Message) -> Result<Delivered> {
         let mut wait = self.spec.backoff;
-        for attempt in 1..=self.spec.attempts {
-            let outcome = self.post(message).await;
-            match outcome {
-                Ok(()) => return Ok(()),
-                Err(Failure::Permanent(reason)) => bail!("the webhook {} refused the event on {}: {reason}", self.shown, message.subject),
-                Err(Failure::Passing(reason)) if attempt == self.spec.attempts => {
-                    bail!("the webhook {} failed {} times for the event on {}; last: {reason}", self.shown, attempt, message.subject)
+        let mut attempt = 1;
+        loop {
+            match self.post(message).await {
+                Ok(()) => return Ok(Delivered::Accepted),
+                Err(Failure::Permanent(reason)) => return Ok(Delivered::Refused(reason)),
+                Err(Failure::Passing(reason)) if attempt >= self.spec.attempts => {
+                    bail!("the webhook {} failed {attempt} times for the event on {}; last: {reason}", self.shown, message.subject)
                 }
                 Err(Failure::Passing(reason)) => {
                     tracing::warn!(url = %self.shown, subject = %message.subject, attempt, retry_in = ?wait, %reason, "Webhook delivery failed; retrying.");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(std::time::Duration::from_secs(600));
+                    attempt += 1;
                 }
             }
         }
-        Ok(())
     }
 
     async fn post(&self, message: &Message) -> Result<(), Failure> {
@@ -144,6 +166,11 @@ impl Webhook {
         let reason = format!("HTTP {status}: {}", text.chars().take(200).collect::<String>());
         if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 { Err(Failure::Passing(reason)) } else { Err(Failure::Permanent(reason)) }
     }
+}
+
+enum Delivered {
+    Accepted,
+    Refused(String),
 }
 
 enum Failure {

@@ -32,6 +32,9 @@ impl RunningPipeline {
         let stats = Arc::new(Stats::default());
         let mut workers = JoinSet::new();
         for index in 0..spec.workers {
+            // Subscribed before the pipeline is said to have started: a core
+            // event published after that is not missed.
+            let batches = source.reader(connection, spec.max_events, spec.max_wait).await?;
             let worker = Worker {
                 index,
                 connection: connection.clone(),
@@ -41,7 +44,7 @@ impl RunningPipeline {
                 stats: stats.clone(),
                 shutdown: shutdown.subscribe(),
             };
-            workers.spawn(worker.run());
+            workers.spawn(worker.run(batches));
         }
         tracing::info!(pipeline = %spec.name, version = %version.id, workers = spec.workers, input = %spec.input.subject(), "Pipeline started.");
         Ok(Self { stats, versions, shutdown, workers })

@@ -19,10 +19,10 @@ use tokio_stream::StreamExt;
 
 use super::stats::Stats;
 use crate::nats::Connection;
-use crate::nats::input::{Delivery, Receipt, Source};
+use crate::nats::input::{Batches, Delivery, Receipt, Source};
 use crate::nats::publish::{Message, Publisher};
 use crate::nats::state::{Saved, StateStore};
-use crate::pipeline::{BatchResult, Chain, DeadLetter, PIPELINE_HEADER, PipelineVersion, VERSION_HEADER};
+use crate::pipeline::{BatchResult, Chain, DeadLetter, PIPELINE_HEADER, PipelineVersion, Reject, VERSION_HEADER};
 use crate::plugin::Event;
 
 /// How long JetStream waits before redelivering a batch that failed here.
@@ -59,14 +59,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub async fn run(mut self) -> Result<()> {
+    pub async fn run(mut self, mut batches: Batches) -> Result<()> {
         let version = self.versions.borrow_and_update().clone();
         let (name, max_events, max_wait) = (version.spec.name.clone(), version.spec.max_events, version.spec.max_wait);
         let mut chain = tokio::task::block_in_place(|| Chain::start(version))?;
         // Only a pipeline that ends in a sink keeps state and is told that time passes.
         let has_sink = chain.version.sink.is_some();
         let mut kept = if has_sink { self.restore(&mut chain).await } else { Kept::default() };
-        let mut batches = self.source.reader(&self.connection, max_events, max_wait).await?;
         let mut ticker = tokio::time::interval(chain.version.spec.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::debug!(pipeline = %name, worker = self.index, "Worker started.");
@@ -217,11 +216,29 @@ impl Worker {
     async fn attempt(&self, chain: &mut Chain, events: &[Event], receipts: &[Receipt], kept: Option<(&Kept, u64)>) -> Result<Counts> {
         // Plugins run synchronously; let the runtime move other tasks off this thread meanwhile.
         let result = tokio::task::block_in_place(|| chain.process(events)).context("a stage cannot be restarted")?;
-        let counts = Counts { published: result.outputs.len(), rejected: result.rejects.len(), dropped: result.dropped, faults: result.faults };
-        let messages = messages(&chain.version, events, receipts, result);
-        self.publisher.publish_all(messages).await.context("cannot publish the batch's outputs")?;
+        let mut counts = Counts { published: result.outputs.len(), rejected: result.rejects.len(), dropped: result.dropped, faults: result.faults };
+        let outgoing = outgoing(&chain.version, events, receipts, result);
+        let refused = self.publish(&chain.version, outgoing, events).await?;
+        counts.published -= refused;
+        counts.rejected += refused;
         keep(chain, kept).await?;
         Ok(counts)
+    }
+
+    /// Publishes outputs, then dead letters, among them one for each output
+    /// the webhook refused (carrying `originals[origin]`, the event it came
+    /// from). Returns how many were refused.
+    async fn publish(&self, version: &PipelineVersion, outgoing: Outgoing, originals: &[Event]) -> Result<usize> {
+        let Outgoing { outputs, origins, mut dead_letters } = outgoing;
+        let refused = self.publisher.outputs(outputs).await.context("cannot publish the batch's outputs")?;
+        let count = refused.len();
+        for refused in refused {
+            let reject = Reject { origin: origins[refused.index], stage: "output".into(), code: "webhook_refused".into(), property: None, message: refused.reason };
+            let id = refused.message.headers.get("Nats-Msg-Id").map(|id| format!("{}:refused", id.as_str()));
+            dead_letters.push(dead_letter(version, &reject, &originals[reject.origin], id));
+        }
+        self.publisher.dead_letters(dead_letters).await.context("cannot publish the batch's dead letters")?;
+        Ok(count)
     }
 
     async fn settle(&self, receipts: &[Receipt], counts: Counts) {
@@ -244,18 +261,26 @@ impl Worker {
                 return;
             }
         };
-        let messages = events
-            .into_iter()
+        let outputs = events
+            .iter()
             .map(|event| {
                 let mut headers = carried(&event.headers);
-                stamp(&mut headers, &chain.version, Some(content_id(&chain.version, &event)));
-                Message { subject: event.subject, headers, body: event.body.into(), dead_letter: false }
+                stamp(&mut headers, &chain.version, Some(content_id(&chain.version, event)));
+                Message { subject: event.subject.clone(), headers, body: event.body.clone().into() }
             })
             .collect::<Vec<_>>();
-        let count = messages.len();
-        let published = self.publisher.publish_all(messages).await.context("cannot publish what the sink emitted on tick");
-        match published.and(keep(chain, Some((kept, kept.counted_through))).await) {
-            Ok(()) => Stats::add(&self.stats.published, count),
+        // No input caused these: a refused one is dead-lettered as itself.
+        let outgoing = Outgoing { origins: (0..outputs.len()).collect(), outputs, dead_letters: Vec::new() };
+        let published = self.publish(&chain.version, outgoing, &events).await.context("cannot publish what the sink emitted on tick");
+        let stored = match published {
+            Ok(refused) => keep(chain, Some((kept, kept.counted_through))).await.map(|()| refused),
+            Err(error) => Err(error),
+        };
+        match stored {
+            Ok(refused) => {
+                Stats::add(&self.stats.published, events.len() - refused);
+                Stats::add(&self.stats.rejected, refused);
+            }
             Err(error) => {
                 tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "The tick failed; the sink goes back to its last kept state and the next tick tries again.");
                 if let Err(error) = tokio::task::block_in_place(|| chain.rollback()) {
@@ -273,13 +298,21 @@ impl Worker {
     }
 }
 
+/// What a processed batch publishes.
+struct Outgoing {
+    outputs: Vec<Message>,
+    /// For each output, the input it came from.
+    origins: Vec<usize>,
+    dead_letters: Vec<Message>,
+}
+
 /// The messages a processed batch publishes: outputs with the version headers,
 /// and dead letters. Message ids derive from the input's stream position, so a
 /// redelivered input yields the same ids and a stream drops the repeats.
-fn messages(version: &PipelineVersion, inputs: &[Event], receipts: &[Receipt], result: BatchResult) -> Vec<Message> {
-    let spec = &version.spec;
+fn outgoing(version: &PipelineVersion, inputs: &[Event], receipts: &[Receipt], result: BatchResult) -> Outgoing {
     let mut produced = vec![0usize; inputs.len()];
-    let mut messages = Vec::with_capacity(result.outputs.len() + result.rejects.len());
+    let mut outputs = Vec::with_capacity(result.outputs.len());
+    let mut origins = Vec::with_capacity(result.outputs.len());
     for output in result.outputs {
         let mut headers = carried(&output.event.headers);
         // A sink's events may come from a batch formed differently after a
@@ -291,17 +324,25 @@ fn messages(version: &PipelineVersion, inputs: &[Event], receipts: &[Receipt], r
         };
         stamp(&mut headers, version, id);
         produced[output.origin] += 1;
-        messages.push(Message { subject: output.event.subject, headers, body: output.event.body.into(), dead_letter: false });
+        origins.push(output.origin);
+        outputs.push(Message { subject: output.event.subject, headers, body: output.event.body.into() });
     }
-    for reject in &result.rejects {
-        let original = &inputs[reject.origin];
-        // The original's headers (trace ids, say) go with it.
-        let mut headers = carried(&original.headers);
-        stamp(&mut headers, version, receipts[reject.origin].id.as_ref().map(|id| format!("{id}:dead-letter")));
-        let body = DeadLetter::new(&spec.name, &version.id, reject, original).to_json();
-        messages.push(Message { subject: format!("{}.{}", spec.dead_letter, reject.stage), headers, body: body.into(), dead_letter: true });
-    }
-    messages
+    let dead_letters = result
+        .rejects
+        .iter()
+        .map(|reject| dead_letter(version, reject, &inputs[reject.origin], receipts[reject.origin].id.as_ref().map(|id| format!("{id}:dead-letter"))))
+        .collect();
+    Outgoing { outputs, origins, dead_letters }
+}
+
+/// The envelope of a refused event, to `<dead_letter>.<stage>`; the
+/// original's headers (trace ids, say) go with it.
+fn dead_letter(version: &PipelineVersion, reject: &Reject, original: &Event, message_id: Option<String>) -> Message {
+    let spec = &version.spec;
+    let mut headers = carried(&original.headers);
+    stamp(&mut headers, version, message_id);
+    let body = DeadLetter::new(&spec.name, &version.id, reject, original).to_json();
+    Message { subject: format!("{}.{}", spec.dead_letter, reject.stage), headers, body: body.into() }
 }
 
 /// Commits the sink's state and, where it is kept, stores it.
