@@ -36,6 +36,9 @@
 //! only once the condition has held at every step for that long, and
 //! `keep_firing_for = "5m"` resolves only once it has failed at every step for
 //! that long. Both default to zero: fire and resolve at the first step.
+//!
+//! `description` (a sentence) and `runbook` (an http(s) URL: what the
+//! on-call engineer does about it) are carried in the rule's alerts.
 
 use std::collections::BTreeMap;
 
@@ -105,6 +108,8 @@ pub struct RuleConfig {
     pub above: Option<Threshold>,
     pub below: Option<Threshold>,
     pub description: Option<String>,
+    /// Where the on-call engineer reads what to do (an http(s) URL).
+    pub runbook: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,6 +219,7 @@ pub struct Rule {
     pub measure: Measure,
     pub condition: Condition,
     pub description: Option<String>,
+    pub runbook: Option<String>,
 }
 
 /// The whole checked configuration.
@@ -358,6 +364,11 @@ fn check_rule(raw: RuleConfig, key: String, config: &Config, resolution_ms: i64,
         Some(text) => Some(duration_ms(text).map_err(|e| format!("repeat: {e}"))?),
         None => defaults.repeat_ms,
     };
+    if let Some(runbook) = &raw.runbook
+        && (!(runbook.starts_with("https://") || runbook.starts_with("http://")) || runbook.contains(char::is_whitespace))
+    {
+        return Err(format!("runbook {runbook:?} is not an http(s) URL"));
+    }
     let hold_ms = steps("for", raw.hold.as_deref(), resolution_ms, defaults.hold_ms)?;
     let keep_firing_ms = steps("keep_firing_for", raw.keep_firing_for.as_deref(), resolution_ms, defaults.keep_firing_ms)?;
     Ok(Rule {
@@ -379,6 +390,7 @@ fn check_rule(raw: RuleConfig, key: String, config: &Config, resolution_ms: i64,
         measure,
         condition,
         description: raw.description,
+        runbook: raw.runbook,
     })
 }
 
@@ -455,6 +467,7 @@ mod tests {
             (format!(r#"{{ {base}, "window": "15m", "quantile": {{ "field": "x", "q": 95 }}, "above": 1 }}"#), "outside 0..=1"),
             (format!(r#"{{ {base}, "window": "15m", "mean": "x", "below": 1, "for": "90s" }}"#), "for = \"90s\" must be a whole number"),
             (format!(r#"{{ {base}, "window": "15m", "mean": "x", "below": 1, "keep_firing_for": "soon" }}"#), "keep_firing_for: \"soon\" is not a duration"),
+            (format!(r#"{{ {base}, "window": "15m", "mean": "x", "below": 1, "runbook": "wiki/p95" }}"#), "runbook \"wiki/p95\" is not an http(s) URL"),
         ];
         for (rule, expected) in cases {
             let error = settings(&rule).unwrap_err();

@@ -462,6 +462,9 @@ fn alert(settings: &Settings, rule: &Rule, series: &Series, state: &str, reading
     if let Some(description) = &rule.description {
         fields.insert("description".into(), json!(description));
     }
+    if let Some(runbook) = &rule.runbook {
+        fields.insert("runbook".into(), json!(runbook));
+    }
     if repeat {
         fields.insert("repeat".into(), json!(true));
     }
@@ -533,7 +536,8 @@ mod tests {
             "stage": "beta",
             "rule": [
                 { "id": "generation_p95", "owner": "eng", "severity": "page", "window": "15m", "samples": ["scene_generated"],
-                  "quantile": { "field": "latency_ms", "q": 0.95 }, "above": { "beta": 110000, "launch": 90000 } },
+                  "quantile": { "field": "latency_ms", "q": 0.95 }, "above": { "beta": 110000, "launch": 90000 },
+                  "runbook": "https://runbooks.storyforge.example/generation-p95" },
                 { "id": "export_success_rate", "owner": "eng", "severity": "incident", "window": "30m",
                   "samples": ["export_succeeded", "export_failed"], "share": { "event": "export_succeeded" }, "below": 0.8 },
                 { "id": "continuity_score", "owner": "ml", "severity": "flag", "window": "1h",
@@ -589,6 +593,7 @@ mod tests {
         assert_eq!(alert["samples"], 24);
         assert_eq!(alert["stage"], "beta");
         assert_eq!(alert["changed_at"], time::format_rfc3339(T0 + 4 * MINUTE));
+        assert_eq!(alert["runbook"], "https://runbooks.storyforge.example/generation-p95");
         let value = alert["value"].as_f64().unwrap();
         assert!((value - 115_000.0).abs() / 115_000.0 <= 0.01, "p95 {value} within 1 %");
     }

@@ -9,13 +9,14 @@
 //! ```
 //!
 //! - `slack`: `{"text": ...}` for an incoming webhook: the state, the alert's
-//!   key, owner and severity, its summary and description.
+//!   key, owner and severity, its summary and description, and a link to its
+//!   runbook when it has one.
 //! - `pagerduty`: an Events API v2 event: `trigger` for `firing`, `resolve`
 //!   for `resolved`, `dedup_key` the alert's key (so the resolve closes the
 //!   incident the trigger opened), `payload.severity` mapped from the
 //!   alert's severity (`severity = { page = "critical", ... }`; by default
 //!   page → critical, incident → error, anything else → warning), the whole
-//!   alert in `custom_details`. The routing key is read from the variable
+//!   alert in `custom_details`, its runbook in `links`. The routing key is read from the variable
 //!   `routing_key_env` names (default `PAGERDUTY_ROUTING_KEY`), granted to
 //!   the stage with `env`.
 //!
@@ -142,6 +143,9 @@ fn slack(alert: &Map<String, Value>, key: &str, state: &str, severity: &str, sum
     if let Some(description) = alert.get("description").and_then(Value::as_str) {
         text.push_str(&format!("\n_{description}_"));
     }
+    if let Some(runbook) = alert.get("runbook").and_then(Value::as_str) {
+        text.push_str(&format!("\n<{runbook}|Runbook>"));
+    }
     json!({ "text": text })
 }
 
@@ -158,6 +162,9 @@ fn pagerduty(alert: &Map<String, Value>, routing_key: &str, source: &str, key: &
             }
         }
         event["payload"] = payload;
+        if let Some(runbook) = alert.get("runbook").and_then(Value::as_str) {
+            event["links"] = json!([{ "href": runbook, "text": "Runbook" }]);
+        }
     }
     event
 }
@@ -174,7 +181,8 @@ mod tests {
             "owner": "eng", "severity": severity, "labels": {}, "changed_at": "2026-11-24T06:10:00.000Z",
             "firing_since": "2026-11-24T06:10:00.000Z", "samples": 20,
             "summary": "generation_p95 firing: p95 of latency_ms = 114730.18 over 20 samples in the last 15m (above 110000)",
-            "description": "Generation p95 latency over the last 15 minutes"
+            "description": "Generation p95 latency over the last 15 minutes",
+            "runbook": "https://runbooks.storyforge.example/generation-p95"
         })
         .to_string()
         .into_bytes()
@@ -197,7 +205,7 @@ mod tests {
         let firing = sent(notifier.message(&alert("firing", "page")));
         let text = firing["text"].as_str().unwrap();
         assert!(text.starts_with(":rotating_light: FIRING *generation_p95* (eng / page)\ngeneration_p95 firing: p95"), "{text}");
-        assert!(text.ends_with("_Generation p95 latency over the last 15 minutes_"), "{text}");
+        assert!(text.ends_with("_Generation p95 latency over the last 15 minutes_\n<https://runbooks.storyforge.example/generation-p95|Runbook>"), "{text}");
         assert_eq!(firing.as_object().unwrap().len(), 1, "an incoming webhook takes `text`");
         let resolved = sent(notifier.message(&alert("resolved", "page")));
         assert!(resolved["text"].as_str().unwrap().starts_with(":white_check_mark: RESOLVED"));
@@ -218,6 +226,7 @@ mod tests {
         assert_eq!(trigger["payload"]["component"], "generation_p95");
         assert_eq!(trigger["payload"]["group"], "eng");
         assert_eq!(trigger["payload"]["custom_details"]["value"], 114730.18);
+        assert_eq!(trigger["links"], json!([{ "href": "https://runbooks.storyforge.example/generation-p95", "text": "Runbook" }]));
         let resolve = sent(notifier.message(&alert("resolved", "page")));
         assert_eq!(resolve, json!({ "routing_key": "R0UT1NGKEY", "event_action": "resolve", "dedup_key": "generation_p95" }));
         assert_eq!(sent(notifier.message(&alert("firing", "incident")))["payload"]["severity"], "error");
