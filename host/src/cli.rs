@@ -8,7 +8,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config;
-use crate::pipeline::PipelineVersion;
+use crate::config::{PipelineFile, WebhookUrl};
+use crate::pipeline::{Environment, PipelineVersion};
 use crate::plugin::{Clock, PluginEngine};
 use crate::runtime::{self, RunOptions};
 use crate::test_cases;
@@ -46,7 +47,9 @@ enum Command {
         stats_interval: Duration,
     },
     /// Check pipeline files: every problem with its line, then every stage's
-    /// component compiled, linked and initialised with its config.
+    /// component compiled, linked and initialised with its config. Variables
+    /// the file needs and this machine lacks (secrets, say) are named, and
+    /// stages are checked with stand-in values for them.
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -95,11 +98,12 @@ pub fn main() -> ExitCode {
 fn validate(files: &[PathBuf]) -> Result<()> {
     let engine = PluginEngine::new()?;
     let clock = Clock::system();
+    let env = Environment::with_stand_ins();
     let mut failed = 0;
     for path in files {
         let checked = config::load(path).and_then(|file| {
             for spec in &file.pipelines {
-                PipelineVersion::prepare(&engine, spec, &clock)?;
+                PipelineVersion::prepare(&engine, spec, &clock, &env)?;
             }
             Ok(file)
         });
@@ -107,6 +111,14 @@ fn validate(files: &[PathBuf]) -> Result<()> {
             Ok(file) => {
                 let names: Vec<&str> = file.pipelines.iter().map(|p| p.name.as_str()).collect();
                 println!("{}: ok ({} pipeline{}: {})", path.display(), names.len(), if names.len() == 1 { "" } else { "s" }, names.join(", "));
+                let unset: Vec<&str> = variables(&file).into_iter().filter(|name| !env.has(name)).collect();
+                if !unset.is_empty() {
+                    println!(
+                        "{}: not set here, checked with stand-in values; `sluice run` needs them: {}",
+                        path.display(),
+                        unset.join(", ")
+                    );
+                }
             }
             Err(error) => {
                 failed += 1;
@@ -118,6 +130,25 @@ fn validate(files: &[PathBuf]) -> Result<()> {
         anyhow::bail!("{failed} of {} file{} failed validation", files.len(), if files.len() == 1 { "" } else { "s" });
     }
     Ok(())
+}
+
+/// Every environment variable a file's pipelines read: stages' grants and
+/// webhook URLs, each once, in order of appearance.
+fn variables(file: &PipelineFile) -> Vec<&str> {
+    let mut names: Vec<&str> = Vec::new();
+    for pipeline in &file.pipelines {
+        let stages = pipeline.stages.iter().flat_map(|stage| stage.env.iter().map(String::as_str));
+        let webhook = pipeline.webhook.iter().filter_map(|webhook| match &webhook.url {
+            WebhookUrl::Env(name) => Some(name.as_str()),
+            WebhookUrl::Given(_) => None,
+        });
+        for name in stages.chain(webhook) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
 }
 
 /// Completes on the first SIGINT or SIGTERM.

@@ -57,7 +57,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::{self, PipelineSpec};
-use crate::pipeline::{BatchResult, Chain, Output, PipelineVersion};
+use crate::pipeline::{BatchResult, Chain, Environment, Output, PipelineVersion};
 use crate::plugin::{Clock, Event, PluginEngine};
 
 #[derive(Deserialize)]
@@ -150,20 +150,12 @@ pub fn run(pipeline_file: &Path, case_files: &[PathBuf]) -> Result<Summary> {
             Ok((path.clone(), cases))
         })
         .collect::<Result<_>>()?;
-    // Stages read their granted environment when a version is prepared; set
-    // it before any thread of the engine starts.
-    for (_, cases) in &parsed {
-        for (name, value) in &cases.env {
-            // SAFETY: `sluice test` is single-threaded up to here.
-            unsafe { std::env::set_var(name, value) };
-        }
-    }
     let engine = PluginEngine::new()?;
     let mut summary = Summary::default();
     for (path, cases) in &parsed {
         let spec = pick_pipeline(&file.pipelines, cases.pipeline.as_deref()).with_context(|| path.display().to_string())?;
         let clock = Clock::manual(parse_clock(cases.clock.as_deref())?);
-        let version = PipelineVersion::prepare(&engine, spec, &clock)?;
+        let version = PipelineVersion::prepare(&engine, spec, &clock, &Environment::given(cases.env.clone()))?;
         let mut chain = Chain::start(version)?;
         let default_subject = cases.subject.clone().unwrap_or_else(|| spec.input.subject().replace(['*', '>'], "test"));
         for case in &cases.case {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice::config;
 use sluice::nats::ManagedServer;
-use sluice::pipeline::{Chain, PipelineVersion};
+use sluice::pipeline::{Chain, Environment, PipelineVersion};
 use sluice::plugin::{Clock, Event, PluginEngine};
 
 /// 2026-11-23T00:00:00Z.
@@ -44,7 +44,7 @@ fn in_process(root: &Path, batches: &[Vec<Event>], events: usize) -> anyhow::Res
     let spec = file.pipelines.iter().find(|p| p.name == "storyforge-alerts").expect("storyforge.toml has storyforge-alerts");
     let engine = PluginEngine::new()?;
     let clock = Clock::manual(((DAY_MS + 10 * 86_400_000) * 1_000_000) as u64);
-    let mut chain = Chain::start(PipelineVersion::prepare(&engine, spec, &clock)?)?;
+    let mut chain = Chain::start(PipelineVersion::prepare(&engine, spec, &clock, &Environment::process())?)?;
     let bytes: usize = batches.iter().flatten().map(|e| e.body.len()).sum();
     let rss_before = rss_kib("self");
     let started = Instant::now();

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sluice::config;
-use sluice::pipeline::{Chain, PipelineVersion};
+use sluice::pipeline::{Chain, Environment, PipelineVersion};
 use sluice::plugin::{Clock, Event, PluginEngine};
 
 use crate::support::{event, expand};
@@ -17,7 +17,7 @@ fn engine() -> &'static PluginEngine {
 /// A version of the single pipeline in `toml` (with `{plugin:NAME}` expanded).
 fn prepare(toml: &str) -> anyhow::Result<Arc<PipelineVersion>> {
     let file = config::parse(Path::new("test.toml"), &expand(toml))?;
-    PipelineVersion::prepare(engine(), &file.pipelines[0], &Clock::manual(1_700_000_000_000_000_000))
+    PipelineVersion::prepare(engine(), &file.pipelines[0], &Clock::manual(1_700_000_000_000_000_000), &Environment::process())
 }
 
 fn chain(stages: &str) -> Chain {

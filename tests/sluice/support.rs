@@ -171,6 +171,15 @@ impl Sluice {
         Self::spawn_command(command, args)
     }
 
+    /// Like `spawn`, with these environment variables unset.
+    pub fn spawn_without(args: &[&str], names: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        for name in names {
+            command.env_remove(name);
+        }
+        Self::spawn_command(command, args)
+    }
+
     /// `sluice run FILE --nats URL` with these environment variables set,
     /// waiting until `pipelines` pipelines have started.
     pub fn run_with_env(file: &Path, nats_url: &str, pipelines: usize, vars: &[(&str, &str)]) -> Self {

@@ -12,7 +12,7 @@ pub mod version;
 
 pub use chain::{BatchResult, Chain, Output, Reject};
 pub use dead_letter::DeadLetter;
-pub use version::PipelineVersion;
+pub use version::{Environment, PipelineVersion};
 
 /// Header naming the pipeline version that produced an output message.
 pub const VERSION_HEADER: &str = "Sluice-Pipeline-Version";

@@ -3,6 +3,7 @@
 //! component of the wrong world, an `init` that refuses its config) is found
 //! before the version replaces a running one.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -57,16 +58,66 @@ pub struct PipelineVersion {
     pub sink: Option<PreparedSink>,
 }
 
+/// Where the variables a stage is granted (`env = [...]`) are read from.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// Values that take the place of the process's (a case file's `env`).
+    given: BTreeMap<String, String>,
+    /// Whether a variable set nowhere gets a stand-in value instead of
+    /// stopping the version: `sluice validate` checks a file without the
+    /// secrets it will run with.
+    stand_ins: bool,
+}
+
+impl Environment {
+    /// The process's environment; a missing variable stops the version.
+    pub fn process() -> Self {
+        Self::default()
+    }
+
+    /// These values first, then the process's.
+    pub fn given(values: BTreeMap<String, String>) -> Self {
+        Self { given: values, stand_ins: false }
+    }
+
+    /// The process's environment, with a stand-in for any variable it lacks.
+    pub fn with_stand_ins() -> Self {
+        Self { given: BTreeMap::new(), stand_ins: true }
+    }
+
+    /// The value a stand-in variable holds: long enough for a key.
+    pub fn stand_in(name: &str) -> String {
+        format!("sluice-validate-stand-in-for-{name}")
+    }
+
+    /// Whether `name` has a value here without a stand-in.
+    pub fn has(&self, name: &str) -> bool {
+        self.given.contains_key(name) || std::env::var(name).is_ok()
+    }
+
+    fn value(&self, name: &str) -> Result<String> {
+        if let Some(value) = self.given.get(name) {
+            return Ok(value.clone());
+        }
+        match std::env::var(name) {
+            Ok(value) => Ok(value),
+            Err(_) if self.stand_ins => Ok(Self::stand_in(name)),
+            Err(_) => anyhow::bail!("the stage needs the environment variable {name}, which is not set (or not UTF-8)"),
+        }
+    }
+}
+
 impl PipelineVersion {
-    /// Compiles, links and tries `init` on every stage.
-    pub fn prepare(engine: &PluginEngine, spec: &PipelineSpec, clock: &Clock) -> Result<Arc<Self>> {
+    /// Compiles, links and tries `init` on every stage, granting each the
+    /// variables it names from `env`.
+    pub fn prepare(engine: &PluginEngine, spec: &PipelineSpec, clock: &Clock, env: &Environment) -> Result<Arc<Self>> {
         let mut hasher = Sha256::new();
         hasher.update(serde_json::to_vec(spec).context("cannot hash the pipeline settings")?);
         let mut stages = Vec::with_capacity(spec.stages.len());
         let mut sink = None;
         for (n, stage) in spec.stages.iter().enumerate() {
             let last = n + 1 == spec.stages.len();
-            let (prepared, digest) = prepare_stage(engine, &spec.name, stage, clock, last).with_context(|| format!("pipeline `{}`", spec.name))?;
+            let (prepared, digest) = prepare_stage(engine, &spec.name, stage, clock, env, last).with_context(|| format!("pipeline `{}`", spec.name))?;
             hasher.update(digest);
             match prepared {
                 Linked::Transform(stage) => stages.push(stage),
@@ -113,7 +164,7 @@ enum Pre {
 
 /// Prepares one stage; the digest covers its component and everything it was
 /// granted. Only the `last` stage may be a sink.
-fn prepare_stage(engine: &PluginEngine, pipeline: &str, spec: &StageSpec, clock: &Clock, last: bool) -> Result<(Linked, [u8; 32])> {
+fn prepare_stage(engine: &PluginEngine, pipeline: &str, spec: &StageSpec, clock: &Clock, env: &Environment, last: bool) -> Result<(Linked, [u8; 32])> {
     let (loaded, pre) = engine
         .load(&spec.component)
         .and_then(|loaded| {
@@ -128,7 +179,7 @@ fn prepare_stage(engine: &PluginEngine, pipeline: &str, spec: &StageSpec, clock:
             Ok((loaded, pre))
         })
         .with_context(|| format!("stage `{}`, component {}", spec.name, spec.component.display()))?;
-    let grants = grants(spec).with_context(|| format!("stage `{}`", spec.name))?;
+    let grants = grants(spec, env).with_context(|| format!("stage `{}`", spec.name))?;
     let mut digest = Sha256::new();
     digest.update(loaded.digest);
     for (name, value) in &grants.env {
@@ -162,17 +213,9 @@ fn prepare_stage(engine: &PluginEngine, pipeline: &str, spec: &StageSpec, clock:
     Ok((linked, digest.finalize().into()))
 }
 
-/// The stage's grants, with environment values read now: a missing variable
-/// stops the version from starting.
-fn grants(spec: &StageSpec) -> Result<Grants> {
-    let env = spec
-        .env
-        .iter()
-        .map(|name| match std::env::var(name) {
-            Ok(value) => Ok((name.clone(), value)),
-            Err(_) => anyhow::bail!("the stage needs the environment variable {name}, which is not set (or not UTF-8)"),
-        })
-        .collect::<Result<_>>()?;
+/// The stage's grants, with environment values read now.
+fn grants(spec: &StageSpec, environment: &Environment) -> Result<Grants> {
+    let env = spec.env.iter().map(|name| Ok((name.clone(), environment.value(name)?))).collect::<Result<_>>()?;
     Ok(Grants { files: spec.files.clone(), env })
 }
 

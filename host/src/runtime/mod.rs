@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 
 use crate::config::{self, PipelineFile, PipelineSpec};
 use crate::nats::{self, Connection, ManagedServer};
-use crate::pipeline::PipelineVersion;
+use crate::pipeline::{Environment, PipelineVersion};
 use crate::plugin::{Clock, PluginEngine};
 use running::RunningPipeline;
 use watch::FileWatcher;
@@ -192,7 +192,7 @@ fn progress(name: &str, running: &RunningPipeline, connection: &Connection) {
 /// Prepares a version off the async threads: plugins' `init` may read their
 /// granted files, and WASI's synchronous file calls block.
 fn prepare(engine: &PluginEngine, spec: &PipelineSpec, clock: &Clock) -> Result<Arc<PipelineVersion>> {
-    tokio::task::block_in_place(|| PipelineVersion::prepare(engine, spec, clock))
+    tokio::task::block_in_place(|| PipelineVersion::prepare(engine, spec, clock, &Environment::process()))
 }
 
 /// Every folder granted to a stage: a change to its files makes a new version.
