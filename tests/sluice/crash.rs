@@ -1,11 +1,16 @@
 //! A host killed with SIGKILL mid-stream loses nothing: its unacked input is
 //! redelivered, and the outputs it had already published are recognised by
-//! their message ids and not stored twice.
+//! their message ids and not stored twice. A sink's state larger than a NATS
+//! message is kept in parts and read back after the kill.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use sluice::nats::state::StateStore;
+
 use crate::support::{Nats, Sluice, Workspace, header, json};
+
+const WAIT: Duration = Duration::from_secs(60);
 
 fn pipeline(version: u32) -> String {
     format!(
@@ -92,4 +97,74 @@ where
         assert!(Instant::now() < deadline, "condition not met within 90s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A tally sink on `raw.>` whose summaries go to `counts.summary`.
+fn tally_pipeline(tick: &str) -> String {
+    format!(
+        r#"
+        [[stream]]
+        name = "RAW"
+        subjects = ["raw.>"]
+
+        [[pipeline]]
+        name = "tally"
+        input = {{ subject = "raw.>", stream = "RAW", ack_wait = "2s" }}
+        dead_letter = "dlq"
+        workers = 1
+        tick = "{tick}"
+
+          [[pipeline.stage]]
+          name = "tally"
+          component = "{{plugin:tally}}"
+          config = {{ subject_prefix = "counts" }}
+        "#
+    )
+}
+
+/// Polls the kept tally state until it reaches stream sequence `through`;
+/// returns its counts.
+async fn kept_counts(nats: &Nats, through: u64) -> serde_json::Map<String, serde_json::Value> {
+    let connection = sluice::nats::connect(nats.url(), "test").await.unwrap();
+    let store = StateStore::open(&connection, "SLUICE_STATE", "tally", "tally").await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let saved = store.load().await.expect("the kept state reads back whole");
+        if let Some(saved) = saved.filter(|saved| saved.sequence >= through) {
+            let state: serde_json::Value = serde_json::from_slice(&saved.snapshot).unwrap();
+            return state["counts"].as_object().unwrap().clone();
+        }
+        assert!(Instant::now() < deadline, "the state did not reach sequence {through}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `count` events, each on a subject of its own, some 70 bytes long.
+fn on_many_subjects(from: usize, count: usize) -> Vec<(String, Vec<u8>)> {
+    (from..from + count).map(|n| (format!("raw.storyforge.scene_generated.project_{n:04}.long_enough_to_count"), b"{}".to_vec())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_state_larger_than_a_nats_message_is_kept_in_parts_across_a_sigkill() {
+    // The server takes 8 KiB per message; 600 subjects make a tally state of
+    // some 45 KB, and 1 200 twice that.
+    let nats = Nats::start_with_config("max_payload: 8KB\n").await;
+    let workspace = Workspace::new();
+    let file = workspace.write_pipeline(&tally_pipeline("1h"));
+    let sluice = Sluice::run(&file, nats.url(), 1);
+    nats.publish_stored(on_many_subjects(0, 600)).await;
+    let counts = kept_counts(&nats, 600).await;
+    assert_eq!(counts.len(), 600);
+    assert!(sluice.log().contains("it is kept in parts"), "{}", sluice.log());
+    sluice.kill();
+
+    let restarted = Sluice::run(&file, nats.url(), 1);
+    restarted.wait_for_log("Sink state restored.", 1, WAIT);
+    assert!(restarted.log().contains("counted_through=600"), "{}", restarted.log());
+    // Its state grows on from what it read back, into the other slot.
+    nats.publish_stored(on_many_subjects(600, 600)).await;
+    let counts = kept_counts(&nats, 1200).await;
+    assert_eq!(counts.len(), 1200, "the restored counts and the new ones");
+    assert!(counts.values().all(|count| count == 1), "each event counted once");
+    restarted.terminate();
 }

@@ -37,7 +37,12 @@ pub struct Nats {
 
 impl Nats {
     pub async fn start() -> Self {
-        let server = ManagedServer::start().await.expect("nats-server starts (is it installed? `cargo xtask test` installs it)");
+        Self::start_with_config("").await
+    }
+
+    /// A server with these lines of configuration.
+    pub async fn start_with_config(config: &str) -> Self {
+        let server = ManagedServer::start_with_config(config).await.expect("nats-server starts (is it installed? `cargo xtask test` installs it)");
         let client = async_nats::ConnectOptions::new().subscription_capacity(1 << 20).connect(&server.url).await.expect("connect to nats-server");
         let jetstream = jetstream::new(client.clone());
         Self { server, client, jetstream }

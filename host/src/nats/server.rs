@@ -27,10 +27,21 @@ impl ManagedServer {
     }
 
     pub async fn start() -> Result<Self> {
+        Self::start_with_config("").await
+    }
+
+    /// Like `start`, with these lines of nats-server configuration (such as
+    /// `max_payload: 8KB`) too.
+    pub async fn start_with_config(config: &str) -> Result<Self> {
         let store = tempfile::Builder::new().prefix("sluice-nats-").tempdir().context("cannot create a folder for JetStream")?;
         let port = free_port()?;
         let binary = Self::binary();
         let mut command = Command::new(&binary);
+        if !config.is_empty() {
+            let file = store.path().join("nats-server.conf");
+            std::fs::write(&file, config).with_context(|| format!("cannot write {}", file.display()))?;
+            command.arg("--config").arg(file);
+        }
         command
             .args(["--addr", "127.0.0.1", "--port", &port.to_string(), "--jetstream", "--store_dir"])
             .arg(store.path())

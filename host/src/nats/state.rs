@@ -7,17 +7,29 @@
 //! lets the worker pass over inputs that were counted but not yet acked when
 //! the host stopped, so that none is counted twice. The bucket keeps five
 //! values per key: ops can read back an earlier state with `nats kv history`.
+//!
+//! A state larger than the server takes in one message (`max_payload`, 1 MiB
+//! by default) is written in parts, to `<key>._part.<slot>.<n>`, and then the
+//! key gets a manifest: `SLS2`, the sequence, the slot, the number of parts,
+//! the length and the SHA-256 of the whole. The two slots take turns, so a
+//! host that dies while writing parts leaves the state the manifest names
+//! whole; the hash catches anything else. Only the latest such state can be
+//! read back (earlier manifests name parts since overwritten).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream::kv;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use sha2::{Digest, Sha256};
 
 use super::Connection;
 
-const MAGIC: &[u8; 4] = b"SLS1";
+const WHOLE: &[u8; 4] = b"SLS1";
+const IN_PARTS: &[u8; 4] = b"SLS2";
 const HISTORY: i64 = 5;
+/// The bytes of a manifest: header, sequence, slot, parts, length, hash.
+const MANIFEST_LEN: usize = 4 + 8 + 1 + 4 + 8 + 32;
 
 /// A saved state: the plugin's snapshot, and the input it was taken after.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,13 +39,31 @@ pub struct Saved {
     pub snapshot: Vec<u8>,
 }
 
+/// Where a state stored in parts is.
+#[derive(Debug, Clone, PartialEq)]
+struct Manifest {
+    sequence: u64,
+    slot: u8,
+    parts: u32,
+    len: u64,
+    sha256: [u8; 32],
+}
+
+/// What the key holds.
+#[derive(Debug, PartialEq)]
+enum Value {
+    Whole(Saved),
+    InParts(Manifest),
+}
+
 pub struct StateStore {
     store: kv::Store,
     key: String,
-    /// The largest message the server takes: a larger state cannot be kept.
+    /// The largest value the server takes in one message.
     max_value: usize,
-    /// Whether a state too large to keep was reported (once, until one fits).
-    oversize_reported: AtomicBool,
+    /// The slot of parts the manifest in the bucket names, if it names one:
+    /// the next state in parts goes to the other.
+    slot_in_use: Mutex<Option<u8>>,
 }
 
 impl StateStore {
@@ -48,8 +78,8 @@ impl StateStore {
                 .with_context(|| format!("cannot open or create the key-value bucket `{bucket}` for sink state"))?,
         };
         // Room for the header and the key-value protocol's own headers.
-        let max_value = connection.client.server_info().max_payload.saturating_sub(1024);
-        Ok(Self { store, key: key(pipeline, stage), max_value, oversize_reported: AtomicBool::new(false) })
+        let max_value = connection.client.server_info().max_payload.saturating_sub(1024).max(MANIFEST_LEN);
+        Ok(Self { store, key: key(pipeline, stage), max_value, slot_in_use: Mutex::new(None) })
     }
 
     pub fn key(&self) -> &str {
@@ -58,28 +88,67 @@ impl StateStore {
 
     pub async fn load(&self) -> Result<Option<Saved>> {
         let Some(value) = self.store.get(&self.key).await.with_context(|| format!("cannot read the sink state `{}`", self.key))? else { return Ok(None) };
-        decode(&value).map(Some).with_context(|| format!("the sink state `{}` is damaged", self.key))
+        let saved = match decode(&value).with_context(|| format!("the sink state `{}` is damaged", self.key))? {
+            Value::Whole(saved) => saved,
+            Value::InParts(manifest) => {
+                let saved = self.read_parts(&manifest).await.with_context(|| format!("the sink state `{}`, in {} parts, is damaged", self.key, manifest.parts))?;
+                *self.slot_in_use.lock().expect("not poisoned") = Some(manifest.slot);
+                saved
+            }
+        };
+        Ok(Some(saved))
     }
 
-    /// Stores a state. One larger than the server takes is not stored (the
-    /// last one that fitted stays) and is reported once: the sink runs on,
-    /// but a restart would take up that older state, and the events acked
-    /// since would be missing from it.
+    /// Stores a state: whole when it fits in one message, else in parts
+    /// (in the slot the bucket does not name) then a manifest.
     pub async fn save(&self, saved: &Saved) -> Result<()> {
-        if saved.snapshot.len() + 12 > self.max_value {
-            if !self.oversize_reported.swap(true, Ordering::Relaxed) {
-                tracing::error!(
-                    key = %self.key, bytes = saved.snapshot.len(), max = self.max_value,
-                    "The sink's state is larger than NATS takes; it is no longer kept, and a restart would start from the last state that fitted (raise the server's max_payload, or reduce the sink's groups)."
-                );
-            }
-            return Ok(());
+        let bytes = saved.snapshot.len();
+        let (value, slot) = if bytes + WHOLE.len() + 8 <= self.max_value {
+            (encode_whole(saved), None)
+        } else {
+            let manifest = self.write_parts(saved).await?;
+            (encode_manifest(&manifest), Some(manifest.slot))
+        };
+        self.store.put(&self.key, value).await.with_context(|| format!("cannot store the sink state `{}` ({bytes} bytes)", self.key))?;
+        // The slot is in use once a manifest naming it is stored: a failure
+        // before leaves the other one named, and the next write goes here again.
+        if slot.is_some() {
+            *self.slot_in_use.lock().expect("not poisoned") = slot;
         }
-        if self.oversize_reported.swap(false, Ordering::Relaxed) {
-            tracing::info!(key = %self.key, bytes = saved.snapshot.len(), "The sink's state fits again and is kept.");
-        }
-        self.store.put(&self.key, encode(saved)).await.with_context(|| format!("cannot store the sink state `{}` ({} bytes)", self.key, saved.snapshot.len()))?;
         Ok(())
+    }
+
+    async fn write_parts(&self, saved: &Saved) -> Result<Manifest> {
+        let in_use = *self.slot_in_use.lock().expect("not poisoned");
+        let slot = match in_use {
+            Some(slot) => 1 - slot,
+            None => {
+                tracing::info!(key = %self.key, bytes = saved.snapshot.len(), max = self.max_value, "The sink's state is larger than one NATS message; it is kept in parts.");
+                0
+            }
+        };
+        let chunks = saved.snapshot.chunks(self.max_value);
+        let parts = u32::try_from(chunks.len()).context("the sink state has too many parts")?;
+        for (n, chunk) in chunks.enumerate() {
+            self.store
+                .put(part_key(&self.key, slot, n), Bytes::copy_from_slice(chunk))
+                .await
+                .with_context(|| format!("cannot store part {n} of the sink state `{}`", self.key))?;
+        }
+        Ok(Manifest { sequence: saved.sequence, slot, parts, len: saved.snapshot.len() as u64, sha256: Sha256::digest(&saved.snapshot).into() })
+    }
+
+    async fn read_parts(&self, manifest: &Manifest) -> Result<Saved> {
+        let mut snapshot = Vec::with_capacity(usize::try_from(manifest.len).unwrap_or(0));
+        for n in 0..manifest.parts as usize {
+            let key = part_key(&self.key, manifest.slot, n);
+            let part = self.store.get(&key).await.with_context(|| format!("cannot read `{key}`"))?.with_context(|| format!("`{key}` is missing"))?;
+            snapshot.extend_from_slice(&part);
+        }
+        if snapshot.len() as u64 != manifest.len || <[u8; 32]>::from(Sha256::digest(&snapshot)) != manifest.sha256 {
+            bail!("its parts do not add up to what the manifest says ({} bytes read, {} expected, or a different hash)", snapshot.len(), manifest.len);
+        }
+        Ok(Saved { sequence: manifest.sequence, snapshot })
     }
 }
 
@@ -88,20 +157,46 @@ fn key(pipeline: &str, stage: &str) -> String {
     format!("{pipeline}.{stage}").chars().map(|c| if c.is_ascii_alphanumeric() || "-_=./".contains(c) { c } else { '_' }).collect()
 }
 
-fn encode(saved: &Saved) -> Bytes {
+fn part_key(key: &str, slot: u8, n: usize) -> String {
+    format!("{key}._part.{slot}.{n}")
+}
+
+fn encode_whole(saved: &Saved) -> Bytes {
     let mut buffer = BytesMut::with_capacity(12 + saved.snapshot.len());
-    buffer.put_slice(MAGIC);
+    buffer.put_slice(WHOLE);
     buffer.put_u64(saved.sequence);
     buffer.put_slice(&saved.snapshot);
     buffer.freeze()
 }
 
-fn decode(value: &[u8]) -> Result<Saved> {
-    if value.len() < 12 || &value[..4] != MAGIC {
-        bail!("it does not start with the {MAGIC:?} header");
+fn encode_manifest(manifest: &Manifest) -> Bytes {
+    let mut buffer = BytesMut::with_capacity(MANIFEST_LEN);
+    buffer.put_slice(IN_PARTS);
+    buffer.put_u64(manifest.sequence);
+    buffer.put_u8(manifest.slot);
+    buffer.put_u32(manifest.parts);
+    buffer.put_u64(manifest.len);
+    buffer.put_slice(&manifest.sha256);
+    buffer.freeze()
+}
+
+fn decode(value: &[u8]) -> Result<Value> {
+    let header = value.get(..4).unwrap_or_default();
+    if header == WHOLE && value.len() >= 12 {
+        let mut rest = &value[4..];
+        let sequence = rest.get_u64();
+        return Ok(Value::Whole(Saved { sequence, snapshot: rest.to_vec() }));
     }
-    let sequence = u64::from_be_bytes(value[4..12].try_into().expect("eight bytes"));
-    Ok(Saved { sequence, snapshot: value[12..].to_vec() })
+    if header == IN_PARTS && value.len() == MANIFEST_LEN {
+        let mut rest = &value[4..];
+        let (sequence, slot, parts, len) = (rest.get_u64(), rest.get_u8(), rest.get_u32(), rest.get_u64());
+        if slot > 1 {
+            bail!("its manifest names slot {slot}; there are two, 0 and 1");
+        }
+        let sha256 = rest.try_into().expect("32 bytes are left");
+        return Ok(Value::InParts(Manifest { sequence, slot, parts, len, sha256 }));
+    }
+    bail!("it does not start with the {WHOLE:?} or {IN_PARTS:?} header, or is cut short");
 }
 
 #[cfg(test)]
@@ -111,8 +206,11 @@ mod tests {
     #[test]
     fn a_saved_state_reads_back_as_written() {
         let saved = Saved { sequence: 1234, snapshot: b"{\"windows\":[]}".to_vec() };
-        assert_eq!(decode(&encode(&saved)).unwrap(), saved);
+        assert_eq!(decode(&encode_whole(&saved)).unwrap(), Value::Whole(saved));
+        let manifest = Manifest { sequence: 99, slot: 1, parts: 3, len: 2_500_000, sha256: [7; 32] };
+        assert_eq!(decode(&encode_manifest(&manifest)).unwrap(), Value::InParts(manifest));
         assert!(decode(b"{\"windows\":[]}").is_err());
+        assert!(decode(b"SLS2 cut short").is_err());
         assert_eq!(key("storyforge alerts", "alert"), "storyforge_alerts.alert");
     }
 }
