@@ -44,19 +44,19 @@ enum Settle {
 impl Receipt {
     /// Marks the event done. Core events need nothing.
     pub async fn ack(&self) {
-        if let Settle::JetStream(message) = &self.settle {
-            if let Err(error) = message.ack().await {
-                tracing::warn!(%error, subject = %message.subject, "Cannot ack a JetStream message; it will be redelivered.");
-            }
+        if let Settle::JetStream(message) = &self.settle
+            && let Err(error) = message.ack().await
+        {
+            tracing::warn!(%error, subject = %message.subject, "Cannot ack a JetStream message; it will be redelivered.");
         }
     }
 
     /// Asks for the event again after `delay` (JetStream); a core event is lost.
     pub async fn nak(&self, delay: Duration) {
-        if let Settle::JetStream(message) = &self.settle {
-            if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
-                tracing::warn!(%error, subject = %message.subject, "Cannot nak a JetStream message; it will be redelivered after ack_wait.");
-            }
+        if let Settle::JetStream(message) = &self.settle
+            && let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await
+        {
+            tracing::warn!(%error, subject = %message.subject, "Cannot nak a JetStream message; it will be redelivered after ack_wait.");
         }
     }
 }

@@ -38,7 +38,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(connection: Connection, spec: &PipelineSpec) -> Result<Self> {
-        let webhook = spec.webhook.as_ref().map(|w| Webhook::new(w)).transpose()?;
+        let webhook = spec.webhook.as_ref().map(Webhook::new).transpose()?;
         Ok(Self { connection, jetstream: spec.output_jetstream, webhook })
     }
 

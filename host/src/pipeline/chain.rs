@@ -148,10 +148,10 @@ impl Chain {
             }
             (events, origins) = run_stage(stage, instance, events, origins, &mut result)?;
         }
-        if let (Some(prepared), Some(sink)) = (self.version.sink.as_ref(), self.sink.as_mut()) {
-            if !events.is_empty() {
-                (events, origins) = run_sink(prepared, sink, events, origins, &mut result)?;
-            }
+        if let (Some(prepared), Some(sink)) = (self.version.sink.as_ref(), self.sink.as_mut())
+            && !events.is_empty()
+        {
+            (events, origins) = run_sink(prepared, sink, events, origins, &mut result)?;
         }
         for (event, origin) in events.into_iter().zip(origins) {
             match self.publishable(&event) {

@@ -70,10 +70,10 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
             _ = &mut shutdown => break,
             Some(path) = async { watcher.as_mut()?.changed().await } => {
                 tracing::info!(changed = %path.display(), "A watched file changed; preparing a new version.");
-                if let Some(file) = host.reload().await {
-                    if let Some(watcher) = watcher.as_mut() {
-                        watcher.watch(watched_files(&file), granted_folders(&file)).unwrap_or_else(|e| tracing::warn!(error = format!("{e:#}"), "Cannot watch the new files."));
-                    }
+                if let Some(file) = host.reload().await
+                    && let Some(watcher) = watcher.as_mut()
+                {
+                    watcher.watch(watched_files(&file), granted_folders(&file)).unwrap_or_else(|e| tracing::warn!(error = format!("{e:#}"), "Cannot watch the new files."));
                 }
             }
             _ = report.tick() => host.report(),
