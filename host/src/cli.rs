@@ -101,11 +101,11 @@ fn validate(files: &[PathBuf]) -> Result<()> {
     let env = Environment::with_stand_ins();
     let mut failed = 0;
     for path in files {
+        // Every pipeline is prepared, so that one run reports each that fails.
         let checked = config::load(path).and_then(|file| {
-            for spec in &file.pipelines {
-                PipelineVersion::prepare(&engine, spec, &clock, &env)?;
-            }
-            Ok(file)
+            let refused: Vec<String> =
+                file.pipelines.iter().filter_map(|spec| PipelineVersion::prepare(&engine, spec, &clock, &env).err()).map(|error| format!("{error:#}")).collect();
+            if refused.is_empty() { Ok(file) } else { Err(anyhow::anyhow!(refused.join("\n"))) }
         });
         match checked {
             Ok(file) => {

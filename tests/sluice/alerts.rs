@@ -2,7 +2,8 @@
 //! analytics replayed through pipelines/storyforge.toml gives the expected
 //! alert timeline; an alert survives a hot swap of the plugin and a restart of
 //! the host without repeating, even when the restarted host is given again
-//! events its kept state already counted; a webhook output delivers alerts to a local
+//! events its kept state already counted; a silence holds an alert back
+//! until a hot swap takes it out; a webhook output delivers alerts to a local
 //! HTTP receiver, retrying when it fails and dead-lettering what it refuses.
 
 use std::collections::BTreeMap;
@@ -265,6 +266,42 @@ async fn a_firing_alert_survives_a_plugin_swap_and_a_restart_without_repeating()
     let states: Vec<&str> = alerts.iter().map(|a| a["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["firing", "resolved"], "{alerts:#?}");
     assert_eq!(alerts[1]["firing_since"], alerts[0]["changed_at"]);
+    sluice.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_held_back_by_a_silence_is_announced_when_a_swap_takes_the_silence_out() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let component = workspace.copy_plugin("alert", "alert.wasm");
+    let unsilenced = p95_pipeline(component.to_str().unwrap());
+    let silence = r#"
+          [[pipeline.stage.config.silence]]
+          rule = "generation_p95"
+          until = "2027-01-01T00:00:00Z"
+          reason = "provider load test, CHG-881"
+        "#;
+    let file = workspace.write_pipeline(&format!("{unsilenced}{silence}"));
+    let t0 = DAY + 10 * 60 * MINUTE;
+
+    let sluice = Sluice::run(&file, nats.url(), 1);
+    nats.publish_stored(generations(t0, 30, 130_000)).await;
+    let held = json(&stream_at_least(&nats, "ALERTS", 1, &sluice).await[0]);
+    assert_eq!((held["state"].as_str(), held["silenced"].as_bool()), (Some("firing"), Some(true)), "{held}");
+    assert_eq!(held["silence"]["reason"], "provider load test, CHG-881");
+
+    // Ops take the silence out; the incident is still on.
+    write_atomically(&file, unsilenced.as_bytes());
+    sluice.wait_for_log("Worker swapped version.", 1, WAIT);
+    nats.publish_stored(generations(t0 + 30 * 30_000, 10, 130_000)).await;
+    let alerts: Vec<Value> = stream_at_least(&nats, "ALERTS", 2, &sluice).await.iter().map(json).collect();
+    let announced = &alerts[1];
+    assert_eq!((announced["state"].as_str(), announced["after_silence"].as_bool()), (Some("firing"), Some(true)), "{alerts:#?}");
+    assert!(announced.get("silenced").is_none(), "{announced}");
+    assert_eq!(announced["firing_since"], held["changed_at"]);
+    sluice.wait_for_log("received=40", 1, WAIT);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(nats.stream_messages("ALERTS").await.len(), 2, "announced once");
     sluice.terminate();
 }
 

@@ -39,11 +39,30 @@
 //!
 //! `description` (a sentence) and `runbook` (an http(s) URL: what the
 //! on-call engineer does about it) are carried in the rule's alerts.
+//!
+//! Silences keep an expected incident (a vendor's maintenance, a load test)
+//! off the pager; ops add and remove them with a hot swap of the pipeline
+//! file:
+//!
+//! ```toml
+//! [[pipeline.stage.config.silence]]
+//! rule = "provider_fallback_rate"              # a rule's id, or id/check
+//! labels = { experiment = "pricing_layout" }   # optional: each must match
+//! from = "2026-12-02T09:00:00Z"                # optional
+//! until = "2026-12-02T11:00:00Z"
+//! reason = "vendor maintenance, CHG-1234"
+//! ```
+//!
+//! An alert that fires while a silence covers it (by event time) is still
+//! published, marked `silenced`, and `notify` keeps it off the on-call
+//! tools; if it is still firing when no silence covers it any more, it is
+//! announced then.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use sluice_kit::time;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +100,19 @@ pub struct Config {
     pub accuracy: f64,
     #[serde(default)]
     pub rule: Vec<RuleConfig>,
+    #[serde(default)]
+    pub silence: Vec<SilenceConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceConfig {
+    pub rule: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub from: Option<String>,
+    pub until: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +266,47 @@ pub struct Settings {
     pub max_groups: usize,
     pub accuracy: f64,
     pub rules: Vec<Rule>,
+    pub silences: Vec<Silence>,
+}
+
+/// A checked silence: alerts of `rule` (an id, or id/check) whose labels
+/// include `labels` are held back from `from_ms` until `until_ms` (event
+/// time, Unix milliseconds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Silence {
+    pub rule: String,
+    pub labels: BTreeMap<String, String>,
+    pub from_ms: i64,
+    pub until_ms: i64,
+    pub reason: String,
+}
+
+impl Silence {
+    fn check(config: SilenceConfig, rules: &[Rule]) -> Result<Self, String> {
+        let name = format!("silence of `{}`", config.rule);
+        if !rules.iter().any(|rule| rule.id == config.rule || rule.key == config.rule) {
+            let known: Vec<&str> = rules.iter().map(|rule| rule.key.as_str()).collect();
+            return Err(format!("{name}: no rule has that id (the rules are {known:?})"));
+        }
+        let instant = |field: &str, text: &str| time::parse_rfc3339(text).map_err(|e| format!("{name}: {field}: {e}"));
+        let from_ms = config.from.as_deref().map(|text| instant("from", text)).transpose()?.unwrap_or(i64::MIN);
+        let until_ms = instant("until", &config.until)?;
+        if until_ms <= from_ms {
+            return Err(format!("{name}: `until` must come after `from`"));
+        }
+        if config.reason.trim().is_empty() {
+            return Err(format!("{name}: give a `reason`, for whoever wonders why they were not paged"));
+        }
+        Ok(Self { rule: config.rule, labels: config.labels, from_ms, until_ms, reason: config.reason })
+    }
+
+    /// Whether this silence holds back the alerts of `rule` with `labels`
+    /// at event time `at_ms`.
+    pub fn covers(&self, rule: &Rule, labels: &BTreeMap<String, String>, at_ms: i64) -> bool {
+        (self.rule == rule.id || self.rule == rule.key)
+            && self.labels.iter().all(|(name, value)| labels.get(name) == Some(value))
+            && (self.from_ms..self.until_ms).contains(&at_ms)
+    }
 }
 
 impl Settings {
@@ -268,6 +341,7 @@ impl Settings {
             }
             rules.push(rule);
         }
+        let silences = std::mem::take(&mut config.silence).into_iter().map(|silence| Silence::check(silence, &rules)).collect::<Result<_, _>>()?;
         Ok(Self {
             subject_prefix: config.subject_prefix,
             stage: config.stage,
@@ -278,7 +352,14 @@ impl Settings {
             max_groups: config.max_groups,
             accuracy: config.accuracy,
             rules,
+            silences,
         })
+    }
+
+    /// The silence that holds back the alerts of `rule` with `labels` at
+    /// event time `at_ms`, if one does.
+    pub fn silence(&self, rule: &Rule, labels: &BTreeMap<String, String>, at_ms: i64) -> Option<&Silence> {
+        self.silences.iter().find(|silence| silence.covers(rule, labels, at_ms))
     }
 
     pub fn longest_window_ms(&self) -> i64 {
@@ -477,5 +558,40 @@ mod tests {
         assert!(settings(&twice).unwrap_err().contains("declared twice"));
         assert!(Settings::parse(r#"{ "rule": [] }"#).unwrap_err().contains("no rules"));
         assert!(Settings::parse(r#"{ "rules": [] }"#).unwrap_err().contains("unknown field `rules`"));
+    }
+
+    #[test]
+    fn broken_silences_are_refused_with_what_is_wrong() {
+        let rule = r#"{ "id": "r", "check": "c", "owner": "o", "severity": "s", "samples": ["e"], "window": "15m", "mean": "x", "below": 1 }"#;
+        let with = |silence: &str| Settings::parse(&format!(r#"{{ "rule": [{rule}], "silence": [{silence}] }}"#));
+        assert!(with(r#"{ "rule": "r", "until": "2026-11-24T06:00:00Z", "reason": "x" }"#).is_ok(), "a rule's id");
+        assert!(with(r#"{ "rule": "r/c", "until": "2026-11-24T06:00:00Z", "reason": "x" }"#).is_ok(), "a rule's id/check");
+        let cases = [
+            (r#"{ "rule": "q", "until": "2026-11-24T06:00:00Z", "reason": "x" }"#, "silence of `q`: no rule has that id (the rules are [\"r/c\"])"),
+            (r#"{ "rule": "r", "from": "2026-11-24T07:00:00Z", "until": "2026-11-24T06:00:00Z", "reason": "x" }"#, "silence of `r`: `until` must come after `from`"),
+            (r#"{ "rule": "r", "until": "2026-11-24T06:00:00Z", "reason": " " }"#, "silence of `r`: give a `reason`"),
+            (r#"{ "rule": "r", "until": "tomorrow", "reason": "x" }"#, "silence of `r`: until: "),
+            (r#"{ "rule": "r", "reason": "x" }"#, "missing field `until`"),
+        ];
+        for (silence, expected) in cases {
+            let error = with(silence).unwrap_err();
+            assert!(error.contains(expected), "{silence}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_silence_covers_its_rule_and_labels_from_from_until_until() {
+        let rule = r#"{ "id": "guardrail", "check": "p95", "owner": "o", "severity": "s", "samples": ["e"], "window": "15m",
+                        "group_by": "experiment_assignments", "quantile": { "field": "x", "q": 0.95 }, "above": 1 }"#;
+        let silence = r#"{ "rule": "guardrail", "labels": { "variant": "B" }, "from": "2026-11-24T06:00:00Z", "until": "2026-11-24T07:00:00Z", "reason": "withdrawn" }"#;
+        let settings = Settings::parse(&format!(r#"{{ "rule": [{rule}], "silence": [{silence}] }}"#)).unwrap();
+        let rule = &settings.rules[0];
+        let at = |text: &str| time::parse_rfc3339(text).unwrap();
+        let variant = |v: &str| BTreeMap::from([("experiment".to_string(), "pricing".to_string()), ("variant".to_string(), v.to_string())]);
+        assert!(settings.silence(rule, &variant("B"), at("2026-11-24T06:00:00Z")).is_some());
+        assert!(settings.silence(rule, &variant("B"), at("2026-11-24T06:59:59Z")).is_some());
+        assert!(settings.silence(rule, &variant("B"), at("2026-11-24T07:00:00Z")).is_none(), "until is when it ends");
+        assert!(settings.silence(rule, &variant("B"), at("2026-11-24T05:59:59Z")).is_none());
+        assert!(settings.silence(rule, &variant("A"), at("2026-11-24T06:30:00Z")).is_none(), "another variant");
     }
 }

@@ -24,6 +24,13 @@
 //! boundary for that long before the alert resolves. An empty window resolves
 //! at once: with no samples there is nothing left to flap.
 //!
+//! Silences. An alert that fires while a silence covers it (at that
+//! boundary) is published marked `silenced`, for the record, and kept off
+//! the on-call tools. It stays held back while a silence covers it; if its
+//! condition still holds at a boundary no silence covers, it is announced
+//! then (`after_silence`), so an incident that outlasts a maintenance window
+//! still pages. One that ends under the silence resolves `silenced` too.
+//!
 //! Absence. A `count` rule's window is a measure even when empty, so
 //! `count = true, below = 1` fires when no sample came for a whole window,
 //! and quiet ticks (moving event time on) are what fire it. Its series is
@@ -43,7 +50,7 @@ use serde_json::{Map, Value, json};
 use sluice_kit::sketch::Sketch;
 use sluice_kit::time;
 
-use crate::config::{Measure, Rule, Settings};
+use crate::config::{Measure, Rule, Settings, Silence};
 
 /// The version of the snapshot format.
 const SNAPSHOT_VERSION: u32 = 1;
@@ -129,7 +136,15 @@ enum AlertState {
         /// `keep_firing_for` runs.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         clearing_since_ms: Option<i64>,
+        /// It fired under a silence and has not been announced since: it
+        /// is announced once no silence covers it while its condition holds.
+        #[serde(default, skip_serializing_if = "is_false")]
+        silenced: bool,
     },
+}
+
+fn is_false(flag: &bool) -> bool {
+    !flag
 }
 
 impl AlertState {
@@ -335,13 +350,15 @@ impl Engine {
             let (samples, value) = measure(rule, series.steps.range(start..boundary).map(|(_, step)| step), settings.accuracy);
             let holds = value.is_some_and(|v| rule.condition.holds(v));
             let reading = Reading { value, samples, at_ms: boundary };
+            let silence = settings.silence(rule, &series.labels, boundary);
             match series.alert {
                 AlertState::Ok { pending_since_ms } => {
                     if samples >= rule.min_samples && holds {
                         let held_since = pending_since_ms.unwrap_or(boundary);
                         if boundary - held_since >= rule.hold_ms {
-                            series.alert = AlertState::Firing { since_ms: boundary, announced_ms: boundary, clearing_since_ms: None };
-                            alerts.push(alert(settings, rule, series, "firing", &reading, held_since, false));
+                            let silenced = silence.is_some();
+                            series.alert = AlertState::Firing { since_ms: boundary, announced_ms: boundary, clearing_since_ms: None, silenced };
+                            alerts.push(alert(settings, rule, series, "firing", &reading, held_since, Announcement::Change, silence));
                         } else {
                             series.alert = AlertState::Ok { pending_since_ms: Some(held_since) };
                         }
@@ -349,22 +366,30 @@ impl Engine {
                         series.alert = AlertState::QUIET;
                     }
                 }
-                AlertState::Firing { since_ms, announced_ms, clearing_since_ms } => {
+                AlertState::Firing { since_ms, announced_ms, clearing_since_ms, silenced } => {
                     if holds {
-                        let repeat_due = rule.repeat_ms.is_some_and(|repeat| boundary - announced_ms >= repeat);
-                        let announced_ms = if repeat_due { boundary } else { announced_ms };
-                        series.alert = AlertState::Firing { since_ms, announced_ms, clearing_since_ms: None };
-                        if repeat_due {
-                            alerts.push(alert(settings, rule, series, "firing", &reading, since_ms, true));
+                        // Held back by a silence that no longer covers it:
+                        // on-call hear of it now, as a new incident would be.
+                        let announcement = if silenced && silence.is_none() {
+                            Some(Announcement::AfterSilence)
+                        } else {
+                            rule.repeat_ms.is_some_and(|repeat| boundary - announced_ms >= repeat).then_some(Announcement::Repeat)
+                        };
+                        let announced_ms = if announcement.is_some() { boundary } else { announced_ms };
+                        series.alert = AlertState::Firing { since_ms, announced_ms, clearing_since_ms: None, silenced: silenced && silence.is_some() };
+                        if let Some(announcement) = announcement {
+                            alerts.push(alert(settings, rule, series, "firing", &reading, since_ms, announcement, silence));
                         }
                     } else {
                         let failing_since = clearing_since_ms.unwrap_or(boundary);
                         let empty = samples == 0 && !count;
                         if empty || boundary - failing_since >= rule.keep_firing_ms {
-                            alerts.push(alert(settings, rule, series, "resolved", &reading, failing_since, false));
+                            // An incident on-call never heard of ends as quietly.
+                            let announcement = if silenced { Announcement::SilencedEnd } else { Announcement::Change };
+                            alerts.push(alert(settings, rule, series, "resolved", &reading, failing_since, announcement, silence));
                             series.alert = AlertState::QUIET;
                         } else {
-                            series.alert = AlertState::Firing { since_ms, announced_ms, clearing_since_ms: Some(failing_since) };
+                            series.alert = AlertState::Firing { since_ms, announced_ms, clearing_since_ms: Some(failing_since), silenced };
                         }
                     }
                 }
@@ -398,6 +423,19 @@ fn measure<'a>(rule: &Rule, steps: impl Iterator<Item = &'a Step>, accuracy: f64
     (samples, value)
 }
 
+/// Why an alert is published.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Announcement {
+    /// It changed state.
+    Change,
+    /// It is still firing and its `repeat` interval passed.
+    Repeat,
+    /// It fired under a silence, which is over while it still fires.
+    AfterSilence,
+    /// It resolves, having fired under a silence and never been announced.
+    SilencedEnd,
+}
+
 /// A window's measure at one boundary.
 struct Reading {
     value: Option<f64>,
@@ -405,10 +443,21 @@ struct Reading {
     at_ms: i64,
 }
 
-/// The alert a series emits on changing `state` at a reading;
-/// `condition_since` is when its condition began to hold (firing) or to fail
-/// (resolved), earlier than the change itself by `for` or `keep_firing_for`.
-fn alert(settings: &Settings, rule: &Rule, series: &Series, state: &str, reading: &Reading, condition_since: i64, repeat: bool) -> Alert {
+/// The alert a series emits in `state` at a reading; `condition_since` is
+/// when its condition began to hold (firing) or to fail (resolved), earlier
+/// than the change itself by `for` or `keep_firing_for`. `silence` is the
+/// silence covering it at the reading, if any.
+#[allow(clippy::too_many_arguments)]
+fn alert(
+    settings: &Settings,
+    rule: &Rule,
+    series: &Series,
+    state: &str,
+    reading: &Reading,
+    condition_since: i64,
+    announcement: Announcement,
+    silence: Option<&Silence>,
+) -> Alert {
     let Reading { value, samples, at_ms } = *reading;
     let since = match series.alert {
         AlertState::Firing { since_ms, .. } => since_ms,
@@ -423,7 +472,11 @@ fn alert(settings: &Settings, rule: &Rule, series: &Series, state: &str, reading
         Measure::Share { .. } => "share".to_string(),
         Measure::Count => "count".to_string(),
     };
-    let damped = condition_since != at_ms && !repeat;
+    let repeat = announcement == Announcement::Repeat;
+    let damped = condition_since != at_ms && matches!(announcement, Announcement::Change | Announcement::SilencedEnd);
+    // A firing or repeat under a silence, and the end of an incident that
+    // was never announced, are kept off the on-call tools.
+    let silenced = announcement == Announcement::SilencedEnd || (state == "firing" && silence.is_some());
     let mut summary = format!(
         "{key} {state}: {what} = {} over {} samples in the last {} ({} {})",
         value.map_or("none".to_string(), |v| v.to_string()),
@@ -435,6 +488,12 @@ fn alert(settings: &Settings, rule: &Rule, series: &Series, state: &str, reading
     if damped {
         let how = if state == "firing" { "held" } else { "failed" };
         summary.push_str(&format!("; condition {how} since {}", time::format_rfc3339(condition_since)));
+    }
+    match (announcement, silence) {
+        (Announcement::AfterSilence, _) => summary.push_str(&format!("; firing since {}, held back by a silence until now", time::format_rfc3339(since))),
+        (Announcement::SilencedEnd, _) => summary.push_str("; it fired under a silence and was never announced"),
+        (_, Some(silence)) if silenced => summary.push_str(&format!("; silenced until {}: {}", time::format_rfc3339(silence.until_ms), silence.reason)),
+        _ => {}
     }
     let mut body = json!({
         "rule": rule.id,
@@ -467,6 +526,15 @@ fn alert(settings: &Settings, rule: &Rule, series: &Series, state: &str, reading
     }
     if repeat {
         fields.insert("repeat".into(), json!(true));
+    }
+    if announcement == Announcement::AfterSilence {
+        fields.insert("after_silence".into(), json!(true));
+    }
+    if silenced {
+        fields.insert("silenced".into(), json!(true));
+        if let Some(silence) = silence {
+            fields.insert("silence".into(), json!({ "until": time::format_rfc3339(silence.until_ms), "reason": silence.reason }));
+        }
     }
     if damped {
         fields.insert("condition_since".into(), json!(time::format_rfc3339(condition_since)));
@@ -851,12 +919,80 @@ mod tests {
         let now = [
             (AlertState::Ok { pending_since_ms: Some(5) }, Before::Ok),
             (AlertState::QUIET, Before::Ok),
-            (AlertState::Firing { since_ms: 1, announced_ms: 2, clearing_since_ms: Some(3) }, Before::Firing { since_ms: 1, announced_ms: 2 }),
+            (AlertState::Firing { since_ms: 1, announced_ms: 2, clearing_since_ms: Some(3), silenced: true }, Before::Firing { since_ms: 1, announced_ms: 2 }),
         ];
         for (state, before) in now {
             let text = serde_json::to_string(&state).unwrap();
             assert_eq!(serde_json::from_str::<Before>(&text).unwrap(), before, "{text}");
         }
+    }
+
+    /// The one-minute continuity rule with these silences.
+    fn silenced_continuity(silences: Value) -> Engine {
+        let rule = json!({ "id": "continuity_score", "owner": "ml", "severity": "flag", "window": "1m", "min_samples": 5,
+                           "samples": ["scene_locked"], "mean": "consistency_score", "below": 0.88 });
+        Engine::new(Settings::parse(&json!({ "rule": [rule], "silence": silences }).to_string()).unwrap())
+    }
+
+    fn silence_until(minute: i64) -> Value {
+        json!([{ "rule": "continuity_score", "until": time::format_rfc3339(T0 + minute * MINUTE), "reason": "scorer migration, CHG-77" }])
+    }
+
+    #[test]
+    fn an_incident_that_outlasts_its_silence_is_announced_when_the_silence_ends() {
+        let mut engine = silenced_continuity(silence_until(10));
+        let mut alerts = feed(&mut engine, &locks(0, 20, |_| 0.80));
+        alerts.extend(feed(&mut engine, &locks(20, 20, |_| 0.95)));
+        assert_eq!(states(&alerts), [("continuity_score".into(), "firing".into()), ("continuity_score".into(), "firing".into()), ("continuity_score".into(), "resolved".into())]);
+        // Fired at 10:01 under the silence: published for the record, marked.
+        let (held, announced, resolved) = (&alerts[0], &alerts[1], &alerts[2]);
+        assert_eq!(held["silenced"], true);
+        assert_eq!(held["silence"], json!({ "until": time::format_rfc3339(T0 + 10 * MINUTE), "reason": "scorer migration, CHG-77" }));
+        assert!(held["summary"].as_str().unwrap().ends_with("; silenced until 2026-11-24T10:10:00.000Z: scorer migration, CHG-77"), "{held}");
+        // At 10:10 the silence is over and the condition still holds.
+        assert_eq!(announced["changed_at"], time::format_rfc3339(T0 + 10 * MINUTE));
+        assert_eq!(announced["firing_since"], time::format_rfc3339(T0 + MINUTE));
+        assert_eq!(announced["after_silence"], true);
+        assert!(announced.get("silenced").is_none(), "{announced}");
+        // What was announced is resolved where on-call can see it.
+        assert_eq!(resolved["changed_at"], time::format_rfc3339(T0 + 21 * MINUTE));
+        assert!(resolved.get("silenced").is_none(), "{resolved}");
+    }
+
+    #[test]
+    fn an_incident_that_ends_under_its_silence_is_silent_at_both_ends() {
+        let mut engine = silenced_continuity(silence_until(30));
+        let mut alerts = feed(&mut engine, &locks(0, 5, |_| 0.80));
+        alerts.extend(feed(&mut engine, &locks(5, 40, |_| 0.95)));
+        assert_eq!(states(&alerts), [("continuity_score".into(), "firing".into()), ("continuity_score".into(), "resolved".into())]);
+        assert!(alerts.iter().all(|a| a["silenced"] == true), "{alerts:?}");
+        assert!(alerts[1]["summary"].as_str().unwrap().ends_with("it fired under a silence and was never announced"), "{}", alerts[1]);
+        // An incident after the silence pages as usual.
+        let later = feed(&mut engine, &locks(50, 10, |_| 0.80));
+        assert_eq!(states(&later), [("continuity_score".into(), "firing".into())]);
+        assert!(later[0].get("silenced").is_none());
+    }
+
+    #[test]
+    fn a_silence_taken_out_by_a_swap_announces_what_it_held_back() {
+        let mut first = silenced_continuity(silence_until(60));
+        let held = feed(&mut first, &locks(0, 8, |_| 0.80));
+        assert_eq!(states(&held), [("continuity_score".into(), "firing".into())]);
+        assert_eq!(held[0]["silenced"], true);
+        // The new version has no silence; the held-back alert is announced
+        // at its first boundary, and only once.
+        let mut second = silenced_continuity(json!([]));
+        second.restore(&first.snapshot()).unwrap();
+        let alerts = feed(&mut second, &locks(8, 5, |_| 0.80));
+        assert_eq!(states(&alerts), [("continuity_score".into(), "firing".into())]);
+        assert_eq!((alerts[0]["after_silence"].clone(), alerts[0]["firing_since"].clone()), (json!(true), json!(time::format_rfc3339(T0 + MINUTE))));
+        // Put back, a silence holds back nothing already announced: the
+        // resolve of an announced incident is always sent.
+        let mut third = silenced_continuity(silence_until(60));
+        third.restore(&second.snapshot()).unwrap();
+        let resolved = feed(&mut third, &locks(13, 10, |_| 0.95));
+        assert_eq!(states(&resolved), [("continuity_score".into(), "resolved".into())]);
+        assert!(resolved[0].get("silenced").is_none(), "{}", resolved[0]);
     }
 
     /// A rule that fires when no export came for fifteen minutes.

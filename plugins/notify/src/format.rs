@@ -24,30 +24,14 @@
 //! (so pages go to the pager and the rest to chat). A body that is not an
 //! alert is rejected with the property it lacks.
 //!
-//! A silence keeps an expected incident (a vendor's maintenance, a load
-//! test) off the pager; ops add one with a hot swap of the pipeline file and
-//! take it out the same way:
-//!
-//! ```toml
-//! [[pipeline.stage.config.silence]]
-//! rule = "provider_fallback_rate"
-//! labels = { experiment = "pricing_layout" }   # optional: each must match
-//! from = "2026-12-02T09:00:00Z"                # optional
-//! until = "2026-12-02T11:00:00Z"
-//! reason = "vendor maintenance, CHG-1234"
-//! ```
-//!
-//! A `firing` alert whose `changed_at` falls in `[from, until)` is dropped,
-//! and so is the `resolved` that ends it (its `firing_since` falls there):
-//! an incident is silent at both ends, while one that opened before the
-//! silence still gets its resolve. Times are the alerts' event times, so a
-//! replay is silenced as the day was.
+//! An alert the `alert` stage marked `silenced` (it fired under one of its
+//! silences, or ends an incident that did) is dropped, with the silence's
+//! reason: the alerts stream keeps it for the record.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use sluice_kit::time;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,61 +45,6 @@ struct Config {
     routing_key_env: String,
     #[serde(default)]
     severity: BTreeMap<String, String>,
-    #[serde(default)]
-    silence: Vec<SilenceConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SilenceConfig {
-    rule: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    from: Option<String>,
-    until: String,
-    reason: String,
-}
-
-/// A checked silence; times in Unix milliseconds.
-#[derive(Debug)]
-struct Silence {
-    rule: String,
-    labels: BTreeMap<String, String>,
-    from_ms: i64,
-    until_ms: i64,
-    until: String,
-    reason: String,
-}
-
-impl Silence {
-    fn check(config: SilenceConfig) -> Result<Self, String> {
-        let name = format!("silence of `{}`", config.rule);
-        let instant = |field: &str, text: &str| time::parse_rfc3339(text).map_err(|e| format!("{name}: {field}: {e}"));
-        let from_ms = config.from.as_deref().map(|text| instant("from", text)).transpose()?.unwrap_or(i64::MIN);
-        let until_ms = instant("until", &config.until)?;
-        if until_ms <= from_ms {
-            return Err(format!("{name}: `until` must come after `from`"));
-        }
-        if config.reason.trim().is_empty() {
-            return Err(format!("{name}: give a `reason`, for whoever wonders why they were not paged"));
-        }
-        Ok(Self { rule: config.rule, labels: config.labels, from_ms, until_ms, until: config.until, reason: config.reason })
-    }
-
-    /// Whether this silence covers the incident `alert` belongs to.
-    fn covers(&self, alert: &Map<String, Value>, state: &str) -> bool {
-        let text = |name: &str| alert.get(name).and_then(Value::as_str);
-        if text("rule") != Some(self.rule.as_str()) {
-            return false;
-        }
-        let labels = alert.get("labels").and_then(Value::as_object);
-        if !self.labels.iter().all(|(name, value)| labels.and_then(|l| l.get(name)).and_then(Value::as_str) == Some(value.as_str())) {
-            return false;
-        }
-        // An incident is silenced by when it opened.
-        let opened = if state == "firing" { text("changed_at") } else { text("firing_since") };
-        opened.and_then(|t| time::parse_rfc3339(t).ok()).is_some_and(|ms| (self.from_ms..self.until_ms).contains(&ms))
-    }
 }
 
 fn default_source() -> String {
@@ -138,7 +67,6 @@ enum Format {
 pub struct Notifier {
     format: Format,
     only: Option<Vec<String>>,
-    silences: Vec<Silence>,
 }
 
 /// What to do with one alert.
@@ -175,8 +103,7 @@ impl Notifier {
             }
             other => return Err(format!("format {other:?} is not one of \"slack\", \"pagerduty\"")),
         };
-        let silences = config.silence.into_iter().map(Silence::check).collect::<Result<_, _>>()?;
-        Ok(Self { format, only: config.only, silences })
+        Ok(Self { format, only: config.only })
     }
 
     /// The message for one alert body.
@@ -198,8 +125,9 @@ impl Notifier {
         {
             return Message::Skip(format!("severity {severity:?} is not one of {only:?}"));
         }
-        if let Some(silence) = self.silences.iter().find(|silence| silence.covers(&alert, state)) {
-            return Message::Skip(format!("silenced until {}: {}", silence.until, silence.reason));
+        if alert.get("silenced") == Some(&Value::Bool(true)) {
+            let reason = alert.get("silence").and_then(|s| s.get("reason")).and_then(Value::as_str).unwrap_or("it fired under a silence");
+            return Message::Skip(format!("silenced: {reason}"));
         }
         let body = match &self.format {
             Format::Slack => slack(&alert, key, state, severity, summary),
@@ -329,49 +257,14 @@ mod tests {
     }
 
     #[test]
-    fn a_silence_drops_the_incidents_that_open_within_it_at_both_ends() {
-        let config = json!({ "format": "slack", "silence": [{
-            "rule": "generation_p95", "from": "2026-11-24T06:00:00Z", "until": "2026-11-24T07:00:00Z", "reason": "provider load test, CHG-881"
-        }] });
-        let notifier = Notifier::new(&config.to_string(), no_env).unwrap();
-        let silenced = Message::Skip("silenced until 2026-11-24T07:00:00Z: provider load test, CHG-881".into());
-        // Opened at 06:10, within: its firing and its resolve are dropped.
-        assert_eq!(notifier.message(&alert_with("firing", json!({ "changed_at": "2026-11-24T06:10:00.000Z" }))), silenced);
-        let resolve = json!({ "changed_at": "2026-11-24T07:30:00.000Z", "firing_since": "2026-11-24T06:10:00.000Z" });
-        assert_eq!(notifier.message(&alert_with("resolved", resolve)), silenced);
-        // Opened before it: the resolve still closes what was announced.
-        let earlier = json!({ "changed_at": "2026-11-24T06:20:00.000Z", "firing_since": "2026-11-24T05:50:00.000Z" });
-        assert!(matches!(notifier.message(&alert_with("resolved", earlier)), Message::Send(_)));
-        // At `until` the silence is over; another rule was never in it.
-        assert!(matches!(notifier.message(&alert_with("firing", json!({ "changed_at": "2026-11-24T07:00:00.000Z" }))), Message::Send(_)));
-        let other = json!({ "rule": "export_success_rate", "changed_at": "2026-11-24T06:10:00.000Z" });
-        assert!(matches!(notifier.message(&alert_with("firing", other)), Message::Send(_)));
-    }
-
-    #[test]
-    fn a_silence_with_labels_covers_only_the_groups_that_have_them() {
-        let config = json!({ "format": "slack", "silence": [{
-            "rule": "experiment_guardrail", "labels": { "variant": "B" }, "until": "2026-11-25T00:00:00Z", "reason": "variant B is being withdrawn"
-        }] });
-        let notifier = Notifier::new(&config.to_string(), no_env).unwrap();
-        let group = |variant: &str| json!({ "rule": "experiment_guardrail", "labels": { "experiment": "pricing_layout", "variant": variant } });
-        assert!(matches!(notifier.message(&alert_with("firing", group("B"))), Message::Skip(_)));
-        assert!(matches!(notifier.message(&alert_with("firing", group("A"))), Message::Send(_)));
-    }
-
-    #[test]
-    fn a_broken_silence_is_refused_with_what_is_wrong() {
-        let cases = [
-            (json!({ "rule": "r", "from": "2026-11-24T07:00:00Z", "until": "2026-11-24T06:00:00Z", "reason": "x" }), "silence of `r`: `until` must come after `from`"),
-            (json!({ "rule": "r", "until": "2026-11-24T06:00:00Z", "reason": " " }), "silence of `r`: give a `reason`"),
-            (json!({ "rule": "r", "until": "tomorrow", "reason": "x" }), "silence of `r`: until: "),
-            (json!({ "rule": "r", "reason": "x" }), "missing field `until`"),
-        ];
-        for (silence, expected) in cases {
-            let config = json!({ "format": "slack", "silence": [silence] });
-            let error = Notifier::new(&config.to_string(), no_env).unwrap_err();
-            assert!(error.contains(expected), "{silence}: {error}");
-        }
+    fn what_the_alert_stage_silenced_stays_off_the_pager() {
+        let notifier = Notifier::new(r#"{ "format": "slack" }"#, no_env).unwrap();
+        let silence = json!({ "silenced": true, "silence": { "until": "2026-11-24T07:00:00.000Z", "reason": "provider load test, CHG-881" } });
+        assert_eq!(notifier.message(&alert_with("firing", silence)), Message::Skip("silenced: provider load test, CHG-881".into()));
+        let never_announced = json!({ "silenced": true });
+        assert_eq!(notifier.message(&alert_with("resolved", never_announced)), Message::Skip("silenced: it fired under a silence".into()));
+        // Announced once the silence is over: sent like any firing.
+        assert!(matches!(notifier.message(&alert_with("firing", json!({ "after_silence": true }))), Message::Send(_)));
     }
 
     #[test]
