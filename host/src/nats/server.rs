@@ -1,8 +1,12 @@
 //! A `nats-server` with JetStream, started as a child process on a free
 //! loopback port and stopped when dropped (or when this process dies).
+//!
+//! The server picks its port itself and writes it to a ports file: a port
+//! found free here and handed to it could be taken by another server in
+//! between (tests start many at once), and then two would share one.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -34,7 +38,8 @@ impl ManagedServer {
     /// `max_payload: 8KB`) too.
     pub async fn start_with_config(config: &str) -> Result<Self> {
         let store = tempfile::Builder::new().prefix("sluice-nats-").tempdir().context("cannot create a folder for JetStream")?;
-        let port = free_port()?;
+        let ports_dir = store.path().join("ports");
+        std::fs::create_dir(&ports_dir).with_context(|| format!("cannot create {}", ports_dir.display()))?;
         let binary = Self::binary();
         let mut command = Command::new(&binary);
         if !config.is_empty() {
@@ -43,8 +48,10 @@ impl ManagedServer {
             command.arg("--config").arg(file);
         }
         command
-            .args(["--addr", "127.0.0.1", "--port", &port.to_string(), "--jetstream", "--store_dir"])
+            .args(["--addr", "127.0.0.1", "--port", "-1", "--jetstream", "--store_dir"])
             .arg(store.path())
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -58,15 +65,20 @@ impl ManagedServer {
         })?;
 
         let deadline = Instant::now() + START_TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let port = loop {
+            if let Some(port) = listening_port(&ports_dir)
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                break port;
+            }
             if let Some(status) = child.try_wait()? {
-                bail!("nats-server exited at start ({status}); is port {port} taken?");
+                bail!("nats-server exited at start ({status})");
             }
             if Instant::now() > deadline {
-                bail!("nats-server did not accept connections on port {port} within {START_TIMEOUT:?}");
+                bail!("nats-server did not accept connections within {START_TIMEOUT:?}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
         Ok(Self { url: format!("nats://127.0.0.1:{port}"), port, child, _store: store })
     }
 
@@ -76,9 +88,13 @@ impl ManagedServer {
     }
 }
 
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
-    Ok(listener.local_addr()?.port())
+/// The client port in the server's ports file (`{"nats":["nats://127.0.0.1:PORT"]}`),
+/// once it has written one.
+fn listening_port(dir: &Path) -> Option<u16> {
+    let file = std::fs::read_dir(dir).ok()?.flatten().find(|entry| entry.path().extension().is_some_and(|e| e == "ports"))?;
+    let ports: serde_json::Value = serde_json::from_slice(&std::fs::read(file.path()).ok()?).ok()?;
+    let url = ports["nats"].get(0)?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
 }
 
 /// Asks Linux to kill the server when this process dies, even by SIGKILL, so
