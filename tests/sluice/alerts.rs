@@ -33,20 +33,23 @@ fn analytics(name: &str, at_ms: i64, extra: Value) -> (String, Vec<u8>) {
     (format!("storyforge.analytics.{name}"), serde_json::to_vec(&body).unwrap())
 }
 
-/// Waits until `stream` holds at least `count` messages, then returns them all.
-async fn stream_at_least(nats: &Nats, stream: &str, count: u64, sluice: &Sluice) -> Vec<async_nats::Message> {
+/// Waits until `stream` holds at least `count` alerts, then returns them
+/// all; heartbeats (`<prefix>.heartbeat`) are left out.
+async fn stream_at_least(nats: &Nats, stream: &str, count: usize, sluice: &Sluice) -> Vec<async_nats::Message> {
     let deadline = Instant::now() + WAIT;
     loop {
-        let held = match nats.jetstream.get_stream(stream).await {
-            Ok(mut handle) => handle.info().await.map_or(0, |info| info.state.messages),
-            Err(_) => 0,
-        };
-        if held >= count {
-            return nats.stream_messages(stream).await;
+        let alerts = if nats.jetstream.get_stream(stream).await.is_ok() { alerts_in(nats, stream).await } else { Vec::new() };
+        if alerts.len() >= count {
+            return alerts;
         }
-        assert!(Instant::now() < deadline, "{stream} holds {held} messages, expected {count}; sluice logged:\n{}", sluice.log());
+        assert!(Instant::now() < deadline, "{stream} holds {} alerts, expected {count}; sluice logged:\n{}", alerts.len(), sluice.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The alerts `stream` holds, heartbeats left out.
+async fn alerts_in(nats: &Nats, stream: &str) -> Vec<async_nats::Message> {
+    nats.stream_messages(stream).await.into_iter().filter(|m| !m.subject.ends_with(".heartbeat")).collect()
 }
 
 /// `keep_firing_for` in pipelines/storyforge.toml.
@@ -117,9 +120,9 @@ async fn a_replayed_day_gives_the_expected_alert_timeline() {
         (guardrail("A"), h(21, 0), h(21, 30), 30),
         (guardrail("B"), h(21, 0), h(21, 30), 30),
     ];
-    stream_at_least(&nats, "STORYFORGE_ALERTS", 2 * expected.len() as u64, &sluice).await;
+    stream_at_least(&nats, "STORYFORGE_ALERTS", 2 * expected.len(), &sluice).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let alerts: Vec<Value> = nats.stream_messages("STORYFORGE_ALERTS").await.iter().map(json).collect();
+    let alerts: Vec<Value> = alerts_in(&nats, "STORYFORGE_ALERTS").await.iter().map(json).collect();
     let timeline: Vec<String> = alerts.iter().map(|a| format!("{} {} {}", a["changed_at"], a["key"], a["state"])).collect();
     eprintln!("alert timeline:\n{}", timeline.join("\n"));
     assert_eq!(alerts.len(), 2 * expected.len(), "one firing and one resolved per incident, nothing else:\n{}", timeline.join("\n"));
@@ -431,19 +434,35 @@ async fn an_alert_the_webhook_refuses_is_dead_lettered_once_and_the_rest_deliver
 }
 
 /// The bodies a receiver answered 200 to, in order.
+/// STORYFORGE_ALERTS, made before storyforge.toml runs, for the pager file.
+fn alerts_stream() -> async_nats::jetstream::stream::Config {
+    async_nats::jetstream::stream::Config { name: "STORYFORGE_ALERTS".into(), subjects: vec!["storyforge.alerts.>".into()], ..Default::default() }
+}
+
 fn delivered(received: &Received) -> Vec<Value> {
     received.lock().unwrap().iter().filter(|(status, ..)| *status == 200).map(|(_, _, body)| serde_json::from_str(body).unwrap()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn storyforge_alerts_reach_pagerduty_and_slack_in_their_formats() {
+async fn storyforge_alerts_reach_pagerduty_and_slack_and_heartbeats_a_dead_mans_switch() {
     let nats = Nats::start().await;
     let (pagerduty, to_pagerduty) = receiver(0, "/v2/enqueue").await;
     // A Slack incoming webhook's path is its secret; it must not be logged.
     let (slack, to_slack) = receiver(1, "/services/T0SF/B0SF/s3cr3tT0k3n").await;
-    let alerting = Sluice::run(&root().join("pipelines/storyforge.toml"), nats.url(), 2);
-    let vars = [("PAGERDUTY_EVENTS_URL", pagerduty.as_str()), ("PAGERDUTY_ROUTING_KEY", "test-routing-key"), ("STORYFORGE_SLACK_WEBHOOK", slack.as_str())];
+    let (switch, to_switch) = receiver(0, "/ping/storyforge-alerting").await;
+    let vars = [
+        ("PAGERDUTY_EVENTS_URL", pagerduty.as_str()),
+        ("PAGERDUTY_ROUTING_KEY", "test-routing-key"),
+        ("STORYFORGE_SLACK_WEBHOOK", slack.as_str()),
+        ("STORYFORGE_HEARTBEAT_URL", switch.as_str()),
+    ];
+    // The pager first, so that its live (core NATS) heartbeat input hears
+    // the alerting's first heartbeat, on its first tick; storyforge.toml
+    // then takes over the stream it declares.
+    nats.jetstream.create_stream(alerts_stream()).await.unwrap();
     let pager = Sluice::run_with_env(&root().join("pipelines/storyforge-pager.toml"), nats.url(), 2, &vars);
+    pager.wait_for_log("Pipeline started.", 3, WAIT);
+    let alerting = Sluice::run(&root().join("pipelines/storyforge.toml"), nats.url(), 2);
 
     // From 06:00, 20 slow generations (a page) and 20 poorly scored locks (a
     // flag for the ML team), then an hour of healthy ones that resolves both.
@@ -462,7 +481,8 @@ async fn storyforge_alerts_reach_pagerduty_and_slack_in_their_formats() {
     assert_eq!(states.iter().filter(|(key, _)| key == "generation_p95").count(), 2, "{states:?}");
     assert_eq!(states.iter().filter(|(key, _)| key == "continuity_score").count(), 2, "{states:?}");
     let deadline = Instant::now() + WAIT;
-    while delivered(&to_slack).len() < 4 || delivered(&to_pagerduty).len() < 2 {
+    // The alerting beats on its first tick: the switch hears of it.
+    while delivered(&to_slack).len() < 4 || delivered(&to_pagerduty).len() < 2 || delivered(&to_switch).is_empty() {
         assert!(Instant::now() < deadline, "slack {:?}, pagerduty {:?}; sluice logged:\n{}", to_slack.lock().unwrap(), to_pagerduty.lock().unwrap(), pager.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -486,6 +506,10 @@ async fn storyforge_alerts_reach_pagerduty_and_slack_in_their_formats() {
         assert!(text.starts_with(&format!("{mark} *{key}*")), "{text} for {key} {state}");
     }
     assert_eq!(to_slack.lock().unwrap().len(), 5, "one 503, then four deliveries");
+
+    // The dead man's switch: heartbeats only, as the alert stage wrote them.
+    let beats = delivered(&to_switch);
+    assert!(beats.iter().all(|b| b["heartbeat"] == true && b["every"] == "1m" && time::parse_rfc3339(b["at"].as_str().unwrap()).is_ok()), "{beats:#?}");
     assert!(pager.log().contains("Webhook delivery failed; retrying."), "{}", pager.log());
     assert!(!pager.log().contains("s3cr3tT0k3n"), "the Slack URL's secret was logged:\n{}", pager.log());
     pager.terminate();
@@ -495,8 +519,7 @@ async fn storyforge_alerts_reach_pagerduty_and_slack_in_their_formats() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pager_file_refuses_to_start_without_its_slack_url() {
     let nats = Nats::start().await;
-    let stream = async_nats::jetstream::stream::Config { name: "STORYFORGE_ALERTS".into(), subjects: vec!["storyforge.alerts.>".into()], ..Default::default() };
-    nats.jetstream.create_stream(stream).await.unwrap();
+    nats.jetstream.create_stream(alerts_stream()).await.unwrap();
     let file = root().join("pipelines/storyforge-pager.toml");
     let pagerduty = [("PAGERDUTY_EVENTS_URL", "http://127.0.0.1:9/v2/enqueue"), ("PAGERDUTY_ROUTING_KEY", "test-routing-key")];
     let (status, log) = Sluice::spawn_with_env(&["run", file.to_str().unwrap(), "--nats", nats.url()], &pagerduty).wait();

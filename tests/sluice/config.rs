@@ -69,7 +69,7 @@ fn every_bundled_pipeline_validates() {
     let mut args = vec!["validate"];
     args.extend(files.iter().map(String::as_str));
     // As in a platform team's CI, without the secrets the files run with.
-    let secrets = ["STORYFORGE_HASH_KEY", "PAGERDUTY_ROUTING_KEY", "PAGERDUTY_EVENTS_URL", "STORYFORGE_SLACK_WEBHOOK"];
+    let secrets = ["STORYFORGE_HASH_KEY", "PAGERDUTY_ROUTING_KEY", "PAGERDUTY_EVENTS_URL", "STORYFORGE_SLACK_WEBHOOK", "STORYFORGE_HEARTBEAT_URL"];
     let (status, log) = Sluice::spawn_without(&args, &secrets).wait();
     assert!(status.success(), "{log}");
     for file in &files {
@@ -77,6 +77,6 @@ fn every_bundled_pipeline_validates() {
     }
     let unset = |file: &str| log.lines().find_map(|line| line.strip_prefix(&format!("{file}: not set here, checked with stand-in values; `sluice run` needs them: "))).unwrap_or("");
     assert_eq!(unset("pipelines/storyforge.toml"), "STORYFORGE_HASH_KEY", "{log}");
-    assert_eq!(unset("pipelines/storyforge-pager.toml"), "PAGERDUTY_ROUTING_KEY, PAGERDUTY_EVENTS_URL, STORYFORGE_SLACK_WEBHOOK", "{log}");
+    assert_eq!(unset("pipelines/storyforge-pager.toml"), "PAGERDUTY_ROUTING_KEY, PAGERDUTY_EVENTS_URL, STORYFORGE_SLACK_WEBHOOK, STORYFORGE_HEARTBEAT_URL", "{log}");
     assert_eq!(unset("pipelines/demo.toml"), "", "{log}");
 }

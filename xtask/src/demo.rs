@@ -20,6 +20,9 @@ const SAMPLES: &str = "pipelines/samples/storyforge-day.jsonl";
 /// letters, and the alerts the second pipeline raises on the clean events.
 const OUTPUTS: [&str; 5] = ["storyforge.analytics.>", "storyforge.anonymous.>", "storyforge.audit.>", "storyforge.dlq.>", "storyforge.alerts.>"];
 
+/// The alerting's heartbeat, which is not an alert.
+const HEARTBEAT: &str = "storyforge.alerts.heartbeat";
+
 /// How long the outputs must be quiet before the demo counts them complete.
 const QUIET: Duration = Duration::from_secs(2);
 
@@ -113,21 +116,22 @@ async fn feed_and_collect(url: &str, samples: &str) -> Result<BTreeMap<String, V
 }
 
 fn print_report(published: usize, seen: &BTreeMap<String, Vec<String>>) {
-    let count = |prefix: &str| seen.iter().filter(|(s, _)| s.starts_with(prefix)).map(|(_, b)| b.len()).sum::<usize>();
+    let count = |prefix: &str| seen.iter().filter(|(s, _)| s.starts_with(prefix) && *s != HEARTBEAT).map(|(_, b)| b.len()).sum::<usize>();
     println!(
-        "\n{published} events in: {} to analytics, {} anonymous (opted out), {} audit copies, {} dead letters; {} alerts\n",
+        "\n{published} events in: {} to analytics, {} anonymous (opted out), {} audit copies, {} dead letters; {} alerts, {} heartbeats\n",
         count("storyforge.analytics."),
         count("storyforge.anonymous."),
         count("storyforge.audit."),
         count("storyforge.dlq."),
-        count("storyforge.alerts.")
+        count("storyforge.alerts."),
+        seen.get(HEARTBEAT).map_or(0, Vec::len)
     );
     println!("{:<50} {:>6}", "subject", "count");
     for (subject, bodies) in seen {
         println!("{subject:<50} {:>6}", bodies.len());
     }
     for prefix in ["storyforge.analytics.feedback_submitted", "storyforge.anonymous.", "storyforge.dlq.", "storyforge.alerts."] {
-        if let Some((subject, bodies)) = seen.iter().find(|(s, _)| s.starts_with(prefix)) {
+        if let Some((subject, bodies)) = seen.iter().find(|(s, _)| s.starts_with(prefix) && *s != HEARTBEAT) {
             let example: String = bodies[0].chars().take(400).collect();
             println!("\nfor example, on {subject}:\n  {example}");
         }

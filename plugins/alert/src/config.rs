@@ -53,6 +53,11 @@
 //! reason = "vendor maintenance, CHG-1234"
 //! ```
 //!
+//! `heartbeat = "1m"` has the stage publish `<subject_prefix>.heartbeat`
+//! that often (wall time, on the host's ticks) while it runs, for a dead
+//! man's switch that pages when the heartbeats stop: when the alerting
+//! itself is down. No rule may then be called `heartbeat`.
+//!
 //! An alert that fires while a silence covers it (by event time) is still
 //! published, marked `silenced`, and `notify` keeps it off the on-call
 //! tools; if it is still firing when no silence covers it any more, it is
@@ -85,6 +90,8 @@ pub struct Config {
     /// How long a condition must fail before a firing alert resolves;
     /// default 0.
     pub keep_firing_for: Option<String>,
+    /// How often to say that the alerting runs (wall time); default never.
+    pub heartbeat: Option<String>,
     /// The property holding the event time.
     #[serde(default = "default_time_field")]
     pub time_field: String,
@@ -267,6 +274,8 @@ pub struct Settings {
     pub accuracy: f64,
     pub rules: Vec<Rule>,
     pub silences: Vec<Silence>,
+    /// How often a heartbeat is published, and the text it was given as.
+    pub heartbeat: Option<(i64, String)>,
 }
 
 /// A checked silence: alerts of `rule` (an id, or id/check) whose labels
@@ -341,6 +350,19 @@ impl Settings {
             }
             rules.push(rule);
         }
+        let heartbeat = match config.heartbeat.take() {
+            None => None,
+            Some(text) => {
+                let ms = duration_ms(&text).map_err(|e| format!("heartbeat: {e}"))?;
+                if ms < 1000 {
+                    return Err(format!("heartbeat: {text:?} is shorter than one second"));
+                }
+                if rules.iter().any(|rule| rule.id == HEARTBEAT) {
+                    return Err(format!("a rule is called `{HEARTBEAT}`: its alerts would share the heartbeat's subject; rename it"));
+                }
+                Some((ms, text))
+            }
+        };
         let silences = std::mem::take(&mut config.silence).into_iter().map(|silence| Silence::check(silence, &rules)).collect::<Result<_, _>>()?;
         Ok(Self {
             subject_prefix: config.subject_prefix,
@@ -353,6 +375,7 @@ impl Settings {
             accuracy: config.accuracy,
             rules,
             silences,
+            heartbeat,
         })
     }
 
@@ -366,6 +389,9 @@ impl Settings {
         self.rules.iter().map(|r| r.window_ms).max().unwrap_or(0)
     }
 }
+
+/// The last part of the heartbeat's subject.
+pub const HEARTBEAT: &str = "heartbeat";
 
 /// `id`, or `id/check` for one of several rules sharing an id.
 fn rule_key(id: &str, check: Option<&str>) -> String {
@@ -558,6 +584,12 @@ mod tests {
         assert!(settings(&twice).unwrap_err().contains("declared twice"));
         assert!(Settings::parse(r#"{ "rule": [] }"#).unwrap_err().contains("no rules"));
         assert!(Settings::parse(r#"{ "rules": [] }"#).unwrap_err().contains("unknown field `rules`"));
+        let beat = |every: &str, id: &str| {
+            Settings::parse(&format!(r#"{{ "heartbeat": "{every}", "rule": [{{ "id": "{id}", "owner": "o", "severity": "s", "samples": ["e"], "window": "1m", "mean": "x", "below": 1 }}] }}"#))
+        };
+        assert_eq!(beat("1m", "r").unwrap().heartbeat, Some((60_000, "1m".to_string())));
+        assert!(beat("500ms", "r").unwrap_err().contains("heartbeat: \"500ms\" is shorter than one second"));
+        assert!(beat("1m", "heartbeat").unwrap_err().contains("a rule is called `heartbeat`"));
     }
 
     #[test]

@@ -50,7 +50,7 @@ use serde_json::{Map, Value, json};
 use sluice_kit::sketch::Sketch;
 use sluice_kit::time;
 
-use crate::config::{Measure, Rule, Settings, Silence};
+use crate::config::{HEARTBEAT, Measure, Rule, Settings, Silence};
 
 /// The version of the snapshot format.
 const SNAPSHOT_VERSION: u32 = 1;
@@ -97,6 +97,9 @@ pub struct State {
     /// The wall time of the last tick, and whether events came since.
     last_tick_ns: Option<u64>,
     events_since_tick: bool,
+    /// The wall time of the last heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_heartbeat_ns: Option<u64>,
     /// Every tracked window and alert, by rule key and labels.
     series: BTreeMap<String, Series>,
 }
@@ -222,7 +225,33 @@ impl Engine {
                 self.advance_to(watermark + passed_ms, &mut alerts);
             }
         }
+        if let Some((every_ms, _)) = self.settings.heartbeat
+            && self.state.last_heartbeat_ns.is_none_or(|last| now_ns.saturating_sub(last) >= every_ms as u64 * 1_000_000)
+        {
+            self.state.last_heartbeat_ns = Some(now_ns);
+            alerts.push(self.heartbeat(now_ns));
+        }
         alerts
+    }
+
+    /// Says that the alerting runs, at wall time `now_ns`, with how many
+    /// alerts are firing and how far event time has come.
+    fn heartbeat(&self, now_ns: u64) -> Alert {
+        let (mut firing, mut silenced) = (0, 0);
+        for series in self.state.series.values() {
+            if let AlertState::Firing { silenced: held, .. } = series.alert {
+                if held { silenced += 1 } else { firing += 1 }
+            }
+        }
+        let at = time::format_rfc3339((now_ns / 1_000_000) as i64);
+        let event_time = self.state.watermark_ms.map(time::format_rfc3339);
+        let every = self.settings.heartbeat.as_ref().map_or("", |(_, text)| text.as_str());
+        let summary = format!(
+            "alerting runs at {at}: {firing} alert(s) firing, {silenced} silenced; event time {}",
+            event_time.as_deref().unwrap_or("not started")
+        );
+        let body = json!({ "heartbeat": true, "at": at, "every": every, "event_time": event_time, "firing": firing, "silenced": silenced, "summary": summary });
+        Alert { subject: format!("{}.{HEARTBEAT}", self.settings.subject_prefix), body }
     }
 
     pub fn snapshot(&self) -> Vec<u8> {
@@ -993,6 +1022,35 @@ mod tests {
         let resolved = feed(&mut third, &locks(13, 10, |_| 0.95));
         assert_eq!(states(&resolved), [("continuity_score".into(), "resolved".into())]);
         assert!(resolved[0].get("silenced").is_none(), "{}", resolved[0]);
+    }
+
+    #[test]
+    fn heartbeats_come_on_ticks_as_often_as_asked_with_what_is_firing() {
+        let mut config: Value = serde_json::from_str(r#"{ "heartbeat": "1m", "subject_prefix": "storyforge.alerts", "rule": [
+            { "id": "continuity_score", "owner": "ml", "severity": "flag", "window": "1m", "min_samples": 5,
+              "samples": ["scene_locked"], "mean": "consistency_score", "below": 0.88 }] }"#).unwrap();
+        let mut engine = Engine::new(Settings::parse(&config.to_string()).unwrap());
+        let wall = 1_800_000_000_000_000_000u64;
+        let second = 1_000_000_000u64;
+        let first = engine.tick(wall);
+        assert_eq!(first.len(), 1, "the first tick says the alerting runs");
+        assert_eq!(first[0].subject, "storyforge.alerts.heartbeat");
+        assert_eq!((first[0].body["heartbeat"].clone(), first[0].body["event_time"].clone()), (json!(true), Value::Null));
+        assert!(engine.tick(wall + 30 * second).is_empty(), "not a minute yet");
+        feed(&mut engine, &locks(0, 10, |_| 0.80));
+        let beat = engine.tick(wall + 60 * second);
+        assert_eq!(beat.len(), 1);
+        assert_eq!(beat[0].body["at"], time::format_rfc3339((wall / 1_000_000) as i64 + 60_000));
+        assert_eq!(beat[0].body["firing"], 1);
+        assert_eq!(beat[0].body["event_time"], time::format_rfc3339(T0 + 9 * MINUTE + 50_000));
+        // Its schedule survives a restore, so a restart does not beat twice.
+        let mut restored = Engine::new(Settings::parse(&config.to_string()).unwrap());
+        restored.restore(&engine.snapshot()).unwrap();
+        assert!(restored.tick(wall + 90 * second).is_empty());
+        assert_eq!(restored.tick(wall + 120 * second).len(), 1);
+        // Without `heartbeat`, ticks say nothing.
+        config.as_object_mut().unwrap().remove("heartbeat");
+        assert!(Engine::new(Settings::parse(&config.to_string()).unwrap()).tick(wall).is_empty());
     }
 
     /// A rule that fires when no export came for fifteen minutes.

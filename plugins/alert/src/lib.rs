@@ -4,7 +4,8 @@
 //! starts to hold and one `resolved` alert when it stops, on
 //! `<subject_prefix>.<rule id>`. Its windows and alert states go through
 //! `snapshot` and `restore`, so a hot swap or a restart neither loses nor
-//! repeats an alert.
+//! repeats an alert. With `heartbeat`, it also says on the host's ticks
+//! that it runs, for a dead man's switch.
 //!
 //! - `config`: the rules and their defaults, as the pipeline file gives them;
 //! - `engine`: windows, evaluation and the alert state machine.
@@ -74,7 +75,9 @@ fn events(alerts: Vec<Alert>) -> Vec<Event> {
         .into_iter()
         .map(|alert| {
             if let Some(summary) = alert.body.get("summary").and_then(|s| s.as_str()) {
-                log::log(log::Level::Info, summary, &[("subject".into(), alert.subject.clone())]);
+                // A heartbeat a minute is not news.
+                let level = if alert.body.get("heartbeat").is_some() { log::Level::Debug } else { log::Level::Info };
+                log::log(level, summary, &[("subject".into(), alert.subject.clone())]);
             }
             let headers = vec![("Content-Type".into(), "application/json".into())];
             Event { subject: alert.subject, headers, body: alert.body.to_string().into_bytes() }

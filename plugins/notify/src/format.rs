@@ -20,6 +20,10 @@
 //!   `routing_key_env` names (default `PAGERDUTY_ROUTING_KEY`), granted to
 //!   the stage with `env`.
 //!
+//! - `heartbeat`: the `alert` stage's heartbeats as they are, for a dead
+//!   man's switch (a service that pages when the pings stop); alerts are
+//!   dropped. The other formats drop heartbeats.
+//!
 //! `only` keeps the alerts of the severities it lists and drops the others
 //! (so pages go to the pager and the rest to chat). A body that is not an
 //! alert is rejected with the property it lacks.
@@ -59,6 +63,14 @@ const PAGERDUTY_SEVERITIES: [&str; 4] = ["critical", "error", "warning", "info"]
 
 #[derive(Debug)]
 enum Format {
+    /// Heartbeats, as they are.
+    Heartbeat,
+    /// Alerts, shaped for one tool.
+    Alerts(Tool),
+}
+
+#[derive(Debug)]
+enum Tool {
     Slack,
     PagerDuty { routing_key: String, source: String, severity: BTreeMap<String, String> },
 }
@@ -85,7 +97,8 @@ impl Notifier {
     pub fn new(config: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config).map_err(|e| format!("invalid notify config: {e}"))?;
         let format = match config.format.as_str() {
-            "slack" => Format::Slack,
+            "slack" => Format::Alerts(Tool::Slack),
+            "heartbeat" => Format::Heartbeat,
             "pagerduty" => {
                 let name = &config.routing_key_env;
                 let routing_key = env(name).filter(|key| !key.trim().is_empty()).ok_or_else(|| {
@@ -99,9 +112,9 @@ impl Notifier {
                     }
                     severity.insert(ours, theirs);
                 }
-                Format::PagerDuty { routing_key, source: config.source, severity }
+                Format::Alerts(Tool::PagerDuty { routing_key, source: config.source, severity })
             }
-            other => return Err(format!("format {other:?} is not one of \"slack\", \"pagerduty\"")),
+            other => return Err(format!("format {other:?} is not one of \"slack\", \"pagerduty\", \"heartbeat\"")),
         };
         Ok(Self { format, only: config.only })
     }
@@ -111,6 +124,13 @@ impl Notifier {
         let alert = match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(alert)) => alert,
             _ => return invalid("", "the body is not a JSON object"),
+        };
+        let heartbeat = alert.get("heartbeat") == Some(&Value::Bool(true));
+        let tool = match (&self.format, heartbeat) {
+            (Format::Heartbeat, true) => return Message::Send(body.to_vec()),
+            (Format::Heartbeat, false) => return Message::Skip("an alert: this destination takes heartbeats".into()),
+            (Format::Alerts(_), true) => return Message::Skip("a heartbeat: it goes to the dead man's switch".into()),
+            (Format::Alerts(tool), false) => tool,
         };
         let text = |name: &str| alert.get(name).and_then(Value::as_str);
         let (Some(key), Some(state), Some(severity), Some(summary)) = (text("key"), text("state"), text("severity"), text("summary")) else {
@@ -129,9 +149,9 @@ impl Notifier {
             let reason = alert.get("silence").and_then(|s| s.get("reason")).and_then(Value::as_str).unwrap_or("it fired under a silence");
             return Message::Skip(format!("silenced: {reason}"));
         }
-        let body = match &self.format {
-            Format::Slack => slack(&alert, key, state, severity, summary),
-            Format::PagerDuty { routing_key, source, severity: map } => {
+        let body = match tool {
+            Tool::Slack => slack(&alert, key, state, severity, summary),
+            Tool::PagerDuty { routing_key, source, severity: map } => {
                 let pd_severity = map.get(severity).map_or("warning", String::as_str);
                 pagerduty(&alert, routing_key, source, key, state, pd_severity, summary)
             }
@@ -265,6 +285,16 @@ mod tests {
         assert_eq!(notifier.message(&alert_with("resolved", never_announced)), Message::Skip("silenced: it fired under a silence".into()));
         // Announced once the silence is over: sent like any firing.
         assert!(matches!(notifier.message(&alert_with("firing", json!({ "after_silence": true }))), Message::Send(_)));
+    }
+
+    #[test]
+    fn heartbeats_go_to_the_dead_mans_switch_and_nowhere_else() {
+        let beat = br#"{ "heartbeat": true, "at": "2026-11-25T00:01:00.000Z", "every": "1m", "firing": 0, "silenced": 0 }"#;
+        let switch = Notifier::new(r#"{ "format": "heartbeat" }"#, no_env).unwrap();
+        assert_eq!(switch.message(beat), Message::Send(beat.to_vec()));
+        assert_eq!(switch.message(&alert("firing", "page")), Message::Skip("an alert: this destination takes heartbeats".into()));
+        let chat = Notifier::new(r#"{ "format": "slack" }"#, no_env).unwrap();
+        assert_eq!(chat.message(beat), Message::Skip("a heartbeat: it goes to the dead man's switch".into()));
     }
 
     #[test]
