@@ -82,10 +82,10 @@ fn setup_wasm_target() -> Result<()> {
 /// A working `nats-server`: the one on PATH, else one installed into target/tools.
 fn nats_server() -> Result<PathBuf> {
     let works = |binary: &Path| Command::new(binary).arg("--version").output().is_ok_and(|o| o.status.success());
-    if let Some(configured) = std::env::var_os("SLUICE_NATS_SERVER").map(PathBuf::from) {
-        if works(&configured) {
-            return Ok(configured);
-        }
+    if let Some(configured) = std::env::var_os("SLUICE_NATS_SERVER").map(PathBuf::from)
+        && works(&configured)
+    {
+        return Ok(configured);
     }
     if works(Path::new("nats-server")) {
         return Ok(PathBuf::from("nats-server"));
