@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config;
-use crate::config::{PipelineFile, WebhookUrl};
+use crate::config::PipelineFile;
 use crate::pipeline::{Environment, PipelineVersion};
 use crate::plugin::{Clock, PluginEngine};
 use crate::runtime::{self, RunOptions};
@@ -132,16 +132,13 @@ fn validate(files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// Every environment variable a file's pipelines read: stages' grants and
-/// webhook URLs, each once, in order of appearance.
+/// Every environment variable a file's pipelines read: stages' grants,
+/// webhook URLs and headers, each once, in order of appearance.
 fn variables(file: &PipelineFile) -> Vec<&str> {
     let mut names: Vec<&str> = Vec::new();
     for pipeline in &file.pipelines {
         let stages = pipeline.stages.iter().flat_map(|stage| stage.env.iter().map(String::as_str));
-        let webhook = pipeline.webhook.iter().filter_map(|webhook| match &webhook.url {
-            WebhookUrl::Env(name) => Some(name.as_str()),
-            WebhookUrl::Given(_) => None,
-        });
+        let webhook = pipeline.webhook.iter().flat_map(|webhook| std::iter::once(&webhook.url).chain(webhook.headers.iter().map(|(_, value)| value)).filter_map(|value| value.variable()));
         for name in stages.chain(webhook) {
             if !names.contains(&name) {
                 names.push(name);

@@ -361,7 +361,11 @@ async fn answering(path: &str, status: impl Fn(usize, &str) -> u16 + Send + 'sta
     (url, seen)
 }
 
-/// A pipeline that POSTs the alerts stream to `url`, its dead letters to `dlq.>`.
+/// The secret `pager_pipeline`'s Authorization header is read from.
+const PAGER_TOKEN: (&str, &str) = ("PAGER_TOKEN", "Bearer t0k3n-8c41");
+
+/// A pipeline that POSTs the alerts stream to `url` with a header of its own
+/// and one read from `PAGER_TOKEN`, its dead letters to `dlq.>`.
 fn pager_pipeline(workspace: &Workspace, url: &str) -> std::path::PathBuf {
     workspace.write_pipeline(&format!(
         r#"
@@ -372,7 +376,7 @@ fn pager_pipeline(workspace: &Workspace, url: &str) -> std::path::PathBuf {
         [[pipeline]]
         name = "pager"
         input = {{ subject = "storyforge.alerts.>", stream = "ALERTS", durable = "pager" }}
-        output = {{ webhook = {{ url = "{url}", attempts = 4, backoff = "50ms", timeout = "2s" }} }}
+        output = {{ webhook = {{ url = "{url}", attempts = 4, backoff = "50ms", timeout = "2s", headers = {{ "X-Team" = "growth", Authorization = {{ env = "PAGER_TOKEN" }} }} }} }}
         dead_letter = "dlq"
         "#
     ))
@@ -384,7 +388,7 @@ async fn a_webhook_output_delivers_every_alert_in_order_retrying_failures() {
     let (url, seen) = receiver(2, "/hooks/alerts").await;
     let workspace = Workspace::new();
     let file = pager_pipeline(&workspace, &url);
-    let sluice = Sluice::run(&file, nats.url(), 1);
+    let sluice = Sluice::run_with_env(&file, nats.url(), 1, &[PAGER_TOKEN]);
     let alerts: Vec<(String, Vec<u8>)> = ["firing", "resolved", "firing"]
         .iter()
         .enumerate()
@@ -398,8 +402,13 @@ async fn a_webhook_output_delivers_every_alert_in_order_retrying_failures() {
     assert_eq!(order, [0, 1, 2], "each alert once, in order: {seen:#?}");
     assert_eq!(seen.len(), 5, "two refused attempts, then three deliveries: {seen:#?}");
     assert!(seen[0].1.starts_with("POST /hooks/alerts "), "{}", seen[0].1);
-    assert!(seen.iter().all(|(_, head, _)| head.to_ascii_lowercase().contains("content-type: application/json")));
+    for (_, head, _) in &seen {
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("content-type: application/json") && head.contains("x-team: growth"), "{head}");
+        assert!(head.contains(&format!("authorization: {}", PAGER_TOKEN.1.to_ascii_lowercase())), "the header from the environment: {head}");
+    }
     assert!(sluice.log().contains("Webhook delivery failed; retrying."), "{}", sluice.log());
+    assert!(!sluice.log().contains(PAGER_TOKEN.1), "the token was logged:\n{}", sluice.log());
     sluice.terminate();
 }
 
@@ -411,7 +420,7 @@ async fn an_alert_the_webhook_refuses_is_dead_lettered_once_and_the_rest_deliver
     let workspace = Workspace::new();
     let file = pager_pipeline(&workspace, &url);
     let mut dead = Collector::subscribe(&nats, "dlq.>").await;
-    let sluice = Sluice::run(&file, nats.url(), 1);
+    let sluice = Sluice::run_with_env(&file, nats.url(), 1, &[PAGER_TOKEN]);
     let alerts: Vec<(String, Vec<u8>)> = (0..3)
         .map(|n| ("storyforge.alerts.export_success_rate".to_string(), serde_json::to_vec(&json!({ "rule": "export_success_rate", "state": "firing", "n": n })).unwrap()))
         .collect();
@@ -460,8 +469,7 @@ async fn storyforge_alerts_reach_pagerduty_and_slack_and_heartbeats_a_dead_mans_
     // the alerting's first heartbeat, on its first tick; storyforge.toml
     // then takes over the stream it declares.
     nats.jetstream.create_stream(alerts_stream()).await.unwrap();
-    let pager = Sluice::run_with_env(&root().join("pipelines/storyforge-pager.toml"), nats.url(), 2, &vars);
-    pager.wait_for_log("Pipeline started.", 3, WAIT);
+    let pager = Sluice::run_with_env(&root().join("pipelines/storyforge-pager.toml"), nats.url(), 3, &vars);
     let alerting = Sluice::run(&root().join("pipelines/storyforge.toml"), nats.url(), 2);
 
     // From 06:00, 20 slow generations (a page) and 20 poorly scored locks (a

@@ -235,11 +235,8 @@ impl Checker {
     fn webhook(&mut self, raw: &Spanned<raw::Webhook>) -> Option<WebhookSpec> {
         let w = raw.get_ref();
         let url = match (&w.url, &w.url_env) {
-            (Some(url), None) => self.parsed(url, |url| check_http_url(url).map(|()| WebhookUrl::Given(url.clone()))),
-            (None, Some(name)) => self.parsed(name, |name| {
-                let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if valid { Ok(WebhookUrl::Env(name.clone())) } else { Err(format!("url_env {name:?} is not an environment variable name")) }
-            }),
+            (Some(url), None) => self.parsed(url, |url| check_http_url(url).map(|()| WebhookValue::Given(url.clone()))),
+            (None, Some(name)) => self.parsed(name, |name| variable_name(name, "url_env").map(|()| WebhookValue::Env(name.clone()))),
             _ => {
                 self.problem(raw, "a webhook needs exactly one of `url` or `url_env` (the variable that holds a URL carrying a secret)".to_string());
                 None
@@ -257,7 +254,9 @@ impl Checker {
             None => Some(5),
             Some(a) => self.parsed(a, |a| u32::try_from(*a).ok().filter(|a| (1..=100).contains(a)).ok_or(format!("attempts must be from 1 to 100, found {a}"))),
         };
-        Some(WebhookSpec { url: url?, timeout: timeout?, attempts: attempts?, backoff: backoff? })
+        let headers: Vec<Option<(String, WebhookValue)>> =
+            w.headers.iter().map(|(name, value)| self.parsed(value, |value| webhook_header(name, value).map(|value| (name.clone(), value)))).collect();
+        Some(WebhookSpec { url: url?, headers: headers.into_iter().collect::<Option<_>>()?, timeout: timeout?, attempts: attempts?, backoff: backoff? })
     }
 
     fn input(&mut self, pipeline: &str, raw: &raw::Input) -> Option<InputSpec> {
@@ -420,4 +419,31 @@ fn toml_to_json(value: &toml::Value) -> serde_json::Value {
         toml::Value::Array(items) => J::Array(items.iter().map(toml_to_json).collect()),
         toml::Value::Table(table) => J::Object(table.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
     }
+}
+
+/// Headers sluice sets itself on every webhook request.
+const SET_BY_SLUICE: [&str; 5] = ["content-type", "content-length", "host", "idempotency-key", "x-sluice-subject"];
+
+/// Checks one webhook header: a name HTTP allows and sluice does not set,
+/// and a value written in the file that a header can carry.
+fn webhook_header(name: &str, value: &raw::HeaderValue) -> Result<WebhookValue, String> {
+    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!("header {name:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"));
+    }
+    if SET_BY_SLUICE.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!("header {name:?} is set by sluice itself; leave it out"));
+    }
+    match value {
+        raw::HeaderValue::Given(text) => match reqwest::header::HeaderValue::from_str(text) {
+            Ok(_) => Ok(WebhookValue::Given(text.clone())),
+            Err(_) => Err(format!("header {name:?}: its value holds characters a header cannot carry (line breaks, control characters)")),
+        },
+        raw::HeaderValue::Env(from) => variable_name(&from.env, &format!("header {name:?}: env")).map(|()| WebhookValue::Env(from.env.clone())),
+    }
+}
+
+/// Checks that `name` (the value of `field`) names an environment variable.
+fn variable_name(name: &str, field: &str) -> Result<(), String> {
+    let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid { Ok(()) } else { Err(format!("{field} {name:?} is not an environment variable name")) }
 }

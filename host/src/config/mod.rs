@@ -80,7 +80,9 @@ pub struct PipelineSpec {
 /// An HTTP endpoint that receives a pipeline's outputs, one POST each.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WebhookSpec {
-    pub url: WebhookUrl,
+    pub url: WebhookValue,
+    /// Headers sent with every request (name, value), checked.
+    pub headers: Vec<(String, WebhookValue)>,
     /// How long one attempt may take.
     pub timeout: Duration,
     /// Attempts per output before the batch is handed back for redelivery.
@@ -89,34 +91,47 @@ pub struct WebhookSpec {
     pub backoff: Duration,
 }
 
-/// Where a webhook's URL comes from.
+/// Where a webhook's URL or a header's value comes from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub enum WebhookUrl {
+pub enum WebhookValue {
     /// Written in the pipeline file.
     Given(String),
     /// Read from this environment variable when the pipeline starts, and
-    /// never logged: such URLs carry a secret.
+    /// never logged: such values carry a secret.
     Env(String),
 }
 
-impl WebhookUrl {
-    /// The URL to post to; an error names a missing or malformed variable.
-    pub fn resolve(&self) -> Result<String, String> {
+impl WebhookValue {
+    /// The value; an error names `what` and the missing variable.
+    pub fn resolve(&self, what: &str) -> Result<String, String> {
         match self {
-            WebhookUrl::Given(url) => Ok(url.clone()),
-            WebhookUrl::Env(name) => {
-                let url = std::env::var(name).map_err(|_| format!("the webhook URL is read from {name}, which is not set (or not UTF-8)"))?;
-                check_http_url(&url).map_err(|_| format!("{name} must hold an http:// or https:// URL with a host"))?;
-                Ok(url)
-            }
+            WebhookValue::Given(value) => Ok(value.clone()),
+            WebhookValue::Env(name) => std::env::var(name).map_err(|_| format!("{what} is read from {name}, which is not set (or not UTF-8)")),
         }
     }
 
-    /// How logs and errors name the endpoint.
+    /// The URL to post to; an error names a missing or malformed variable.
+    pub fn resolve_url(&self) -> Result<String, String> {
+        let url = self.resolve("the webhook URL")?;
+        if let WebhookValue::Env(name) = self {
+            check_http_url(&url).map_err(|_| format!("{name} must hold an http:// or https:// URL with a host"))?;
+        }
+        Ok(url)
+    }
+
+    /// How logs and errors name it: a variable's value is never shown.
     pub fn shown(&self) -> String {
         match self {
-            WebhookUrl::Given(url) => url.clone(),
-            WebhookUrl::Env(name) => format!("${name}"),
+            WebhookValue::Given(value) => value.clone(),
+            WebhookValue::Env(name) => format!("${name}"),
+        }
+    }
+
+    /// The variable it is read from, if it is.
+    pub fn variable(&self) -> Option<&str> {
+        match self {
+            WebhookValue::Env(name) => Some(name),
+            WebhookValue::Given(_) => None,
         }
     }
 }

@@ -3,6 +3,8 @@
 //! everything that needs judgement (names, subjects, limits, files) is left to
 //! the validation pass in `check.rs`, which reports every problem at once.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -99,6 +101,24 @@ pub struct Webhook {
     pub timeout: Option<Spanned<String>>,
     pub attempts: Option<Spanned<i64>>,
     pub backoff: Option<Spanned<String>>,
+    /// Headers sent with every request, such as `Authorization`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<HeaderValue>>,
+}
+
+/// A header's value: written in the file, or `{ env = "VARIABLE" }` for a
+/// secret read when the pipeline starts.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "expected a header value: a string, or { env = \"VARIABLE\" } for one that carries a secret")]
+pub enum HeaderValue {
+    Given(String),
+    Env(FromEnv),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FromEnv {
+    pub env: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -110,6 +110,9 @@ struct Webhook {
     /// a URL from the environment carries a secret.
     url: String,
     shown: String,
+    /// The pipeline's own headers; those read from a variable are marked
+    /// sensitive, so that they are never printed.
+    headers: reqwest::header::HeaderMap,
 }
 
 impl Webhook {
@@ -119,8 +122,16 @@ impl Webhook {
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot set up the HTTP client for its webhook")?;
-        let url = spec.url.resolve().map_err(anyhow::Error::msg)?;
-        Ok(Self { client, spec: spec.clone(), url, shown: spec.url.shown() })
+        let url = spec.url.resolve_url().map_err(anyhow::Error::msg)?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &spec.headers {
+            let what = format!("the webhook header {name}");
+            let text = value.resolve(&what).map_err(anyhow::Error::msg)?;
+            let mut header = reqwest::header::HeaderValue::from_str(&text).map_err(|_| anyhow::anyhow!("{what}, from {}, holds characters a header cannot carry", value.shown()))?;
+            header.set_sensitive(value.variable().is_some());
+            headers.insert(reqwest::header::HeaderName::from_bytes(name.as_bytes()).with_context(|| format!("{what} is not a header name"))?, header);
+        }
+        Ok(Self { client, spec: spec.clone(), url, shown: spec.url.shown(), headers })
     }
 
     /// POSTs one output, trying again (up to `attempts` in all) while the
@@ -149,6 +160,7 @@ impl Webhook {
         let mut request = self
             .client
             .post(&self.url)
+            .headers(self.headers.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("X-Sluice-Subject", &message.subject)
             .body(message.body.clone());
