@@ -387,7 +387,7 @@ impl Engine {
                         if boundary - held_since >= rule.hold_ms {
                             let silenced = silence.is_some();
                             series.alert = AlertState::Firing { since_ms: boundary, announced_ms: boundary, clearing_since_ms: None, silenced };
-                            alerts.push(alert(settings, rule, series, "firing", &reading, held_since, Announcement::Change, silence));
+                            alerts.push(alert(settings, rule, series, &reading, held_since, Announcement::Fired, silence));
                         } else {
                             series.alert = AlertState::Ok { pending_since_ms: Some(held_since) };
                         }
@@ -407,15 +407,15 @@ impl Engine {
                         let announced_ms = if announcement.is_some() { boundary } else { announced_ms };
                         series.alert = AlertState::Firing { since_ms, announced_ms, clearing_since_ms: None, silenced: silenced && silence.is_some() };
                         if let Some(announcement) = announcement {
-                            alerts.push(alert(settings, rule, series, "firing", &reading, since_ms, announcement, silence));
+                            alerts.push(alert(settings, rule, series, &reading, since_ms, announcement, silence));
                         }
                     } else {
                         let failing_since = clearing_since_ms.unwrap_or(boundary);
                         let empty = samples == 0 && !count;
                         if empty || boundary - failing_since >= rule.keep_firing_ms {
                             // An incident on-call never heard of ends as quietly.
-                            let announcement = if silenced { Announcement::SilencedEnd } else { Announcement::Change };
-                            alerts.push(alert(settings, rule, series, "resolved", &reading, failing_since, announcement, silence));
+                            let announcement = if silenced { Announcement::SilencedEnd } else { Announcement::Resolved };
+                            alerts.push(alert(settings, rule, series, &reading, failing_since, announcement, silence));
                             series.alert = AlertState::QUIET;
                         } else {
                             series.alert = AlertState::Firing { since_ms, announced_ms, clearing_since_ms: Some(failing_since), silenced };
@@ -455,14 +455,26 @@ fn measure<'a>(rule: &Rule, steps: impl Iterator<Item = &'a Step>, accuracy: f64
 /// Why an alert is published.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Announcement {
-    /// It changed state.
-    Change,
+    /// It began to fire.
+    Fired,
     /// It is still firing and its `repeat` interval passed.
     Repeat,
     /// It fired under a silence, which is over while it still fires.
     AfterSilence,
+    /// It resolved.
+    Resolved,
     /// It resolves, having fired under a silence and never been announced.
     SilencedEnd,
+}
+
+impl Announcement {
+    /// The alert's `state`.
+    fn state(self) -> &'static str {
+        match self {
+            Announcement::Fired | Announcement::Repeat | Announcement::AfterSilence => "firing",
+            Announcement::Resolved | Announcement::SilencedEnd => "resolved",
+        }
+    }
 }
 
 /// A window's measure at one boundary.
@@ -472,21 +484,12 @@ struct Reading {
     at_ms: i64,
 }
 
-/// The alert a series emits in `state` at a reading; `condition_since` is
-/// when its condition began to hold (firing) or to fail (resolved), earlier
-/// than the change itself by `for` or `keep_firing_for`. `silence` is the
-/// silence covering it at the reading, if any.
-#[allow(clippy::too_many_arguments)]
-fn alert(
-    settings: &Settings,
-    rule: &Rule,
-    series: &Series,
-    state: &str,
-    reading: &Reading,
-    condition_since: i64,
-    announcement: Announcement,
-    silence: Option<&Silence>,
-) -> Alert {
+/// The alert a series emits at a reading; `condition_since` is when its
+/// condition began to hold (firing) or to fail (resolved), earlier than the
+/// change itself by `for` or `keep_firing_for`. `silence` is the silence
+/// covering it at the reading, if any.
+fn alert(settings: &Settings, rule: &Rule, series: &Series, reading: &Reading, condition_since: i64, announcement: Announcement, silence: Option<&Silence>) -> Alert {
+    let state = announcement.state();
     let Reading { value, samples, at_ms } = *reading;
     let since = match series.alert {
         AlertState::Firing { since_ms, .. } => since_ms,
@@ -502,7 +505,7 @@ fn alert(
         Measure::Count => "count".to_string(),
     };
     let repeat = announcement == Announcement::Repeat;
-    let damped = condition_since != at_ms && matches!(announcement, Announcement::Change | Announcement::SilencedEnd);
+    let damped = condition_since != at_ms && matches!(announcement, Announcement::Fired | Announcement::Resolved | Announcement::SilencedEnd);
     // A firing or repeat under a silence, and the end of an incident that
     // was never announced, are kept off the on-call tools.
     let silenced = announcement == Announcement::SilencedEnd || (state == "firing" && silence.is_some());
