@@ -10,7 +10,7 @@ use crate::support::{Nats, Sluice, Workspace, root};
 
 #[test]
 fn every_storyforge_case_passes() {
-    for (file, cases) in [("pipelines/storyforge.toml", 94), ("pipelines/storyforge-pager.toml", 12)] {
+    for (file, cases) in [("pipelines/storyforge.toml", 96), ("pipelines/storyforge-pager.toml", 12)] {
         let (status, log) = Sluice::spawn(&["test", file]).wait();
         assert!(status.success(), "{file}: {log}");
         let totals = log.lines().find(|l| l.ends_with(" failed")).expect("a closing line");
