@@ -37,10 +37,18 @@ fn analytics(name: &str, at_ms: i64, extra: Value) -> (String, Vec<u8>) {
 /// all; heartbeats (`<prefix>.heartbeat`) are left out.
 async fn stream_at_least(nats: &Nats, stream: &str, count: usize, sluice: &Sluice) -> Vec<async_nats::Message> {
     let deadline = Instant::now() + WAIT;
+    let mut alerts = Vec::new();
     loop {
-        let alerts = if nats.jetstream.get_stream(stream).await.is_ok() { alerts_in(nats, stream).await } else { Vec::new() };
-        if alerts.len() >= count {
-            return alerts;
+        // The stream is read only once it holds enough messages, heartbeats included.
+        let held = match nats.jetstream.get_stream(stream).await {
+            Ok(mut handle) => handle.info().await.map_or(0, |info| info.state.messages),
+            Err(_) => 0,
+        };
+        if held >= count as u64 {
+            alerts = alerts_in(nats, stream).await;
+            if alerts.len() >= count {
+                return alerts;
+            }
         }
         assert!(Instant::now() < deadline, "{stream} holds {} alerts, expected {count}; sluice logged:\n{}", alerts.len(), sluice.log());
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -274,8 +274,15 @@ pub struct Settings {
     pub accuracy: f64,
     pub rules: Vec<Rule>,
     pub silences: Vec<Silence>,
-    /// How often a heartbeat is published, and the text it was given as.
-    pub heartbeat: Option<(i64, String)>,
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// How often the stage says that it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    pub every_ms: i64,
+    /// As the file gave it, for the heartbeat to repeat.
+    pub every: String,
 }
 
 /// A checked silence: alerts of `rule` (an id, or id/check) whose labels
@@ -360,7 +367,7 @@ impl Settings {
                 if rules.iter().any(|rule| rule.id == HEARTBEAT) {
                     return Err(format!("a rule is called `{HEARTBEAT}`: its alerts would share the heartbeat's subject; rename it"));
                 }
-                Some((ms, text))
+                Some(Heartbeat { every_ms: ms, every: text })
             }
         };
         let silences = std::mem::take(&mut config.silence).into_iter().map(|silence| Silence::check(silence, &rules)).collect::<Result<_, _>>()?;
@@ -587,7 +594,7 @@ mod tests {
         let beat = |every: &str, id: &str| {
             Settings::parse(&format!(r#"{{ "heartbeat": "{every}", "rule": [{{ "id": "{id}", "owner": "o", "severity": "s", "samples": ["e"], "window": "1m", "mean": "x", "below": 1 }}] }}"#))
         };
-        assert_eq!(beat("1m", "r").unwrap().heartbeat, Some((60_000, "1m".to_string())));
+        assert_eq!(beat("1m", "r").unwrap().heartbeat, Some(Heartbeat { every_ms: 60_000, every: "1m".to_string() }));
         assert!(beat("500ms", "r").unwrap_err().contains("heartbeat: \"500ms\" is shorter than one second"));
         assert!(beat("1m", "heartbeat").unwrap_err().contains("a rule is called `heartbeat`"));
     }

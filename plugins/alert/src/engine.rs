@@ -225,18 +225,18 @@ impl Engine {
                 self.advance_to(watermark + passed_ms, &mut alerts);
             }
         }
-        if let Some((every_ms, _)) = self.settings.heartbeat
-            && self.state.last_heartbeat_ns.is_none_or(|last| now_ns.saturating_sub(last) >= every_ms as u64 * 1_000_000)
+        if let Some(heartbeat) = &self.settings.heartbeat
+            && self.state.last_heartbeat_ns.is_none_or(|last| now_ns.saturating_sub(last) >= heartbeat.every_ms as u64 * 1_000_000)
         {
             self.state.last_heartbeat_ns = Some(now_ns);
-            alerts.push(self.heartbeat(now_ns));
+            alerts.push(self.heartbeat(&heartbeat.every, now_ns));
         }
         alerts
     }
 
     /// Says that the alerting runs, at wall time `now_ns`, with how many
     /// alerts are firing and how far event time has come.
-    fn heartbeat(&self, now_ns: u64) -> Alert {
+    fn heartbeat(&self, every: &str, now_ns: u64) -> Alert {
         let (mut firing, mut silenced) = (0, 0);
         for series in self.state.series.values() {
             if let AlertState::Firing { silenced: held, .. } = series.alert {
@@ -245,7 +245,6 @@ impl Engine {
         }
         let at = time::format_rfc3339((now_ns / 1_000_000) as i64);
         let event_time = self.state.watermark_ms.map(time::format_rfc3339);
-        let every = self.settings.heartbeat.as_ref().map_or("", |(_, text)| text.as_str());
         let summary = format!(
             "alerting runs at {at}: {firing} alert(s) firing, {silenced} silenced; event time {}",
             event_time.as_deref().unwrap_or("not started")
