@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sluice::nats::state::StateStore;
 
-use crate::support::{Nats, Sluice, Workspace, header, json};
+use crate::support::{Nats, Sluice, Workspace, header, json, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -85,18 +85,6 @@ async fn sigkill_mid_stream_then_restart_loses_nothing_and_takes_the_new_version
     let config_versions: BTreeSet<u64> = versions.iter().map(|v| v.0).collect();
     assert_eq!(config_versions, BTreeSet::from([1, 2]), "outputs switch from the old version to the new: {versions:?}");
     assert_eq!(versions.len(), 2, "one version header per config: {versions:?}");
-}
-
-async fn wait_until<F, Fut>(mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !condition().await {
-        assert!(Instant::now() < deadline, "condition not met within 90s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A tally sink on `raw.>` whose summaries go to `counts.summary`.

@@ -11,6 +11,8 @@
 //!   letters, bad input, poison events, queue groups, refusing bad config.
 //! - `swap`: hot swaps under load, and changes that must not be swapped in.
 //! - `crash`: SIGKILL mid-stream and restart with a JetStream input.
+//! - `poison`: events too large for a whole dead letter, outputs NATS refuses,
+//!   events handed out too often: one dead letter each, nothing held up.
 //! - `storyforge`: the StoryForge pipeline: its `sluice test` cases, and a
 //!   day of mixed events through `sluice run` over NATS.
 
@@ -18,6 +20,7 @@ mod alerts;
 mod chain;
 mod config;
 mod crash;
+mod poison;
 mod run;
 mod storyforge;
 mod support;

@@ -335,3 +335,31 @@ pub fn json(message: &async_nats::Message) -> serde_json::Value {
 pub fn header(message: &async_nats::Message, name: &str) -> Option<String> {
     message.headers.as_ref()?.get(name).map(|v| v.to_string())
 }
+
+/// Waits until `condition` holds; fails after 90 seconds.
+pub async fn wait_until<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "condition not met within 90s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How many messages a stream holds.
+pub async fn stream_count(nats: &Nats, stream: &str) -> u64 {
+    nats.jetstream.get_stream(stream).await.expect("stream exists").get_info().await.expect("stream info").state.messages
+}
+
+/// A counter of the last progress line in a sluice log (`received=...`).
+pub fn progress(log: &str, counter: &str) -> u64 {
+    let line = log.lines().rev().find(|l| l.contains("Progress.")).unwrap_or_else(|| panic!("no progress line in the log:\n{log}"));
+    let prefix = format!("{counter}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {counter} in the progress line {line}"))
+}

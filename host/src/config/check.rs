@@ -283,8 +283,12 @@ impl Checker {
                     Some(d) => self.parsed(d, |d| units::duration(d).and_then(|d| within(d, (Duration::from_secs(1), Duration::from_secs(3600)), "ack_wait"))),
                 };
                 let max_deliver = match &raw.max_deliver {
-                    None => Some(-1),
-                    Some(n) => self.parsed(n, |&n| (n == -1 || n >= 1).then_some(n).ok_or(format!("expected max_deliver -1 (unlimited) or at least 1, found {n}"))),
+                    None => Some(DEFAULT_MAX_DELIVER),
+                    Some(n) => self.parsed(n, |&n| {
+                        u64::try_from(n).ok().filter(|n| (1..=1000).contains(n)).ok_or(format!(
+                            "expected max_deliver from 1 to 1000 (deliveries before an event is dead-lettered as `undeliverable`), found {n}"
+                        ))
+                    }),
                 };
                 Some(InputSpec::JetStream {
                     subject,

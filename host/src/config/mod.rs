@@ -145,7 +145,9 @@ pub fn check_http_url(url: &str) -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum InputSpec {
     /// A durable pull consumer: at-least-once, acked after the outputs are published.
-    JetStream { subject: String, stream: String, durable: String, ack_wait: Duration, max_deliver: i64 },
+    /// `max_deliver`: how many times an event may be handed out before it is
+    /// dead-lettered as `undeliverable` instead of being tried again.
+    JetStream { subject: String, stream: String, durable: String, ack_wait: Duration, max_deliver: u64 },
     /// A core subscription in a queue group: best effort, at most once.
     Core { subject: String, queue: String },
 }
@@ -193,6 +195,7 @@ pub const DEFAULT_TIME_BUDGET: Duration = Duration::from_millis(500);
 pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_DELIVER: u64 = 5;
 pub const DEFAULT_TICK: Duration = Duration::from_secs(10);
 /// Where sinks keep their state unless a pipeline names another bucket.
 pub const DEFAULT_STATE_BUCKET: &str = "SLUICE_STATE";

@@ -33,6 +33,9 @@ pub struct Receipt {
     pub id: Option<String>,
     /// The event's position in its stream (JetStream only).
     pub sequence: Option<u64>,
+    /// How many times JetStream has handed this event out, this time
+    /// included; `None` for a core event, which is never handed out again.
+    pub delivered: Option<u64>,
     settle: Settle,
 }
 
@@ -48,6 +51,14 @@ impl Receipt {
             && let Err(error) = message.ack().await
         {
             tracing::warn!(%error, subject = %message.subject, "Cannot ack a JetStream message; it will be redelivered.");
+        }
+    }
+
+    /// Tells JetStream the event is still being worked on, so that it is not
+    /// handed to another worker while this one retries.
+    pub async fn in_progress(&self) {
+        if let Settle::JetStream(message) = &self.settle {
+            let _ = message.ack_with(AckKind::Progress).await;
         }
     }
 
@@ -74,7 +85,7 @@ impl Source {
     pub async fn open(connection: &Connection, spec: &PipelineSpec) -> Result<Self> {
         match &spec.input {
             InputSpec::Core { subject, queue } => Ok(Source::Core { subject: subject.clone(), queue: queue.clone() }),
-            InputSpec::JetStream { subject, stream, durable, ack_wait, max_deliver } => {
+            InputSpec::JetStream { subject, stream, durable, ack_wait, .. } => {
                 let stream_handle = connection.jetstream.get_stream(stream).await.with_context(|| {
                     format!("it reads from stream `{stream}`, which the server does not have: declare it with [[stream]] or create it")
                 })?;
@@ -85,7 +96,10 @@ impl Source {
                         filter_subject: subject.clone(),
                         ack_policy: AckPolicy::Explicit,
                         ack_wait: *ack_wait,
-                        max_deliver: *max_deliver,
+                        // Unlimited on the server, which would drop an event silently
+                        // past its limit: the worker counts deliveries itself and
+                        // dead-letters an event past `max_deliver` as `undeliverable`.
+                        max_deliver: -1,
                         max_ack_pending: i64::try_from(in_flight).unwrap_or(i64::MAX),
                         ..Default::default()
                     })
@@ -127,7 +141,7 @@ impl Source {
                 connection.client.flush().await.with_context(|| format!("cannot subscribe to {subject}: the flush after it failed"))?;
                 Box::pin(subscriber.map(|message| Delivery {
                     event: Event { subject: message.subject.to_string(), headers: headers(message.headers.as_ref()), body: message.payload.to_vec() },
-                    receipt: Receipt { id: None, sequence: None, settle: Settle::Core },
+                    receipt: Receipt { id: None, sequence: None, delivered: None, settle: Settle::Core },
                 }))
             }
         };
@@ -136,14 +150,16 @@ impl Source {
 }
 
 fn from_jetstream(message: JetStreamMessage) -> Delivery {
-    let info = message.info().ok().map(|info| (format!("{}:{}", info.stream, info.stream_sequence), info.stream_sequence));
-    let (id, sequence) = info.unzip();
+    let info = message.info().ok();
+    let id = info.as_ref().map(|info| format!("{}:{}", info.stream, info.stream_sequence));
+    let sequence = info.as_ref().map(|info| info.stream_sequence);
+    let delivered = info.as_ref().map(|info| u64::try_from(info.delivered).unwrap_or(1));
     let event = Event {
         subject: message.subject.to_string(),
         headers: headers(message.headers.as_ref()),
         body: message.payload.to_vec(),
     };
-    Delivery { event, receipt: Receipt { id, sequence, settle: Settle::JetStream(message) } }
+    Delivery { event, receipt: Receipt { id, sequence, delivered, settle: Settle::JetStream(message) } }
 }
 
 fn headers(map: Option<&HeaderMap>) -> Vec<(String, String)> {

@@ -2,13 +2,16 @@
 //! arrived before the inputs are acked: through JetStream, every publish
 //! acknowledgement is awaited (all at once, never one at a time); on core
 //! NATS, the connection is flushed. A pipeline with a webhook output POSTs
-//! each output to it instead; what the endpoint refuses for good comes back
-//! to the caller, to be dead-lettered. Dead letters always go to NATS.
+//! each output to it instead. Dead letters always go to NATS.
+//!
+//! Each message gets its own answer, so that the worker holds back only the
+//! events whose messages failed, and can tell a failure that may pass (the
+//! connection) from one tied to the message (too large, no stream for it).
 
 use anyhow::{Context, Result, bail};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures::future::try_join_all;
+use futures::future::join_all;
 
 use super::Connection;
 use crate::config::{PipelineSpec, WebhookSpec};
@@ -20,13 +23,19 @@ pub struct Message {
     pub body: Bytes,
 }
 
-/// An output the webhook refused for good (a 4xx other than 408 and 429):
-/// sent again, it would be refused again.
-pub struct Refused {
-    /// Its place among the outputs given to [`Publisher::outputs`].
-    pub index: usize,
-    pub message: Message,
-    pub reason: String,
+/// Why one message was not delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// It may pass: the connection is down, an acknowledgement timed out, a
+    /// webhook is failing. Worth sending again as it is.
+    Passing(String),
+    /// NATS or the stream refused this message for what it is: too large,
+    /// a subject no stream captures, a limit of the stream's own. Sent again,
+    /// it will most likely be refused again.
+    Refused(String),
+    /// The webhook answered a 4xx (other than 408 and 429): it will never
+    /// take this output.
+    WebhookRefused(String),
 }
 
 #[derive(Clone)]
@@ -42,66 +51,80 @@ impl Publisher {
         Ok(Self { connection, jetstream: spec.output_jetstream, webhook })
     }
 
-    /// Publishes outputs to NATS or POSTs them to the webhook. An error means
-    /// some may not have arrived (the batch is to be tried again); the outputs
-    /// the webhook refused for good are returned.
-    pub async fn outputs(&self, messages: Vec<Message>) -> Result<Vec<Refused>> {
-        let Some(webhook) = &self.webhook else { return self.to_nats(messages).await.map(|()| Vec::new()) };
-        let mut refused = Vec::new();
-        // In order: an alert's `resolved` must not overtake its `firing`.
-        for (index, message) in messages.into_iter().enumerate() {
-            if let Delivered::Refused(reason) = webhook.deliver(&message).await? {
-                tracing::error!(url = %webhook.shown, subject = %message.subject, %reason, "The webhook refused an output for good; it goes to the dead-letter subject.");
-                refused.push(Refused { index, message, reason: format!("the webhook {} refused it: {reason}", webhook.shown) });
+    /// Publishes outputs to NATS or POSTs them to the webhook, and dead
+    /// letters to NATS; one answer per message, `None` for delivered.
+    pub async fn send(&self, outputs: &[&Message], dead_letters: &[&Message]) -> (Vec<Option<Failure>>, Vec<Option<Failure>>) {
+        let outputs = async {
+            match &self.webhook {
+                Some(webhook) => webhook.deliver_in_order(outputs).await,
+                None => self.to_nats(outputs).await,
             }
-        }
-        Ok(refused)
+        };
+        futures::join!(outputs, self.to_nats(dead_letters))
     }
 
-    /// Publishes dead letters, always to NATS.
-    pub async fn dead_letters(&self, messages: Vec<Message>) -> Result<()> {
-        self.to_nats(messages).await
-    }
-
-    async fn to_nats(&self, messages: Vec<Message>) -> Result<()> {
+    async fn to_nats(&self, messages: &[&Message]) -> Vec<Option<Failure>> {
         if messages.is_empty() {
-            return Ok(());
+            return Vec::new();
         }
         if self.jetstream {
             let mut acks = Vec::with_capacity(messages.len());
             for message in messages {
-                let subject = message.subject;
-                let ack = self
-                    .connection
-                    .jetstream
-                    .publish_with_headers(subject.clone(), message.headers, message.body)
-                    .await
-                    .with_context(|| format!("cannot publish to {subject}"))?;
+                let published = self.connection.jetstream.publish_with_headers(message.subject.clone(), message.headers.clone(), message.body.clone()).await;
                 acks.push(async move {
-                    ack.await.with_context(|| format!("JetStream did not store the message on {subject} (output.jetstream = true needs a stream that captures it)"))
+                    match published {
+                        Ok(ack) => ack.await.err().map(|e| stored_failure(&message.subject, &e)),
+                        Err(e) => Some(sent_failure(&message.subject, &e)),
+                    }
                 });
             }
-            try_join_all(acks).await?;
+            join_all(acks).await
         } else {
+            let mut answers = Vec::with_capacity(messages.len());
             for message in messages {
-                let subject = message.subject;
-                self.connection
-                    .client
-                    .publish_with_headers(subject.clone(), message.headers, message.body)
-                    .await
-                    .with_context(|| format!("cannot publish to {subject}"))?;
+                let published = self.connection.client.publish_with_headers(message.subject.clone(), message.headers.clone(), message.body.clone()).await;
+                answers.push(published.err().map(|e| match e.kind() {
+                    async_nats::client::PublishErrorKind::MaxPayloadExceeded => Failure::Refused(format!("NATS refused the message on {}: {e}", message.subject)),
+                    _ => Failure::Passing(format!("cannot publish to {}: {e}", message.subject)),
+                }));
             }
-            self.connection.client.flush().await.context("cannot flush published messages to NATS")?;
+            if let Err(error) = self.connection.client.flush().await {
+                let reason = format!("cannot flush published messages to NATS: {error}");
+                return answers.into_iter().map(|a| a.or_else(|| Some(Failure::Passing(reason.clone())))).collect();
+            }
+            answers
         }
-        Ok(())
+    }
+}
+
+/// A JetStream publish that did not leave the client.
+fn sent_failure(subject: &str, error: &async_nats::jetstream::context::PublishError) -> Failure {
+    use async_nats::jetstream::context::PublishErrorKind as Kind;
+    match error.kind() {
+        Kind::MaxPayloadExceeded => Failure::Refused(format!("NATS refused the message on {subject}: {error}")),
+        _ => Failure::Passing(format!("cannot publish to {subject}: {error}")),
+    }
+}
+
+/// A JetStream publish that was sent but not stored. No stream capturing the
+/// subject, or an error the stream answered with, are about this message;
+/// a timeout or a lost connection are not.
+fn stored_failure(subject: &str, error: &async_nats::jetstream::context::PublishError) -> Failure {
+    use async_nats::jetstream::context::PublishErrorKind as Kind;
+    let answered = std::error::Error::source(error).is_some_and(|source| source.downcast_ref::<async_nats::jetstream::Error>().is_some());
+    match error.kind() {
+        Kind::StreamNotFound => Failure::Refused(format!("no JetStream stream stores {subject} (output.jetstream = true needs a stream that captures it)")),
+        Kind::Other if answered => Failure::Refused(format!("the stream refused the message on {subject}: {}", error_chain(error))),
+        _ => Failure::Passing(format!("JetStream did not confirm the message on {subject}: {}", error_chain(error))),
     }
 }
 
 /// An HTTP endpoint taking one POST per output, e.g. a pager's or a chat
 /// tool's incoming webhook. Failures that may pass (no connection, a timeout,
-/// 408, 429, 5xx) are retried with a doubling wait, and when `attempts` run
-/// out the output fails its batch, which JetStream redelivers. Any other
-/// answer is a refusal of that output, not tried again.
+/// 408, 429, 5xx) are retried with a doubling wait; when `attempts` run out,
+/// that output and the ones after it are answered as passing failures, for
+/// the worker to send again later, in order. Any other answer is a refusal
+/// of that output, not tried again.
 #[derive(Clone)]
 struct Webhook {
     client: reqwest::Client,
@@ -134,6 +157,31 @@ impl Webhook {
         Ok(Self { client, spec: spec.clone(), url, shown: spec.url.shown(), headers })
     }
 
+    /// POSTs outputs one after the other: an alert's `resolved` must not
+    /// overtake its `firing`, so once one cannot be delivered now, neither
+    /// are those after it.
+    async fn deliver_in_order(&self, messages: &[&Message]) -> Vec<Option<Failure>> {
+        let mut answers = Vec::with_capacity(messages.len());
+        for message in messages {
+            let answer = match self.deliver(message).await {
+                Ok(Delivered::Accepted) => None,
+                Ok(Delivered::Refused(reason)) => {
+                    tracing::error!(url = %self.shown, subject = %message.subject, %reason, "The webhook refused an output for good; it goes to the dead-letter subject.");
+                    Some(Failure::WebhookRefused(format!("the webhook {} refused it: {reason}", self.shown)))
+                }
+                Err(error) => Some(Failure::Passing(format!("{error:#}"))),
+            };
+            let stop = matches!(answer, Some(Failure::Passing(_)));
+            answers.push(answer);
+            if stop {
+                let reason = format!("an earlier output to the webhook {} is not delivered yet", self.shown);
+                answers.resize(messages.len(), Some(Failure::Passing(reason)));
+                break;
+            }
+        }
+        answers
+    }
+
     /// POSTs one output, trying again (up to `attempts` in all) while the
     /// failure may pass.
     async fn deliver(&self, message: &Message) -> Result<Delivered> {
@@ -142,11 +190,11 @@ impl Webhook {
         loop {
             match self.post(message).await {
                 Ok(()) => return Ok(Delivered::Accepted),
-                Err(Failure::Permanent(reason)) => return Ok(Delivered::Refused(reason)),
-                Err(Failure::Passing(reason)) if attempt >= self.spec.attempts => {
+                Err(PostFailure::Permanent(reason)) => return Ok(Delivered::Refused(reason)),
+                Err(PostFailure::Passing(reason)) if attempt >= self.spec.attempts => {
                     bail!("the webhook {} failed {attempt} times for the event on {}; last: {reason}", self.shown, message.subject)
                 }
-                Err(Failure::Passing(reason)) => {
+                Err(PostFailure::Passing(reason)) => {
                     tracing::warn!(url = %self.shown, subject = %message.subject, attempt, retry_in = ?wait, %reason, "Webhook delivery failed; retrying.");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(std::time::Duration::from_secs(600));
@@ -156,7 +204,7 @@ impl Webhook {
         }
     }
 
-    async fn post(&self, message: &Message) -> Result<(), Failure> {
+    async fn post(&self, message: &Message) -> Result<(), PostFailure> {
         let mut request = self
             .client
             .post(&self.url)
@@ -169,14 +217,14 @@ impl Webhook {
             request = request.header("Idempotency-Key", id.as_str());
         }
         // Without the URL: it may carry a secret, and the log names the endpoint.
-        let response = request.send().await.map_err(|e| Failure::Passing(error_chain(&e.without_url())))?;
+        let response = request.send().await.map_err(|e| PostFailure::Passing(error_chain(&e.without_url())))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
         }
         let text = response.text().await.unwrap_or_default();
         let reason = format!("HTTP {status}: {}", text.chars().take(200).collect::<String>());
-        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 { Err(Failure::Passing(reason)) } else { Err(Failure::Permanent(reason)) }
+        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 { Err(PostFailure::Passing(reason)) } else { Err(PostFailure::Permanent(reason)) }
     }
 }
 
@@ -185,7 +233,7 @@ enum Delivered {
     Refused(String),
 }
 
-enum Failure {
+enum PostFailure {
     /// Worth another attempt.
     Passing(String),
     /// The receiver says the request itself is wrong.

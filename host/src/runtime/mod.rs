@@ -4,9 +4,11 @@
 //!
 //! - `running`: one running pipeline and its workers.
 //! - `worker`: the read → process → publish → ack loop.
+//! - `messages`: the outputs and dead letters a batch publishes, built without NATS.
 //! - `watch`: file watching for hot swaps.
 //! - `stats`: counters reported in the log.
 
+mod messages;
 mod running;
 mod stats;
 mod watch;
@@ -185,6 +187,7 @@ fn progress(name: &str, running: &RunningPipeline, connection: &Connection) {
     tracing::info!(
         pipeline = %name, version = %version.id, received = s.received, published = s.published,
         rejected = s.rejected, dropped = s.dropped, faults = s.faults, failed_batches = s.failed_batches, already_counted = s.already_counted,
+        held_back = s.held_back, undeliverable = s.undeliverable, publish_retries = s.publish_retries, lost_dead_letters = s.lost_dead_letters,
         slow_consumer_events = connection.slow_consumer_events(), plugin_counters = ?version.plugin_counters(), "Progress."
     );
 }

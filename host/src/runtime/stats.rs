@@ -17,6 +17,14 @@ pub struct Stats {
     /// Inputs a sink's kept state had counted before a restart, acked again
     /// without being counted twice.
     pub already_counted: AtomicU64,
+    /// Inputs held back for redelivery because NATS refused what they produced.
+    pub held_back: AtomicU64,
+    /// Inputs dead-lettered as `undeliverable` (also counted in `rejected`).
+    pub undeliverable: AtomicU64,
+    /// Rounds of sending again messages whose failure may pass.
+    pub publish_retries: AtomicU64,
+    /// Dead letters NATS refused too: the only way an event is lost.
+    pub lost_dead_letters: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -29,6 +37,10 @@ pub struct Snapshot {
     pub faults: u64,
     pub failed_batches: u64,
     pub already_counted: u64,
+    pub held_back: u64,
+    pub undeliverable: u64,
+    pub publish_retries: u64,
+    pub lost_dead_letters: u64,
 }
 
 impl Stats {
@@ -46,6 +58,10 @@ impl Stats {
             faults: get(&self.faults),
             failed_batches: get(&self.failed_batches),
             already_counted: get(&self.already_counted),
+            held_back: get(&self.held_back),
+            undeliverable: get(&self.undeliverable),
+            publish_retries: get(&self.publish_retries),
+            lost_dead_letters: get(&self.lost_dead_letters),
         }
     }
 }

@@ -3,33 +3,44 @@
 //! taken up only between two batches, so a swap never splits a batch, loses
 //! an event or processes one twice.
 //!
+//! One event never holds up another. Each message gets its own answer from
+//! NATS: a failure that may pass (the connection, a timeout) is retried in
+//! place until it does; a message NATS refuses for what it is (too large, a
+//! subject no stream stores) holds back only the input it came from, which
+//! is redelivered later and, on its `max_deliver`th delivery, dead-lettered
+//! as `undeliverable` with the reason. An input handed out more often than
+//! that without being settled (a host crashing on it) is dead-lettered too.
+//!
 //! A pipeline that ends in a sink (one worker) also keeps the sink's state in
-//! a key-value bucket after each batch, before acking it, and reads it back at
-//! start. A batch it cannot publish is rolled back and retried in place, never
-//! skipped, so the state sees every event once and in order.
+//! a key-value bucket after each batch and tick, before acking, and reads it
+//! back at start. Batches and ticks share one path: publish, store the state,
+//! settle. The sink sees every event once and in order.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use async_nats::HeaderMap;
-use sha2::{Digest, Sha256};
+use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
+use super::messages::{self, Kind, Outbound, Source as Origin, Stamp};
 use super::stats::Stats;
+use crate::config::InputSpec;
 use crate::nats::Connection;
 use crate::nats::input::{Batches, Delivery, Receipt, Source};
-use crate::nats::publish::{Message, Publisher};
+use crate::nats::publish::{Failure, Message, Publisher};
 use crate::nats::state::{Saved, StateStore};
-use crate::pipeline::{BatchResult, Chain, DeadLetter, PIPELINE_HEADER, PipelineVersion, Reject, VERSION_HEADER};
+use crate::pipeline::{Chain, PipelineVersion, Reject};
 use crate::plugin::Event;
 
-/// How long JetStream waits before redelivering a batch that failed here.
+/// How long JetStream waits before redelivering an event held back here; it
+/// doubles with each delivery, up to `LONGEST_REDELIVERY_DELAY`.
 const REDELIVERY_DELAY: Duration = Duration::from_secs(1);
+const LONGEST_REDELIVERY_DELAY: Duration = Duration::from_secs(30);
 /// Pause before reopening an input that ended unexpectedly.
 const REOPEN_DELAY: Duration = Duration::from_millis(500);
-/// First and longest pause before a sink pipeline retries a batch.
+/// First and longest pause before sending again what failed in place.
 const RETRY_DELAYS: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
 
 /// Where a sink's state is kept, and how far into the input it reaches.
@@ -40,12 +51,13 @@ struct Kept {
     counted_through: u64,
 }
 
-/// What a batch came to, for the statistics.
-struct Counts {
-    published: usize,
-    rejected: usize,
-    dropped: usize,
-    faults: usize,
+/// What publishing a batch's messages came to.
+#[derive(Default)]
+struct Delivered {
+    outputs: usize,
+    dead_letters: usize,
+    /// Messages NATS kept refusing, and why.
+    given_up: Vec<(Outbound, String)>,
 }
 
 pub struct Worker {
@@ -59,14 +71,17 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub async fn run(mut self, mut batches: Batches) -> Result<()> {
+    pub async fn run(mut self, mut batches: Batches) -> anyhow::Result<()> {
         let version = self.versions.borrow_and_update().clone();
         let (name, max_events, max_wait) = (version.spec.name.clone(), version.spec.max_events, version.spec.max_wait);
         let mut chain = tokio::task::block_in_place(|| Chain::start(version))?;
         // Only a pipeline that ends in a sink keeps state and is told that time passes.
         let has_sink = chain.version.sink.is_some();
         let mut kept = if has_sink { self.restore(&mut chain).await } else { Kept::default() };
-        let mut ticker = tokio::time::interval(chain.version.spec.tick);
+        // The first tick comes one period after the start, as every other:
+        // a sink restarted from its kept state is not told time passed at once.
+        let period = chain.version.spec.tick;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::debug!(pipeline = %name, worker = self.index, "Worker started.");
         loop {
@@ -156,19 +171,43 @@ impl Worker {
 
     async fn handle(&self, chain: &mut Chain, batch: Vec<Delivery>) {
         Stats::add(&self.stats.received, batch.len());
+        let batch = self.expired(&chain.version, batch).await;
+        if batch.is_empty() {
+            return;
+        }
         let (events, receipts): (Vec<Event>, Vec<Receipt>) = batch.into_iter().map(|d| (d.event, d.receipt)).unzip();
-        match self.attempt(chain, &events, &receipts, None).await {
-            Ok(counts) => self.settle(&receipts, counts).await,
+        // Plugins run synchronously; let the runtime move other tasks off this thread meanwhile.
+        let result = match tokio::task::block_in_place(|| chain.process(&events)) {
+            Ok(result) => result,
             Err(error) => {
-                tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "The batch failed; it will be redelivered (JetStream) or is lost (core).");
-                self.fail(&receipts).await;
+                tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "A stage cannot be restarted; the batch will be redelivered (JetStream) or is lost (core).");
+                return self.fail(&receipts).await;
+            }
+        };
+        let (dropped, faults) = (result.dropped, result.faults);
+        let stamp = self.stamp(&chain.version);
+        let ids: Vec<Option<String>> = receipts.iter().map(|r| r.id.clone()).collect();
+        let outbound = messages::batch(stamp, &events, &ids, result);
+        let Some(mut delivered) = self.deliver(stamp, outbound, &events, &receipts).await else { return self.fail(&receipts).await };
+        let mut held: BTreeMap<usize, String> = BTreeMap::new();
+        for (outbound, reason) in std::mem::take(&mut delivered.given_up) {
+            if let Origin::Input(origin) = outbound.source {
+                held.entry(origin).or_insert(reason);
             }
         }
+        for (index, receipt) in receipts.iter().enumerate() {
+            match held.get(&index) {
+                Some(reason) => self.hold_back(stamp, &chain.version, &events[index], receipt, reason).await,
+                None => receipt.ack().await,
+            }
+        }
+        self.count(&delivered, dropped, faults);
     }
 
     /// A batch for a sink: inputs the kept state already counted are acked
-    /// and passed over; the rest is retried in place until its outputs and
-    /// the new state are stored, so the sink sees each event once, in order.
+    /// and passed over; the rest goes to the sink once, and its outputs and
+    /// new state are stored, retried in place until they are, before the
+    /// inputs are acked.
     async fn handle_in_order(&self, chain: &mut Chain, batch: Vec<Delivery>, kept: &mut Kept) {
         Stats::add(&self.stats.received, batch.len());
         let (counted, fresh): (Vec<Delivery>, Vec<Delivery>) =
@@ -180,75 +219,40 @@ impl Worker {
             }
             Stats::add(&self.stats.already_counted, counted.len());
         }
+        let fresh = self.expired(&chain.version, fresh).await;
         if fresh.is_empty() {
             return;
         }
         let (events, receipts): (Vec<Event>, Vec<Receipt>) = fresh.into_iter().map(|d| (d.event, d.receipt)).unzip();
         let through = receipts.iter().filter_map(|r| r.sequence).max().unwrap_or(0).max(kept.counted_through);
         let mut delay = RETRY_DELAYS.0;
-        loop {
-            match self.attempt(chain, &events, &receipts, Some((kept, through))).await {
-                Ok(counts) => {
-                    kept.counted_through = through;
-                    return self.settle(&receipts, counts).await;
-                }
+        let result = loop {
+            match tokio::task::block_in_place(|| chain.process(&events)) {
+                Ok(result) => break result,
                 Err(error) => {
                     Stats::add(&self.stats.failed_batches, 1);
-                    tracing::error!(
-                        pipeline = %chain.version.spec.name, error = format!("{error:#}"), retry_in = ?delay,
-                        "The batch failed; the sink goes back to its last kept state and the batch is retried."
-                    );
+                    tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), retry_in = ?delay, "A stage cannot be restarted; the sink goes back to its last kept state and the batch is tried again.");
                     if let Err(error) = tokio::task::block_in_place(|| chain.rollback()) {
                         tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "Cannot restart the sink from its kept state.");
                     }
-                    tokio::time::sleep(delay).await;
-                    if *self.shutdown.borrow() {
+                    if !self.pause(&mut delay).await {
                         return self.fail(&receipts).await;
                     }
-                    delay = (delay * 2).min(RETRY_DELAYS.1);
                 }
             }
+        };
+        let (dropped, faults) = (result.dropped, result.faults);
+        let version = chain.version.clone();
+        let stamp = self.stamp(&version);
+        let ids: Vec<Option<String>> = receipts.iter().map(|r| r.id.clone()).collect();
+        let outbound = messages::batch(stamp, &events, &ids, result);
+        if !self.finish(stamp, chain, outbound, &events, &receipts, kept, through, dropped, faults).await {
+            return self.fail(&receipts).await;
         }
-    }
-
-    /// Runs a batch, publishes what it gives and, for a sink, stores its new
-    /// state (`kept`, with the stream sequence the state now reaches).
-    async fn attempt(&self, chain: &mut Chain, events: &[Event], receipts: &[Receipt], kept: Option<(&Kept, u64)>) -> Result<Counts> {
-        // Plugins run synchronously; let the runtime move other tasks off this thread meanwhile.
-        let result = tokio::task::block_in_place(|| chain.process(events)).context("a stage cannot be restarted")?;
-        let mut counts = Counts { published: result.outputs.len(), rejected: result.rejects.len(), dropped: result.dropped, faults: result.faults };
-        let outgoing = outgoing(&chain.version, events, receipts, result);
-        let refused = self.publish(&chain.version, outgoing, events).await?;
-        counts.published -= refused;
-        counts.rejected += refused;
-        keep(chain, kept).await?;
-        Ok(counts)
-    }
-
-    /// Publishes outputs, then dead letters, among them one for each output
-    /// the webhook refused (carrying `originals[origin]`, the event it came
-    /// from). Returns how many were refused.
-    async fn publish(&self, version: &PipelineVersion, outgoing: Outgoing, originals: &[Event]) -> Result<usize> {
-        let Outgoing { outputs, origins, mut dead_letters } = outgoing;
-        let refused = self.publisher.outputs(outputs).await.context("cannot publish the batch's outputs")?;
-        let count = refused.len();
-        for refused in refused {
-            let reject = Reject { origin: origins[refused.index], stage: "output".into(), code: "webhook_refused".into(), property: None, message: refused.reason };
-            let id = refused.message.headers.get("Nats-Msg-Id").map(|id| format!("{}:refused", id.as_str()));
-            dead_letters.push(dead_letter(version, &reject, &originals[reject.origin], id));
-        }
-        self.publisher.dead_letters(dead_letters).await.context("cannot publish the batch's dead letters")?;
-        Ok(count)
-    }
-
-    async fn settle(&self, receipts: &[Receipt], counts: Counts) {
-        for receipt in receipts {
+        kept.counted_through = through;
+        for receipt in &receipts {
             receipt.ack().await;
         }
-        Stats::add(&self.stats.published, counts.published);
-        Stats::add(&self.stats.rejected, counts.rejected);
-        Stats::add(&self.stats.dropped, counts.dropped);
-        Stats::add(&self.stats.faults, counts.faults);
     }
 
     /// Tells the sink that time passed and publishes what that causes.
@@ -261,33 +265,217 @@ impl Worker {
                 return;
             }
         };
-        let outputs = events
-            .iter()
-            .map(|event| {
-                let mut headers = carried(&event.headers);
-                stamp(&mut headers, &chain.version, Some(content_id(&chain.version, event)));
-                Message { subject: event.subject.clone(), headers, body: event.body.clone().into() }
-            })
-            .collect::<Vec<_>>();
-        // No input caused these: a refused one is dead-lettered as itself.
-        let outgoing = Outgoing { origins: (0..outputs.len()).collect(), outputs, dead_letters: Vec::new() };
-        let published = self.publish(&chain.version, outgoing, &events).await.context("cannot publish what the sink emitted on tick");
-        let stored = match published {
-            Ok(refused) => keep(chain, Some((kept, kept.counted_through))).await.map(|()| refused),
-            Err(error) => Err(error),
-        };
-        match stored {
-            Ok(refused) => {
-                Stats::add(&self.stats.published, events.len() - refused);
-                Stats::add(&self.stats.rejected, refused);
+        let version = chain.version.clone();
+        let stamp = self.stamp(&version);
+        let outbound = messages::emitted(stamp, events);
+        // Shutting down: the state of before the tick stays kept, and the next start ticks again.
+        let _ = self.finish(stamp, chain, outbound, &[], &[], kept, kept.counted_through, 0, 0).await;
+    }
+
+    /// What a sink's batch or tick shares: publish its messages, dead-letter
+    /// those NATS keeps refusing (a sink cannot hold back one input: it has
+    /// counted them all), then store the sink's state. False when shutdown
+    /// came first: nothing of it may be acked.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(&self, stamp: Stamp<'_>, chain: &mut Chain, outbound: Vec<Outbound>, inputs: &[Event], receipts: &[Receipt], kept: &Kept, through: u64, dropped: usize, faults: usize) -> bool {
+        let Some(mut delivered) = self.deliver(stamp, outbound, inputs, receipts).await else { return false };
+        for (outbound, reason) in std::mem::take(&mut delivered.given_up) {
+            let original = match outbound.source {
+                // The dead letter of one of the sink's inputs: the sink has
+                // counted the rest, so the input cannot be held back.
+                Origin::Input(_) if outbound.kind == Kind::DeadLetter => {
+                    tracing::error!(pipeline = stamp.pipeline, subject = %outbound.message.subject, %reason, "A dead letter cannot be stored; it is lost.");
+                    Stats::add(&self.stats.lost_dead_letters, 1);
+                    continue;
+                }
+                Origin::Input(index) => inputs[index].clone(),
+                Origin::Itself => messages::original_of(&outbound.message),
+            };
+            let id = outbound.message.headers.get("Nats-Msg-Id").map(|id| format!("{id}:undeliverable"));
+            let reject = undeliverable("output", reason);
+            if self.dead_letter_alone(stamp, &reject, &original, id, receipts).await == Some(true) {
+                delivered.dead_letters += 1;
             }
-            Err(error) => {
-                tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "The tick failed; the sink goes back to its last kept state and the next tick tries again.");
-                if let Err(error) = tokio::task::block_in_place(|| chain.rollback()) {
-                    tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "Cannot restart the sink from its kept state.");
+        }
+        if !self.store(chain, kept, through).await {
+            return false;
+        }
+        self.count(&delivered, dropped, faults);
+        true
+    }
+
+    /// Publishes `pending` until every message is delivered or given up:
+    /// what may pass is sent again in place, with a doubling wait, for as
+    /// long as it takes; what NATS refuses is given up at once, so that it
+    /// stalls nothing (its input is redelivered later, which also covers a
+    /// stream still being recovered after a server restart). An output the
+    /// webhook refused for good is replaced by its dead letter
+    /// (`webhook_refused`). `None`: shutdown came first.
+    async fn deliver(&self, stamp: Stamp<'_>, mut pending: Vec<Outbound>, inputs: &[Event], receipts: &[Receipt]) -> Option<Delivered> {
+        let mut delivered = Delivered::default();
+        let mut delay = RETRY_DELAYS.0;
+        loop {
+            let (outputs, dead_letters): (Vec<&Message>, Vec<&Message>) = {
+                let (o, d): (Vec<&Outbound>, Vec<&Outbound>) = pending.iter().partition(|o| o.kind == Kind::Output);
+                (o.into_iter().map(|o| &o.message).collect(), d.into_iter().map(|o| &o.message).collect())
+            };
+            let (mut output_answers, dead_letter_answers) = self.publisher.send(&outputs, &dead_letters).await;
+            // Answers back in the order of `pending`: outputs first, then dead letters.
+            let mut answers = {
+                let mut dead_letter_answers = dead_letter_answers.into_iter();
+                output_answers.reverse();
+                pending.iter().map(|o| if o.kind == Kind::Output { output_answers.pop().flatten() } else { dead_letter_answers.next().flatten() }).collect::<Vec<_>>().into_iter()
+            };
+            let (mut again, mut passing) = (Vec::new(), None);
+            for outbound in std::mem::take(&mut pending) {
+                match answers.next().flatten() {
+                    None if outbound.kind == Kind::Output => delivered.outputs += 1,
+                    None => delivered.dead_letters += 1,
+                    Some(Failure::WebhookRefused(reason)) => {
+                        let original = match outbound.source {
+                            Origin::Input(index) => inputs[index].clone(),
+                            Origin::Itself => messages::original_of(&outbound.message),
+                        };
+                        let reject = Reject { origin: 0, stage: "output".into(), code: "webhook_refused".into(), property: None, message: reason };
+                        let id = outbound.message.headers.get("Nats-Msg-Id").map(|id| format!("{id}:refused"));
+                        again.push(Outbound { message: messages::dead_letter(stamp, &reject, &original, id), kind: Kind::DeadLetter, source: outbound.source });
+                    }
+                    Some(Failure::Refused(reason)) => delivered.given_up.push((outbound, reason)),
+                    Some(Failure::Passing(reason)) => {
+                        passing.get_or_insert(reason);
+                        again.push(outbound);
+                    }
+                }
+            }
+            if again.is_empty() {
+                return Some(delivered);
+            }
+            if let Some(reason) = passing {
+                Stats::add(&self.stats.publish_retries, 1);
+                tracing::warn!(pipeline = stamp.pipeline, messages = again.len(), %reason, retry_in = ?delay, "Cannot deliver some messages now; trying again.");
+            }
+            pending = again;
+            for receipt in receipts {
+                receipt.in_progress().await;
+            }
+            if !self.pause(&mut delay).await {
+                return None;
+            }
+        }
+    }
+
+    /// An input whose messages NATS keeps refusing: redelivered later, or,
+    /// on its last delivery, dead-lettered as `undeliverable` with the reason.
+    /// A core input has no second delivery.
+    async fn hold_back(&self, stamp: Stamp<'_>, version: &PipelineVersion, event: &Event, receipt: &Receipt, reason: &str) {
+        let max = max_deliver(version);
+        match receipt.delivered {
+            Some(delivered) if delivered < max => {
+                let delay = REDELIVERY_DELAY.saturating_mul(1 << delivered.min(16)).min(LONGEST_REDELIVERY_DELAY);
+                tracing::warn!(pipeline = stamp.pipeline, subject = %event.subject, delivered, max_deliver = max, %reason, redeliver_in = ?delay, "Holding back one event whose messages NATS refuses; the rest of its batch goes on.");
+                Stats::add(&self.stats.held_back, 1);
+                receipt.nak(delay).await;
+            }
+            delivered => {
+                let times = delivered.map_or_else(|| "once (a core input is not redelivered)".to_string(), |n| format!("{n} times (max_deliver = {max})"));
+                let reject = undeliverable("output", format!("{reason}; delivered {times}"));
+                let id = receipt.id.as_ref().map(|id| format!("{id}:undeliverable"));
+                match self.dead_letter_alone(stamp, &reject, event, id, std::slice::from_ref(receipt)).await {
+                    Some(true) => {
+                        Stats::add(&self.stats.rejected, 1);
+                        receipt.ack().await;
+                    }
+                    _ => receipt.nak(LONGEST_REDELIVERY_DELAY).await,
                 }
             }
         }
+    }
+
+    /// Dead-letters inputs handed out more than `max_deliver` times without
+    /// being settled (a host that crashed on them, say), and returns the rest.
+    async fn expired(&self, version: &PipelineVersion, batch: Vec<Delivery>) -> Vec<Delivery> {
+        let max = max_deliver(version);
+        let (over, rest): (Vec<Delivery>, Vec<Delivery>) = batch.into_iter().partition(|d| d.receipt.delivered.is_some_and(|n| n > max));
+        let stamp = self.stamp(version);
+        for delivery in over {
+            let delivered = delivery.receipt.delivered.unwrap_or_default();
+            let reject = undeliverable(
+                "input",
+                format!("handed out {delivered} times, more than max_deliver = {max}, without being settled: a host stopped or crashed while it was in flight, or what it produced could not be stored"),
+            );
+            let id = delivery.receipt.id.as_ref().map(|id| format!("{id}:undeliverable"));
+            match self.dead_letter_alone(stamp, &reject, &delivery.event, id, std::slice::from_ref(&delivery.receipt)).await {
+                Some(true) => {
+                    Stats::add(&self.stats.rejected, 1);
+                    delivery.receipt.ack().await;
+                }
+                _ => delivery.receipt.nak(LONGEST_REDELIVERY_DELAY).await,
+            }
+        }
+        rest
+    }
+
+    /// Publishes one dead letter; `Some(true)` once it is stored, `Some(false)`
+    /// when NATS refuses even that (logged), `None` at shutdown.
+    async fn dead_letter_alone(&self, stamp: Stamp<'_>, reject: &Reject, original: &Event, id: Option<String>, receipts: &[Receipt]) -> Option<bool> {
+        let message = messages::dead_letter(stamp, reject, original, id);
+        let subject = message.subject.clone();
+        let outbound = vec![Outbound { message, kind: Kind::DeadLetter, source: Origin::Itself }];
+        let delivered = self.deliver(stamp, outbound, &[], receipts).await?;
+        match delivered.given_up.first() {
+            None => {
+                Stats::add(&self.stats.undeliverable, 1);
+                tracing::error!(pipeline = stamp.pipeline, subject = %original.subject, stage = %reject.stage, reason = %reject.message, "An event is undeliverable; it went to the dead-letter subject.");
+                Some(true)
+            }
+            Some((_, reason)) => {
+                Stats::add(&self.stats.lost_dead_letters, 1);
+                tracing::error!(pipeline = stamp.pipeline, %subject, %reason, "NATS refuses the dead letter of an undeliverable event too.");
+                Some(false)
+            }
+        }
+    }
+
+    /// Commits the sink's state and stores it where it is kept, trying again
+    /// in place until it is stored. False when shutdown came first.
+    async fn store(&self, chain: &mut Chain, kept: &Kept, sequence: u64) -> bool {
+        let (Some(snapshot), Some(store)) = (chain.commit().map(<[u8]>::to_vec), kept.store.as_ref()) else { return true };
+        let saved = Saved { sequence, snapshot };
+        let mut delay = RETRY_DELAYS.0;
+        loop {
+            match store.save(&saved).await {
+                Ok(()) => return true,
+                Err(error) => {
+                    Stats::add(&self.stats.failed_batches, 1);
+                    tracing::error!(pipeline = %chain.version.spec.name, key = store.key(), error = format!("{error:#}"), retry_in = ?delay, "Cannot store the sink's state; trying again before acking.");
+                    if !self.pause(&mut delay).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits `delay`, doubled for next time; false if shutdown came first.
+    async fn pause(&self, delay: &mut Duration) -> bool {
+        let mut shutdown = self.shutdown.clone();
+        let waited = tokio::select! {
+            _ = tokio::time::sleep(*delay) => true,
+            _ = shutdown.wait_for(|stop| *stop) => false,
+        };
+        *delay = (*delay * 2).min(RETRY_DELAYS.1);
+        waited
+    }
+
+    fn stamp<'a>(&self, version: &'a PipelineVersion) -> Stamp<'a> {
+        Stamp::new(version, self.connection.client.max_payload())
+    }
+
+    fn count(&self, delivered: &Delivered, dropped: usize, faults: usize) {
+        Stats::add(&self.stats.published, delivered.outputs);
+        Stats::add(&self.stats.rejected, delivered.dead_letters);
+        Stats::add(&self.stats.dropped, dropped);
+        Stats::add(&self.stats.faults, faults);
     }
 
     async fn fail(&self, receipts: &[Receipt]) {
@@ -298,91 +486,14 @@ impl Worker {
     }
 }
 
-/// What a processed batch publishes.
-struct Outgoing {
-    outputs: Vec<Message>,
-    /// For each output, the input it came from.
-    origins: Vec<usize>,
-    dead_letters: Vec<Message>,
-}
-
-/// The messages a processed batch publishes: outputs with the version headers,
-/// and dead letters. Message ids derive from the input's stream position, so a
-/// redelivered input yields the same ids and a stream drops the repeats.
-fn outgoing(version: &PipelineVersion, inputs: &[Event], receipts: &[Receipt], result: BatchResult) -> Outgoing {
-    let mut produced = vec![0usize; inputs.len()];
-    let mut outputs = Vec::with_capacity(result.outputs.len());
-    let mut origins = Vec::with_capacity(result.outputs.len());
-    for output in result.outputs {
-        let mut headers = carried(&output.event.headers);
-        // A sink's events may come from a batch formed differently after a
-        // redelivery: their ids derive from their content instead.
-        let id = if version.sink.is_some() {
-            Some(content_id(version, &output.event))
-        } else {
-            receipts[output.origin].id.as_ref().map(|id| format!("{id}:{}", produced[output.origin]))
-        };
-        stamp(&mut headers, version, id);
-        produced[output.origin] += 1;
-        origins.push(output.origin);
-        outputs.push(Message { subject: output.event.subject, headers, body: output.event.body.into() });
+/// How many deliveries an input may have; a core input has one.
+fn max_deliver(version: &PipelineVersion) -> u64 {
+    match &version.spec.input {
+        InputSpec::JetStream { max_deliver, .. } => *max_deliver,
+        InputSpec::Core { .. } => 1,
     }
-    let dead_letters = result
-        .rejects
-        .iter()
-        .map(|reject| dead_letter(version, reject, &inputs[reject.origin], receipts[reject.origin].id.as_ref().map(|id| format!("{id}:dead-letter"))))
-        .collect();
-    Outgoing { outputs, origins, dead_letters }
 }
 
-/// The envelope of a refused event, to `<dead_letter>.<stage>`; the
-/// original's headers (trace ids, say) go with it.
-fn dead_letter(version: &PipelineVersion, reject: &Reject, original: &Event, message_id: Option<String>) -> Message {
-    let spec = &version.spec;
-    let mut headers = carried(&original.headers);
-    stamp(&mut headers, version, message_id);
-    let body = DeadLetter::new(&spec.name, &version.id, reject, original).to_json();
-    Message { subject: format!("{}.{}", spec.dead_letter, reject.stage), headers, body: body.into() }
-}
-
-/// Commits the sink's state and, where it is kept, stores it.
-async fn keep(chain: &mut Chain, kept: Option<(&Kept, u64)>) -> Result<()> {
-    let snapshot = chain.commit().map(<[u8]>::to_vec);
-    if let (Some((Kept { store: Some(store), .. }, sequence)), Some(snapshot)) = (kept, snapshot) {
-        store.save(&Saved { sequence, snapshot }).await?;
-    }
-    Ok(())
-}
-
-/// A message id from the pipeline, subject and body: the same event emitted
-/// again (after a retry or a restart) is dropped by the stream.
-fn content_id(version: &PipelineVersion, event: &Event) -> String {
-    let mut hash = Sha256::new();
-    for part in [version.spec.name.as_bytes(), event.subject.as_bytes(), &event.body] {
-        hash.update((part.len() as u64).to_be_bytes());
-        hash.update(part);
-    }
-    let digest = hash.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}:{hex}", version.spec.name)
-}
-
-/// Headers passed on from an event to the message that carries it; its
-/// message id is not: each message gets its own.
-fn carried(headers: &[(String, String)]) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (name, value) in headers {
-        if name != "Nats-Msg-Id" {
-            map.append(name.as_str(), value.as_str());
-        }
-    }
-    map
-}
-
-fn stamp(headers: &mut HeaderMap, version: &PipelineVersion, message_id: Option<String>) {
-    headers.insert(VERSION_HEADER, version.id.as_str());
-    headers.insert(PIPELINE_HEADER, version.spec.name.as_str());
-    if let Some(id) = message_id {
-        headers.insert("Nats-Msg-Id", id.as_str());
-    }
+fn undeliverable(stage: &str, message: String) -> Reject {
+    Reject { origin: 0, stage: stage.into(), code: "undeliverable".into(), property: None, message }
 }
