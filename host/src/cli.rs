@@ -56,10 +56,7 @@ enum Command {
     },
     /// Run a pipeline's test cases (`<file>.tests/*.toml`, or the case files
     /// given) through its real plugins, without NATS, on a clock the cases set.
-    Test {
-        file: PathBuf,
-        cases: Vec<PathBuf>,
-    },
+    Test { file: PathBuf, cases: Vec<PathBuf> },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -103,8 +100,12 @@ fn validate(files: &[PathBuf]) -> Result<()> {
     for path in files {
         // Every pipeline is prepared, so that one run reports each that fails.
         let checked = config::load(path).and_then(|file| {
-            let refused: Vec<String> =
-                file.pipelines.iter().filter_map(|spec| PipelineVersion::prepare(&engine, spec, &clock, &env).err()).map(|error| format!("{error:#}")).collect();
+            let refused: Vec<String> = file
+                .pipelines
+                .iter()
+                .filter_map(|spec| PipelineVersion::prepare(&engine, spec, &clock, &env).err())
+                .map(|error| format!("{error:#}"))
+                .collect();
             if refused.is_empty() { Ok(file) } else { Err(anyhow::anyhow!(refused.join("\n"))) }
         });
         match checked {
@@ -113,11 +114,7 @@ fn validate(files: &[PathBuf]) -> Result<()> {
                 println!("{}: ok ({} pipeline{}: {})", path.display(), names.len(), if names.len() == 1 { "" } else { "s" }, names.join(", "));
                 let unset: Vec<&str> = variables(&file).into_iter().filter(|name| !env.has(name)).collect();
                 if !unset.is_empty() {
-                    println!(
-                        "{}: not set here, checked with stand-in values; `sluice run` needs them: {}",
-                        path.display(),
-                        unset.join(", ")
-                    );
+                    println!("{}: not set here, checked with stand-in values; `sluice run` needs them: {}", path.display(), unset.join(", "));
                 }
             }
             Err(error) => {
@@ -138,7 +135,10 @@ fn variables(file: &PipelineFile) -> Vec<&str> {
     let mut names: Vec<&str> = Vec::new();
     for pipeline in &file.pipelines {
         let stages = pipeline.stages.iter().flat_map(|stage| stage.env.iter().map(String::as_str));
-        let webhook = pipeline.webhook.iter().flat_map(|webhook| std::iter::once(&webhook.url).chain(webhook.headers.iter().map(|(_, value)| value)).filter_map(|value| value.variable()));
+        let webhook = pipeline
+            .webhook
+            .iter()
+            .flat_map(|webhook| std::iter::once(&webhook.url).chain(webhook.headers.iter().map(|(_, value)| value)).filter_map(|value| value.variable()));
         for name in stages.chain(webhook) {
             if !names.contains(&name) {
                 names.push(name);

@@ -157,7 +157,10 @@ fn over_nats(root: &Path, batches: Vec<Vec<Event>>, events: usize) -> anyhow::Re
         server.stop().await;
         println!("alert pipeline (storyforge-alerts), sluice run over NATS, JetStream in and out, state stored after every batch");
         println!("  events:                {events} (published in {:.1} s)", published.as_secs_f64());
-        println!("  events/s:              {:.0} (first publish to last event counted, within the 1 s progress interval)", events as f64 / elapsed.as_secs_f64());
+        println!(
+            "  events/s:              {:.0} (first publish to last event counted, within the 1 s progress interval)",
+            events as f64 / elapsed.as_secs_f64()
+        );
         println!("  sluice resident memory at the end: {rss} KiB (both StoryForge pipelines)");
         Ok(())
     })

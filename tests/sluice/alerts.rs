@@ -168,7 +168,12 @@ async fn a_replayed_day_gives_the_expected_alert_timeline() {
         let (firing, resolved) = (incidents.remove(0), incidents.remove(0));
         assert_eq!((firing["state"].as_str(), resolved["state"].as_str()), (Some("firing"), Some("resolved")), "{key}");
         assert!((*began..=*began + window_minutes * MINUTE).contains(&at(firing)), "{key} fired at {}:\n{}", firing["changed_at"], timeline.join("\n"));
-        assert!((*ended..=*ended + (window_minutes + KEEP_FIRING_MINUTES + 1) * MINUTE).contains(&at(resolved)), "{key} resolved at {}:\n{}", resolved["changed_at"], timeline.join("\n"));
+        assert!(
+            (*ended..=*ended + (window_minutes + KEEP_FIRING_MINUTES + 1) * MINUTE).contains(&at(resolved)),
+            "{key} resolved at {}:\n{}",
+            resolved["changed_at"],
+            timeline.join("\n")
+        );
         assert_eq!(resolved["firing_since"], firing["changed_at"]);
         for field in ["rule", "value", "threshold", "window", "owner", "severity", "labels", "samples"] {
             assert!(!firing[field].is_null(), "{key}: `{field}` missing in {firing}");
@@ -346,10 +351,8 @@ async fn answering(path: &str, status: impl Fn(usize, &str) -> u16 + Send + 'sta
                 let text = String::from_utf8_lossy(&request).to_string();
                 if let Some(end) = text.find("\r\n\r\n") {
                     let head = text[..end].to_string();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-                        .unwrap_or(0);
+                    let length: usize =
+                        head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())).unwrap_or(0);
                     if request.len() >= end + 4 + length {
                         break (head, String::from_utf8_lossy(&request[end + 4..end + 4 + length]).to_string());
                     }
@@ -400,7 +403,9 @@ async fn a_webhook_output_delivers_every_alert_in_order_retrying_failures() {
     let alerts: Vec<(String, Vec<u8>)> = ["firing", "resolved", "firing"]
         .iter()
         .enumerate()
-        .map(|(n, state)| ("storyforge.alerts.generation_p95".to_string(), serde_json::to_vec(&json!({ "rule": "generation_p95", "state": state, "n": n })).unwrap()))
+        .map(|(n, state)| {
+            ("storyforge.alerts.generation_p95".to_string(), serde_json::to_vec(&json!({ "rule": "generation_p95", "state": state, "n": n })).unwrap())
+        })
         .collect();
     nats.publish_stored(alerts).await;
     sluice.wait_for_log("published=3", 1, WAIT);
@@ -430,7 +435,12 @@ async fn an_alert_the_webhook_refuses_is_dead_lettered_once_and_the_rest_deliver
     let mut dead = Collector::subscribe(&nats, "dlq.>").await;
     let sluice = Sluice::run_with_env(&file, nats.url(), 1, &[PAGER_TOKEN]);
     let alerts: Vec<(String, Vec<u8>)> = (0..3)
-        .map(|n| ("storyforge.alerts.export_success_rate".to_string(), serde_json::to_vec(&json!({ "rule": "export_success_rate", "state": "firing", "n": n })).unwrap()))
+        .map(|n| {
+            (
+                "storyforge.alerts.export_success_rate".to_string(),
+                serde_json::to_vec(&json!({ "rule": "export_success_rate", "state": "firing", "n": n })).unwrap(),
+            )
+        })
         .collect();
     nats.publish_stored(alerts).await;
     sluice.wait_for_log("rejected=1", 1, WAIT);
@@ -499,7 +509,13 @@ async fn storyforge_alerts_reach_pagerduty_and_slack_and_heartbeats_a_dead_mans_
     let deadline = Instant::now() + WAIT;
     // The alerting beats on its first tick: the switch hears of it.
     while delivered(&to_slack).len() < 4 || delivered(&to_pagerduty).len() < 2 || delivered(&to_switch).is_empty() {
-        assert!(Instant::now() < deadline, "slack {:?}, pagerduty {:?}; sluice logged:\n{}", to_slack.lock().unwrap(), to_pagerduty.lock().unwrap(), pager.log());
+        assert!(
+            Instant::now() < deadline,
+            "slack {:?}, pagerduty {:?}; sluice logged:\n{}",
+            to_slack.lock().unwrap(),
+            to_pagerduty.lock().unwrap(),
+            pager.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -128,7 +128,14 @@ fn the_host_refuses_bad_input_before_any_plugin() {
     let rejects: Vec<(usize, &str, &str)> = result.rejects.iter().map(|r| (r.origin, r.stage.as_str(), r.code.as_str())).collect();
     assert_eq!(
         rejects,
-        vec![(0, "input", "empty"), (1, "input", "malformed"), (2, "input", "malformed"), (3, "input", "malformed"), (4, "input", "malformed"), (5, "input", "too_large")]
+        vec![
+            (0, "input", "empty"),
+            (1, "input", "malformed"),
+            (2, "input", "malformed"),
+            (3, "input", "malformed"),
+            (4, "input", "malformed"),
+            (5, "input", "too_large")
+        ]
     );
     assert!(result.rejects[5].message.contains("at most 4096"), "{}", result.rejects[5].message);
     assert_eq!(result.outputs.len(), 1);

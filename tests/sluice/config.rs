@@ -75,8 +75,14 @@ fn every_bundled_pipeline_validates() {
     for file in &files {
         assert!(log.contains(&format!("{file}: ok")), "{file} is not reported valid:\n{log}");
     }
-    let unset = |file: &str| log.lines().find_map(|line| line.strip_prefix(&format!("{file}: not set here, checked with stand-in values; `sluice run` needs them: "))).unwrap_or("");
+    let unset = |file: &str| {
+        log.lines().find_map(|line| line.strip_prefix(&format!("{file}: not set here, checked with stand-in values; `sluice run` needs them: "))).unwrap_or("")
+    };
     assert_eq!(unset("pipelines/storyforge.toml"), "STORYFORGE_HASH_KEY", "{log}");
-    assert_eq!(unset("pipelines/storyforge-pager.toml"), "PAGERDUTY_ROUTING_KEY, PAGERDUTY_EVENTS_URL, STORYFORGE_SLACK_WEBHOOK, STORYFORGE_HEARTBEAT_URL", "{log}");
+    assert_eq!(
+        unset("pipelines/storyforge-pager.toml"),
+        "PAGERDUTY_ROUTING_KEY, PAGERDUTY_EVENTS_URL, STORYFORGE_SLACK_WEBHOOK, STORYFORGE_HEARTBEAT_URL",
+        "{log}"
+    );
     assert_eq!(unset("pipelines/demo.toml"), "", "{log}");
 }

@@ -66,7 +66,8 @@ async fn sigkill_mid_stream_then_restart_loses_nothing_and_takes_the_new_version
     let second = Sluice::run(&file, nats.url(), 1);
     publisher.await.unwrap();
     wait_until(|| async {
-        let mut consumer = nats.jetstream.get_stream("RAW").await.unwrap().get_consumer::<async_nats::jetstream::consumer::pull::Config>("ingest").await.unwrap();
+        let mut consumer =
+            nats.jetstream.get_stream("RAW").await.unwrap().get_consumer::<async_nats::jetstream::consumer::pull::Config>("ingest").await.unwrap();
         let info = consumer.info().await.unwrap();
         info.num_pending == 0 && info.num_ack_pending == 0
     })

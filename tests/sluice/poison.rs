@@ -68,7 +68,13 @@ async fn events_too_large_for_a_whole_dead_letter_are_cut_and_their_batches_go_o
 
     // Sizes at the pipeline's limit (64 KiB) and around the size whose
     // envelope (the body as text and in base64) no longer fits 1 MiB.
-    let large = [(64 << 10, "at max_event_bytes"), ((64 << 10) + 1, "one over"), (400 << 10, "envelope fits"), (500 << 10, "envelope does not fit"), (900 << 10, "near max_payload")];
+    let large = [
+        (64 << 10, "at max_event_bytes"),
+        ((64 << 10) + 1, "one over"),
+        (400 << 10, "envelope fits"),
+        (500 << 10, "envelope does not fit"),
+        (900 << 10, "near max_payload"),
+    ];
     let mut inputs = Vec::new();
     for n in 0..200 {
         let (bytes, _) = large[n % large.len()];

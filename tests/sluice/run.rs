@@ -84,17 +84,28 @@ async fn rejected_and_bad_events_go_to_the_dead_letter_subject_with_an_envelope(
     ];
     nats.publish_stored(inputs.clone()).await;
 
-    let mut letters: Vec<serde_json::Value> = dead.take(5, WAIT).await.iter().map(|m| {
-        let body = json(m);
-        assert_eq!(m.subject.as_str(), format!("dlq.{}", body["stage"].as_str().unwrap()));
-        body
-    }).collect();
+    let mut letters: Vec<serde_json::Value> = dead
+        .take(5, WAIT)
+        .await
+        .iter()
+        .map(|m| {
+            let body = json(m);
+            assert_eq!(m.subject.as_str(), format!("dlq.{}", body["stage"].as_str().unwrap()));
+            body
+        })
+        .collect();
     letters.sort_by_key(|l| l["subject"].as_str().unwrap().to_string());
     let summary: Vec<(&str, &str, &str)> =
         letters.iter().map(|l| (l["subject"].as_str().unwrap(), l["stage"].as_str().unwrap(), l["code"].as_str().unwrap())).collect();
     assert_eq!(
         summary,
-        vec![("raw.b", "tag", "missing_property"), ("raw.c", "input", "empty"), ("raw.d", "input", "malformed"), ("raw.e", "input", "malformed"), ("raw.f", "input", "too_large")]
+        vec![
+            ("raw.b", "tag", "missing_property"),
+            ("raw.c", "input", "empty"),
+            ("raw.d", "input", "malformed"),
+            ("raw.e", "input", "malformed"),
+            ("raw.f", "input", "too_large")
+        ]
     );
     // The envelope carries the reason and the original bytes.
     let letter = &letters[0];

@@ -73,10 +73,7 @@ impl Nats {
     pub async fn stream_messages(&self, stream: &str) -> Vec<async_nats::Message> {
         let stream = self.jetstream.get_stream(stream).await.expect("stream exists");
         let count = stream.get_info().await.expect("stream info").state.messages as usize;
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
-            .await
-            .expect("ordered consumer");
+        let consumer = stream.create_consumer(jetstream::consumer::pull::OrderedConfig::default()).await.expect("ordered consumer");
         let mut messages = consumer.messages().await.expect("messages");
         let mut out = Vec::with_capacity(count);
         while out.len() < count {

@@ -109,7 +109,8 @@ fn build_plugins() -> Result<()> {
 /// The plugins' own unit tests, on the host's target.
 fn test_plugins() -> Result<()> {
     let version = Command::new("rustc").arg("-vV").output().context("cannot run rustc")?;
-    let host = String::from_utf8_lossy(&version.stdout).lines().find_map(|l| l.strip_prefix("host: ").map(str::to_string)).context("rustc -vV names no host")?;
+    let host =
+        String::from_utf8_lossy(&version.stdout).lines().find_map(|l| l.strip_prefix("host: ").map(str::to_string)).context("rustc -vV names no host")?;
     run(Command::new("cargo").current_dir(root().join("plugins")).args(["test", "--quiet", "--target", &host]))
 }
 

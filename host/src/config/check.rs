@@ -82,8 +82,7 @@ impl Checker {
     }
 
     fn name(&mut self, what: &str, name: &Spanned<String>) {
-        let ok = !name.get_ref().is_empty()
-            && name.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let ok = !name.get_ref().is_empty() && name.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !ok {
             self.problem(name, format!("{what} name {:?} must be non-empty letters, digits, `_` or `-`", name.get_ref()));
         }
@@ -123,9 +122,7 @@ impl Checker {
         let duplicate_window = raw.duplicate_window.as_ref().map(|d| self.parsed(d, |d| units::duration(d)));
         let replicas = match &raw.replicas {
             None => Some(1),
-            Some(r) => self.parsed(r, |&r| {
-                usize::try_from(r).ok().filter(|r| (1..=5).contains(r)).ok_or(format!("expected 1 to 5 replicas, found {r}"))
-            }),
+            Some(r) => self.parsed(r, |&r| usize::try_from(r).ok().filter(|r| (1..=5).contains(r)).ok_or(format!("expected 1 to 5 replicas, found {r}"))),
         };
         Some(StreamSpec {
             name: raw.name.get_ref().clone(),
@@ -147,23 +144,19 @@ impl Checker {
 
         let max_events = match &raw.batch.max_events {
             None => Some(DEFAULT_MAX_EVENTS),
-            Some(n) => self.parsed(n, |&n| {
-                (1..=MAX_BATCH).contains(&n).then_some(n as usize).ok_or(format!("expected max_events from 1 to {MAX_BATCH}, found {n}"))
-            }),
+            Some(n) => {
+                self.parsed(n, |&n| (1..=MAX_BATCH).contains(&n).then_some(n as usize).ok_or(format!("expected max_events from 1 to {MAX_BATCH}, found {n}")))
+            }
         };
         let max_wait = match &raw.batch.max_wait {
             None => Some(DEFAULT_MAX_WAIT),
-            Some(d) => self.parsed(d, |d| {
-                units::duration(d).and_then(|d| within(d, (Duration::from_micros(100), Duration::from_secs(60)), "max_wait"))
-            }),
+            Some(d) => self.parsed(d, |d| units::duration(d).and_then(|d| within(d, (Duration::from_micros(100), Duration::from_secs(60)), "max_wait"))),
         };
         let workers = match &raw.workers {
             // A webhook gets its outputs in order only from a single worker.
             None if raw.output.webhook.is_some() => Some(1),
             None => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
-            Some(n) => self.parsed(n, |&n| {
-                (1..=256).contains(&n).then_some(n as usize).ok_or(format!("expected from 1 to 256 workers, found {n}"))
-            }),
+            Some(n) => self.parsed(n, |&n| (1..=256).contains(&n).then_some(n as usize).ok_or(format!("expected from 1 to 256 workers, found {n}"))),
         };
         let max_event_bytes = match &raw.max_event_bytes {
             None => Some(DEFAULT_MAX_EVENT_BYTES),
@@ -285,18 +278,13 @@ impl Checker {
                 let max_deliver = match &raw.max_deliver {
                     None => Some(DEFAULT_MAX_DELIVER),
                     Some(n) => self.parsed(n, |&n| {
-                        u64::try_from(n).ok().filter(|n| (1..=1000).contains(n)).ok_or(format!(
-                            "expected max_deliver from 1 to 1000 (deliveries before an event is dead-lettered as `undeliverable`), found {n}"
-                        ))
+                        u64::try_from(n)
+                            .ok()
+                            .filter(|n| (1..=1000).contains(n))
+                            .ok_or(format!("expected max_deliver from 1 to 1000 (deliveries before an event is dead-lettered as `undeliverable`), found {n}"))
                     }),
                 };
-                Some(InputSpec::JetStream {
-                    subject,
-                    stream: stream.get_ref().clone(),
-                    durable,
-                    ack_wait: ack_wait?,
-                    max_deliver: max_deliver?,
-                })
+                Some(InputSpec::JetStream { subject, stream: stream.get_ref().clone(), durable, ack_wait: ack_wait?, max_deliver: max_deliver? })
             }
             "core" => {
                 for (field, value) in [("stream", &raw.stream), ("durable", &raw.durable)] {
@@ -383,22 +371,24 @@ impl Checker {
 
     fn plugin(&mut self, plugin: &Spanned<String>, plugin_dir: Option<&(PathBuf, Spanned<String>)>) -> Option<PathBuf> {
         let Some((dir, written)) = plugin_dir else {
-            self.problem(plugin, "`plugin = \"NAME\"` is looked up in [plugins] dir, which this file does not set; set it, or give the file with `component = \"PATH.wasm\"`");
+            self.problem(
+                plugin,
+                "`plugin = \"NAME\"` is looked up in [plugins] dir, which this file does not set; set it, or give the file with `component = \"PATH.wasm\"`",
+            );
             return None;
         };
         let path = dir.join(format!("{}.wasm", plugin.get_ref()));
         if path.is_file() {
             return Some(path);
         }
-        let mut known: Vec<String> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".wasm").map(str::to_string))
-            .collect();
+        let mut known: Vec<String> =
+            std::fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(".wasm").map(str::to_string)).collect();
         known.sort();
         let known = if known.is_empty() { "none: has it been built?".to_string() } else { known.join(", ") };
-        self.problem(plugin, format!("unknown plugin {:?}: there is no {}.wasm in {:?} (plugins there: {known})", plugin.get_ref(), plugin.get_ref(), written.get_ref()));
+        self.problem(
+            plugin,
+            format!("unknown plugin {:?}: there is no {}.wasm in {:?} (plugins there: {known})", plugin.get_ref(), plugin.get_ref(), written.get_ref()),
+        );
         None
     }
 }
@@ -407,7 +397,12 @@ fn within(value: Duration, (low, high): (Duration, Duration), what: &str) -> Res
     if (low..=high).contains(&value) {
         Ok(value)
     } else {
-        Err(format!("{what} must be from {} to {}, found {}", humantime::format_duration(low), humantime::format_duration(high), humantime::format_duration(value)))
+        Err(format!(
+            "{what} must be from {} to {}, found {}",
+            humantime::format_duration(low),
+            humantime::format_duration(high),
+            humantime::format_duration(value)
+        ))
     }
 }
 

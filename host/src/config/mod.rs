@@ -138,7 +138,8 @@ impl WebhookValue {
 
 /// Checks that `url` is http(s) with a host.
 pub fn check_http_url(url: &str) -> Result<(), String> {
-    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).ok_or(format!("webhook url {url:?} must start with http:// or https://"))?;
+    let rest =
+        url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).ok_or(format!("webhook url {url:?} must start with http:// or https://"))?;
     if rest.is_empty() || rest.starts_with('/') { Err(format!("webhook url {url:?} names no host")) } else { Ok(()) }
 }
 
@@ -202,8 +203,7 @@ pub const DEFAULT_STATE_BUCKET: &str = "SLUICE_STATE";
 
 /// Reads and checks a pipeline file.
 pub fn load(path: &Path) -> anyhow::Result<PipelineFile> {
-    let source = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read pipeline file {}: {e}", path.display()))?;
+    let source = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read pipeline file {}: {e}", path.display()))?;
     parse(path, &source).map_err(anyhow::Error::from)
 }
 

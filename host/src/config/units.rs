@@ -5,8 +5,7 @@ use std::time::Duration;
 
 /// Parses a duration such as `20ms`, `5s`, `15m`, `365d` or `1h 30m`.
 pub fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|_| format!("expected a duration such as \"250ms\", \"30s\" or \"365d\", found {text:?}"))
+    humantime::parse_duration(text.trim()).map_err(|_| format!("expected a duration such as \"250ms\", \"30s\" or \"365d\", found {text:?}"))
 }
 
 /// Parses a size such as `512KiB`, `64MiB`, `1GiB`, `1MB` or a plain number of bytes.

@@ -86,9 +86,11 @@ impl Source {
         match &spec.input {
             InputSpec::Core { subject, queue } => Ok(Source::Core { subject: subject.clone(), queue: queue.clone() }),
             InputSpec::JetStream { subject, stream, durable, ack_wait, .. } => {
-                let stream_handle = connection.jetstream.get_stream(stream).await.with_context(|| {
-                    format!("it reads from stream `{stream}`, which the server does not have: declare it with [[stream]] or create it")
-                })?;
+                let stream_handle = connection
+                    .jetstream
+                    .get_stream(stream)
+                    .await
+                    .with_context(|| format!("it reads from stream `{stream}`, which the server does not have: declare it with [[stream]] or create it"))?;
                 let in_flight = spec.workers * spec.max_events * 4;
                 let consumer = stream_handle
                     .create_consumer(pull::Config {
@@ -121,13 +123,11 @@ impl Source {
                     .messages()
                     .await
                     .context("cannot start pulling from the JetStream consumer")?;
-                Box::pin(messages.filter_map(|message| {
-                    match message {
-                        Ok(message) => Some(from_jetstream(message)),
-                        Err(error) => {
-                            tracing::warn!(%error, "Error while pulling from JetStream; continuing.");
-                            None
-                        }
+                Box::pin(messages.filter_map(|message| match message {
+                    Ok(message) => Some(from_jetstream(message)),
+                    Err(error) => {
+                        tracing::warn!(%error, "Error while pulling from JetStream; continuing.");
+                        None
                     }
                 }))
             }
@@ -154,17 +154,11 @@ fn from_jetstream(message: JetStreamMessage) -> Delivery {
     let id = info.as_ref().map(|info| format!("{}:{}", info.stream, info.stream_sequence));
     let sequence = info.as_ref().map(|info| info.stream_sequence);
     let delivered = info.as_ref().map(|info| u64::try_from(info.delivered).unwrap_or(1));
-    let event = Event {
-        subject: message.subject.to_string(),
-        headers: headers(message.headers.as_ref()),
-        body: message.payload.to_vec(),
-    };
+    let event = Event { subject: message.subject.to_string(), headers: headers(message.headers.as_ref()), body: message.payload.to_vec() };
     Delivery { event, receipt: Receipt { id, sequence, delivered, settle: Settle::JetStream(message) } }
 }
 
 fn headers(map: Option<&HeaderMap>) -> Vec<(String, String)> {
     let Some(map) = map else { return Vec::new() };
-    map.iter()
-        .flat_map(|(name, values)| values.iter().map(move |value| (name.to_string(), value.to_string())))
-        .collect()
+    map.iter().flat_map(|(name, values)| values.iter().map(move |value| (name.to_string(), value.to_string()))).collect()
 }

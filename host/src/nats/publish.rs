@@ -84,7 +84,9 @@ impl Publisher {
             for message in messages {
                 let published = self.connection.client.publish_with_headers(message.subject.clone(), message.headers.clone(), message.body.clone()).await;
                 answers.push(published.err().map(|e| match e.kind() {
-                    async_nats::client::PublishErrorKind::MaxPayloadExceeded => Failure::Refused(format!("NATS refused the message on {}: {e}", message.subject)),
+                    async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                        Failure::Refused(format!("NATS refused the message on {}: {e}", message.subject))
+                    }
                     _ => Failure::Passing(format!("cannot publish to {}: {e}", message.subject)),
                 }));
             }
@@ -150,7 +152,8 @@ impl Webhook {
         for (name, value) in &spec.headers {
             let what = format!("the webhook header {name}");
             let text = value.resolve(&what).map_err(anyhow::Error::msg)?;
-            let mut header = reqwest::header::HeaderValue::from_str(&text).map_err(|_| anyhow::anyhow!("{what}, from {}, holds characters a header cannot carry", value.shown()))?;
+            let mut header = reqwest::header::HeaderValue::from_str(&text)
+                .map_err(|_| anyhow::anyhow!("{what}, from {}, holds characters a header cannot carry", value.shown()))?;
             header.set_sensitive(value.variable().is_some());
             headers.insert(reqwest::header::HeaderName::from_bytes(name.as_bytes()).with_context(|| format!("{what} is not a header name"))?, header);
         }
@@ -224,7 +227,11 @@ impl Webhook {
         }
         let text = response.text().await.unwrap_or_default();
         let reason = format!("HTTP {status}: {}", text.chars().take(200).collect::<String>());
-        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 { Err(PostFailure::Passing(reason)) } else { Err(PostFailure::Permanent(reason)) }
+        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+            Err(PostFailure::Passing(reason))
+        } else {
+            Err(PostFailure::Permanent(reason))
+        }
     }
 }
 

@@ -73,7 +73,12 @@ impl StateStore {
             Ok(store) => store,
             Err(_) => connection
                 .jetstream
-                .create_key_value(kv::Config { bucket: bucket.to_string(), history: HISTORY, description: "sluice: the state of pipelines' sinks".into(), ..Default::default() })
+                .create_key_value(kv::Config {
+                    bucket: bucket.to_string(),
+                    history: HISTORY,
+                    description: "sluice: the state of pipelines' sinks".into(),
+                    ..Default::default()
+                })
                 .await
                 .with_context(|| format!("cannot open or create the key-value bucket `{bucket}` for sink state"))?,
         };
@@ -91,7 +96,8 @@ impl StateStore {
         let saved = match decode(&value).with_context(|| format!("the sink state `{}` is damaged", self.key))? {
             Value::Whole(saved) => saved,
             Value::InParts(manifest) => {
-                let saved = self.read_parts(&manifest).await.with_context(|| format!("the sink state `{}`, in {} parts, is damaged", self.key, manifest.parts))?;
+                let saved =
+                    self.read_parts(&manifest).await.with_context(|| format!("the sink state `{}`, in {} parts, is damaged", self.key, manifest.parts))?;
                 *self.slot_in_use.lock().expect("not poisoned") = Some(manifest.slot);
                 saved
             }

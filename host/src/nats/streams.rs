@@ -10,11 +10,8 @@ use crate::config::{Retention, Storage, StreamSpec};
 
 pub async fn ensure(connection: &Connection, streams: &[StreamSpec]) -> Result<()> {
     for spec in streams {
-        let info = connection
-            .jetstream
-            .create_or_update_stream(config(spec))
-            .await
-            .with_context(|| format!("cannot create or update stream `{}`", spec.name))?;
+        let info =
+            connection.jetstream.create_or_update_stream(config(spec)).await.with_context(|| format!("cannot create or update stream `{}`", spec.name))?;
         tracing::info!(stream = %spec.name, subjects = ?spec.subjects, messages = info.state.messages, "Stream ready.");
     }
     Ok(())

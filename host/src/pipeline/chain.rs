@@ -193,7 +193,11 @@ impl Chain {
         if spec.webhook.is_none() && subject::matches(spec.input.subject(), &event.subject) {
             return Err((
                 "loop",
-                format!("output subject {:?} matches this pipeline's input {:?}; publishing it would feed it back in (does the pipeline route its events?)", event.subject, spec.input.subject()),
+                format!(
+                    "output subject {:?} matches this pipeline's input {:?}; publishing it would feed it back in (does the pipeline route its events?)",
+                    event.subject,
+                    spec.input.subject()
+                ),
             ));
         }
         if event.body.len() > spec.max_event_bytes {
@@ -282,7 +286,13 @@ fn step<T>(sink: &mut LiveSink, call: impl FnOnce(&mut SinkInstance) -> Result<T
 /// credited to the batch's last input. A fault restarts the sink from its last
 /// good state and feeds it the batch event by event, so that only the event
 /// that faults it is refused.
-fn run_sink(prepared: &PreparedSink, sink: &mut LiveSink, events: Vec<Event>, origins: Vec<usize>, result: &mut BatchResult) -> Result<(Vec<Event>, Vec<usize>)> {
+fn run_sink(
+    prepared: &PreparedSink,
+    sink: &mut LiveSink,
+    events: Vec<Event>,
+    origins: Vec<usize>,
+    result: &mut BatchResult,
+) -> Result<(Vec<Event>, Vec<usize>)> {
     let credit = origins.last().copied().unwrap_or_default();
     let emitted = match step(sink, |instance| instance.consume(&events)) {
         Ok(emitted) => emitted,

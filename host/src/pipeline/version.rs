@@ -38,9 +38,8 @@ impl PreparedSink {
     /// A new instance, initialised with the stage's config and, when there is
     /// one, the state an earlier instance left.
     pub fn start(&self, state: Option<&[u8]>) -> Result<SinkInstance> {
-        let mut instance =
-            SinkInstance::start(&self.engine, &self.pre, self.context.clone(), self.spec.time_budget, self.spec.memory_limit, &self.spec.config)
-                .with_context(|| format!("stage `{}`", self.spec.name))?;
+        let mut instance = SinkInstance::start(&self.engine, &self.pre, self.context.clone(), self.spec.time_budget, self.spec.memory_limit, &self.spec.config)
+            .with_context(|| format!("stage `{}`", self.spec.name))?;
         if let Some(state) = state {
             instance.restore(state).with_context(|| format!("stage `{}`", self.spec.name))?;
         }
@@ -125,11 +124,7 @@ impl PipelineVersion {
             }
         }
         if sink.is_some() && spec.workers != 1 {
-            anyhow::bail!(
-                "pipeline `{}` ends in a sink, which keeps its state in one instance: set `workers = 1` (it has {})",
-                spec.name,
-                spec.workers
-            );
+            anyhow::bail!("pipeline `{}` ends in a sink, which keeps its state in one instance: set `workers = 1` (it has {})", spec.name, spec.workers);
         }
         let id = hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
         Ok(Arc::new(Self { spec: spec.clone(), id, stages, sink }))
@@ -188,13 +183,8 @@ fn prepare_stage(engine: &PluginEngine, pipeline: &str, spec: &StageSpec, clock:
     if let Some(folder) = &grants.files {
         hash_folder(&mut digest, folder).with_context(|| format!("stage `{}`: cannot read its files {}", spec.name, folder.display()))?;
     }
-    let context = Arc::new(StageContext {
-        pipeline: pipeline.into(),
-        name: spec.name.as_str().into(),
-        clock: clock.clone(),
-        counters: Counters::default(),
-        grants,
-    });
+    let context =
+        Arc::new(StageContext { pipeline: pipeline.into(), name: spec.name.as_str().into(), clock: clock.clone(), counters: Counters::default(), grants });
     let engine = engine.engine().clone();
     // One instance now, so that an `init` that refuses its config stops the
     // version here rather than in a worker.

@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
+use super::WasmtimeResult;
 use super::bindings::sink::SinkPre;
 use super::bindings::transform::{Transform, TransformPre};
-use super::WasmtimeResult;
 use super::state::StageState;
 
 /// How often the epoch advances; time budgets are counted in these ticks.
@@ -96,22 +96,22 @@ impl PluginEngine {
 
     /// Links a component as a `transform` stage, checking that it is one.
     pub fn transform_pre(&self, component: &Component) -> Result<TransformPre<StageState>> {
-        let pre = self.linker.instantiate_pre(component).anyhow().context(
-            "the component imports something sluice does not provide (plugins may use WASI and sluice:plugin imports only)",
-        )?;
-        TransformPre::new(pre)
+        let pre = self
+            .linker
+            .instantiate_pre(component)
             .anyhow()
-            .context("the component does not export the sluice:plugin/transform world (init, process)")
+            .context("the component imports something sluice does not provide (plugins may use WASI and sluice:plugin imports only)")?;
+        TransformPre::new(pre).anyhow().context("the component does not export the sluice:plugin/transform world (init, process)")
     }
 
     /// Links a component as a `sink` stage, checking that it is one.
     pub fn sink_pre(&self, component: &Component) -> Result<SinkPre<StageState>> {
-        let pre = self.linker.instantiate_pre(component).anyhow().context(
-            "the component imports something sluice does not provide (plugins may use WASI and sluice:plugin imports only)",
-        )?;
-        SinkPre::new(pre)
+        let pre = self
+            .linker
+            .instantiate_pre(component)
             .anyhow()
-            .context("the component does not export the sluice:plugin/sink world (init, consume, tick, snapshot, restore)")
+            .context("the component imports something sluice does not provide (plugins may use WASI and sluice:plugin imports only)")?;
+        SinkPre::new(pre).anyhow().context("the component does not export the sluice:plugin/sink world (init, consume, tick, snapshot, restore)")
     }
 }
 

@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use wasmtime::{Engine, Store, Trap};
 
+use super::WasmtimeResult;
 use super::bindings::sink::{Sink, SinkPre};
 use super::bindings::transform::{Transform, TransformPre};
 use super::bindings::{Event, Outcome};
 use super::engine::EPOCH_TICK;
-use super::WasmtimeResult;
 use super::state::{StageContext, StageState};
 
 /// Why a call into a plugin did not return normally.

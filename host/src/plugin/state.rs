@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use wasmtime::{ResourceLimiter, bail};
 use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, bail};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 

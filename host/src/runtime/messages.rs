@@ -36,13 +36,7 @@ pub struct Stamp<'a> {
 
 impl<'a> Stamp<'a> {
     pub fn new(version: &'a PipelineVersion, max_payload: usize) -> Self {
-        Self {
-            pipeline: &version.spec.name,
-            version: &version.id,
-            dead_letter: &version.spec.dead_letter,
-            content_ids: version.sink.is_some(),
-            max_payload,
-        }
+        Self { pipeline: &version.spec.name, version: &version.id, dead_letter: &version.spec.dead_letter, content_ids: version.sink.is_some(), max_payload }
     }
 }
 
@@ -152,9 +146,8 @@ fn output_message(stamp: Stamp, event: Event, id: Option<String>) -> Message {
 /// Why the server would refuse this message for its size, if it would.
 fn too_large(stamp: Stamp, message: &Message) -> Option<String> {
     let size = wire_len(&message.headers) + message.body.len();
-    (size > stamp.max_payload).then(|| {
-        format!("the output is {size} bytes with its headers; the NATS server takes at most {} per message (its max_payload)", stamp.max_payload)
-    })
+    (size > stamp.max_payload)
+        .then(|| format!("the output is {size} bytes with its headers; the NATS server takes at most {} per message (its max_payload)", stamp.max_payload))
 }
 
 /// A message id from the pipeline, subject and body: the same event emitted
@@ -191,7 +184,8 @@ fn stamped(headers: &mut HeaderMap, stamp: Stamp, message_id: Option<&str>) {
 /// The size of a header block on the wire, as the server counts it against
 /// `max_payload` (`NATS/1.0\r\n`, `name: value\r\n` each, `\r\n`).
 pub fn wire_len(headers: &HeaderMap) -> usize {
-    let lines: usize = headers.iter().map(|(name, values)| values.iter().map(|v| AsRef::<str>::as_ref(name).len() + 2 + v.as_str().len() + 2).sum::<usize>()).sum();
+    let lines: usize =
+        headers.iter().map(|(name, values)| values.iter().map(|v| AsRef::<str>::as_ref(name).len() + 2 + v.as_str().len() + 2).sum::<usize>()).sum();
     if lines == 0 { 0 } else { "NATS/1.0\r\n\r\n".len() + lines }
 }
 

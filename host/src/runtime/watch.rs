@@ -46,12 +46,8 @@ impl FileWatcher {
     pub fn watch(&mut self, files: impl IntoIterator<Item = PathBuf>, trees: impl IntoIterator<Item = PathBuf>) -> Result<()> {
         self.files = files.into_iter().map(|f| absolute(&f)).collect();
         self.trees = trees.into_iter().map(|t| absolute(&t)).collect();
-        let wanted: BTreeSet<(PathBuf, bool)> = self
-            .files
-            .iter()
-            .filter_map(|f| f.parent().map(|p| (p.to_path_buf(), false)))
-            .chain(self.trees.iter().map(|t| (t.clone(), true)))
-            .collect();
+        let wanted: BTreeSet<(PathBuf, bool)> =
+            self.files.iter().filter_map(|f| f.parent().map(|p| (p.to_path_buf(), false))).chain(self.trees.iter().map(|t| (t.clone(), true))).collect();
         for (gone, _) in self.watched.difference(&wanted) {
             let _ = self.watcher.unwatch(gone);
         }

@@ -277,7 +277,18 @@ impl Worker {
     /// counted them all), then store the sink's state. False when shutdown
     /// came first: nothing of it may be acked.
     #[allow(clippy::too_many_arguments)]
-    async fn finish(&self, stamp: Stamp<'_>, chain: &mut Chain, outbound: Vec<Outbound>, inputs: &[Event], receipts: &[Receipt], kept: &Kept, through: u64, dropped: usize, faults: usize) -> bool {
+    async fn finish(
+        &self,
+        stamp: Stamp<'_>,
+        chain: &mut Chain,
+        outbound: Vec<Outbound>,
+        inputs: &[Event],
+        receipts: &[Receipt],
+        kept: &Kept,
+        through: u64,
+        dropped: usize,
+        faults: usize,
+    ) -> bool {
         let Some(mut delivered) = self.deliver(stamp, outbound, inputs, receipts).await else { return false };
         for (outbound, reason) in std::mem::take(&mut delivered.given_up) {
             let original = match outbound.source {
@@ -324,7 +335,11 @@ impl Worker {
             let mut answers = {
                 let mut dead_letter_answers = dead_letter_answers.into_iter();
                 output_answers.reverse();
-                pending.iter().map(|o| if o.kind == Kind::Output { output_answers.pop().flatten() } else { dead_letter_answers.next().flatten() }).collect::<Vec<_>>().into_iter()
+                pending
+                    .iter()
+                    .map(|o| if o.kind == Kind::Output { output_answers.pop().flatten() } else { dead_letter_answers.next().flatten() })
+                    .collect::<Vec<_>>()
+                    .into_iter()
             };
             let (mut again, mut passing) = (Vec::new(), None);
             for outbound in std::mem::take(&mut pending) {
@@ -401,7 +416,9 @@ impl Worker {
             let delivered = delivery.receipt.delivered.unwrap_or_default();
             let reject = undeliverable(
                 "input",
-                format!("handed out {delivered} times, more than max_deliver = {max}, without being settled: a host stopped or crashed while it was in flight, or what it produced could not be stored"),
+                format!(
+                    "handed out {delivered} times, more than max_deliver = {max}, without being settled: a host stopped or crashed while it was in flight, or what it produced could not be stored"
+                ),
             );
             let id = delivery.receipt.id.as_ref().map(|id| format!("{id}:undeliverable"));
             match self.dead_letter_alone(stamp, &reject, &delivery.event, id, std::slice::from_ref(&delivery.receipt)).await {

@@ -592,7 +592,9 @@ mod tests {
         assert!(Settings::parse(r#"{ "rule": [] }"#).unwrap_err().contains("no rules"));
         assert!(Settings::parse(r#"{ "rules": [] }"#).unwrap_err().contains("unknown field `rules`"));
         let beat = |every: &str, id: &str| {
-            Settings::parse(&format!(r#"{{ "heartbeat": "{every}", "rule": [{{ "id": "{id}", "owner": "o", "severity": "s", "samples": ["e"], "window": "1m", "mean": "x", "below": 1 }}] }}"#))
+            Settings::parse(&format!(
+                r#"{{ "heartbeat": "{every}", "rule": [{{ "id": "{id}", "owner": "o", "severity": "s", "samples": ["e"], "window": "1m", "mean": "x", "below": 1 }}] }}"#
+            ))
         };
         assert_eq!(beat("1m", "r").unwrap().heartbeat, Some(Heartbeat { every_ms: 60_000, every: "1m".to_string() }));
         assert!(beat("500ms", "r").unwrap_err().contains("heartbeat: \"500ms\" is shorter than one second"));
@@ -607,7 +609,10 @@ mod tests {
         assert!(with(r#"{ "rule": "r/c", "until": "2026-11-24T06:00:00Z", "reason": "x" }"#).is_ok(), "a rule's id/check");
         let cases = [
             (r#"{ "rule": "q", "until": "2026-11-24T06:00:00Z", "reason": "x" }"#, "silence of `q`: no rule has that id (the rules are [\"r/c\"])"),
-            (r#"{ "rule": "r", "from": "2026-11-24T07:00:00Z", "until": "2026-11-24T06:00:00Z", "reason": "x" }"#, "silence of `r`: `until` must come after `from`"),
+            (
+                r#"{ "rule": "r", "from": "2026-11-24T07:00:00Z", "until": "2026-11-24T06:00:00Z", "reason": "x" }"#,
+                "silence of `r`: `until` must come after `from`",
+            ),
             (r#"{ "rule": "r", "until": "2026-11-24T06:00:00Z", "reason": " " }"#, "silence of `r`: give a `reason`"),
             (r#"{ "rule": "r", "until": "tomorrow", "reason": "x" }"#, "silence of `r`: until: "),
             (r#"{ "rule": "r", "reason": "x" }"#, "missing field `until`"),
@@ -622,7 +627,8 @@ mod tests {
     fn a_silence_covers_its_rule_and_labels_from_from_until_until() {
         let rule = r#"{ "id": "guardrail", "check": "p95", "owner": "o", "severity": "s", "samples": ["e"], "window": "15m",
                         "group_by": "experiment_assignments", "quantile": { "field": "x", "q": 0.95 }, "above": 1 }"#;
-        let silence = r#"{ "rule": "guardrail", "labels": { "variant": "B" }, "from": "2026-11-24T06:00:00Z", "until": "2026-11-24T07:00:00Z", "reason": "withdrawn" }"#;
+        let silence =
+            r#"{ "rule": "guardrail", "labels": { "variant": "B" }, "from": "2026-11-24T06:00:00Z", "until": "2026-11-24T07:00:00Z", "reason": "withdrawn" }"#;
         let settings = Settings::parse(&format!(r#"{{ "rule": [{rule}], "silence": [{silence}] }}"#)).unwrap();
         let rule = &settings.rules[0];
         let at = |text: &str| time::parse_rfc3339(text).unwrap();

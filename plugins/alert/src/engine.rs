@@ -245,10 +245,8 @@ impl Engine {
         }
         let at = time::format_rfc3339((now_ns / 1_000_000) as i64);
         let event_time = self.state.watermark_ms.map(time::format_rfc3339);
-        let summary = format!(
-            "alerting runs at {at}: {firing} alert(s) firing, {silenced} silenced; event time {}",
-            event_time.as_deref().unwrap_or("not started")
-        );
+        let summary =
+            format!("alerting runs at {at}: {firing} alert(s) firing, {silenced} silenced; event time {}", event_time.as_deref().unwrap_or("not started"));
         let body = json!({ "heartbeat": true, "at": at, "every": every, "event_time": event_time, "firing": firing, "silenced": silenced, "summary": summary });
         Alert { subject: format!("{}.{HEARTBEAT}", self.settings.subject_prefix), body }
     }
@@ -487,7 +485,15 @@ struct Reading {
 /// condition began to hold (firing) or to fail (resolved), earlier than the
 /// change itself by `for` or `keep_firing_for`. `silence` is the silence
 /// covering it at the reading, if any.
-fn alert(settings: &Settings, rule: &Rule, series: &Series, reading: &Reading, condition_since: i64, announcement: Announcement, silence: Option<&Silence>) -> Alert {
+fn alert(
+    settings: &Settings,
+    rule: &Rule,
+    series: &Series,
+    reading: &Reading,
+    condition_since: i64,
+    announcement: Announcement,
+    silence: Option<&Silence>,
+) -> Alert {
     let state = announcement.state();
     let Reading { value, samples, at_ms } = *reading;
     let since = match series.alert {
@@ -721,9 +727,11 @@ mod tests {
 
     #[test]
     fn a_repeat_interval_re_announces_a_firing_alert() {
-        let mut config: Value = serde_json::from_str(r#"{ "repeat": "10m", "rule": [
+        let mut config: Value = serde_json::from_str(
+            r#"{ "repeat": "10m", "rule": [
             { "id": "p", "owner": "eng", "severity": "page", "window": "15m", "samples": ["scene_generated"],
-              "quantile": { "field": "latency_ms", "q": 0.95 }, "above": 110000 } ] }"#)
+              "quantile": { "field": "latency_ms", "q": 0.95 }, "above": 110000 } ] }"#,
+        )
         .unwrap();
         config["min_samples"] = json!(5);
         let mut engine = Engine::new(Settings::parse(&config.to_string()).unwrap());
@@ -974,7 +982,10 @@ mod tests {
         let mut engine = silenced_continuity(silence_until(10));
         let mut alerts = feed(&mut engine, &locks(0, 20, |_| 0.80));
         alerts.extend(feed(&mut engine, &locks(20, 20, |_| 0.95)));
-        assert_eq!(states(&alerts), [("continuity_score".into(), "firing".into()), ("continuity_score".into(), "firing".into()), ("continuity_score".into(), "resolved".into())]);
+        assert_eq!(
+            states(&alerts),
+            [("continuity_score".into(), "firing".into()), ("continuity_score".into(), "firing".into()), ("continuity_score".into(), "resolved".into())]
+        );
         // Fired at 10:01 under the silence: published for the record, marked.
         let (held, announced, resolved) = (&alerts[0], &alerts[1], &alerts[2]);
         assert_eq!(held["silenced"], true);
@@ -1028,9 +1039,12 @@ mod tests {
 
     #[test]
     fn heartbeats_come_on_ticks_as_often_as_asked_with_what_is_firing() {
-        let mut config: Value = serde_json::from_str(r#"{ "heartbeat": "1m", "subject_prefix": "storyforge.alerts", "rule": [
+        let mut config: Value = serde_json::from_str(
+            r#"{ "heartbeat": "1m", "subject_prefix": "storyforge.alerts", "rule": [
             { "id": "continuity_score", "owner": "ml", "severity": "flag", "window": "1m", "min_samples": 5,
-              "samples": ["scene_locked"], "mean": "consistency_score", "below": 0.88 }] }"#).unwrap();
+              "samples": ["scene_locked"], "mean": "consistency_score", "below": 0.88 }] }"#,
+        )
+        .unwrap();
         let mut engine = Engine::new(Settings::parse(&config.to_string()).unwrap());
         let wall = 1_800_000_000_000_000_000u64;
         let second = 1_000_000_000u64;

@@ -52,11 +52,7 @@ fn misbehave(event: Event) -> Outcome {
         Some("trap") => panic!("chaos asked for a trap"),
         Some("loop") => spin(),
         Some("alloc") => hoard(),
-        Some("reject") => Outcome::Reject(Rejection {
-            code: "chaos".into(),
-            property: Some("chaos".into()),
-            message: "the event asked to be rejected".into(),
-        }),
+        Some("reject") => Outcome::Reject(Rejection { code: "chaos".into(), property: Some("chaos".into()), message: "the event asked to be rejected".into() }),
         Some("drop") => Outcome::Drop("the event asked to be dropped".into()),
         Some("split") => {
             let copy = |suffix: &str| Event { subject: format!("{}.{suffix}", event.subject), ..event.clone() };

@@ -138,7 +138,10 @@ mod tests {
         assert_eq!(out["model_vendor_external"], "v-7");
         assert!(uuid::is_uuid_v4(out["event_id"].as_str().unwrap()));
 
-        let late = run(json!({ "client_ts": "2026-11-24T10:00:00Z", "server_ts": "2026-11-24T10:06:00Z", "event_id": "kept", "model_vendor": "v-9" }), "2026-11-24T12:00:00Z");
+        let late = run(
+            json!({ "client_ts": "2026-11-24T10:00:00Z", "server_ts": "2026-11-24T10:06:00Z", "event_id": "kept", "model_vendor": "v-9" }),
+            "2026-11-24T12:00:00Z",
+        );
         assert_eq!(late["server_ts"], "2026-11-24T10:06:00Z", "a present server_ts is kept");
         assert_eq!(late["clock_skew_ms"], 360_000);
         assert_eq!(late["client_ts_trusted"], false);

@@ -115,7 +115,11 @@ mod tests {
         let (mut a, mut b, mut all) = (Sketch::new(0.02), Sketch::new(0.02), Sketch::new(0.02));
         for n in 0..1000 {
             let v = n as f64;
-            if n % 2 == 0 { a.add(v) } else { b.add(v) }
+            if n % 2 == 0 {
+                a.add(v)
+            } else {
+                b.add(v)
+            }
             all.add(v);
         }
         a.merge(&b);

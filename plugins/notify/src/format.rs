@@ -302,7 +302,9 @@ mod tests {
         let notifier = Notifier::new(r#"{ "format": "slack" }"#, no_env).unwrap();
         let Message::Invalid { property, .. } = notifier.message(br#"{ "key": "k", "state": "firing", "severity": "page" }"#) else { panic!() };
         assert_eq!(property, "summary");
-        let Message::Invalid { property, message } = notifier.message(br#"{ "key": "k", "state": "pending", "severity": "page", "summary": "s" }"#) else { panic!() };
+        let Message::Invalid { property, message } = notifier.message(br#"{ "key": "k", "state": "pending", "severity": "page", "summary": "s" }"#) else {
+            panic!()
+        };
         assert_eq!((property.as_str(), message.as_str()), ("state", "\"pending\" is neither \"firing\" nor \"resolved\""));
         assert!(matches!(notifier.message(b"[1]"), Message::Invalid { .. }));
     }

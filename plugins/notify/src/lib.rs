@@ -42,11 +42,9 @@ fn outcome(notifier: &Notifier, event: Event) -> Outcome {
             Outcome::Replace(vec![Event { subject: event.subject, headers, body }])
         }
         Message::Skip(reason) => Outcome::Drop(reason),
-        Message::Invalid { property, message } => Outcome::Reject(Rejection {
-            code: "not_an_alert".into(),
-            property: (!property.is_empty()).then_some(property),
-            message,
-        }),
+        Message::Invalid { property, message } => {
+            Outcome::Reject(Rejection { code: "not_an_alert".into(), property: (!property.is_empty()).then_some(property), message })
+        }
     }
 }
 

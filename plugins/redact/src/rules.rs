@@ -200,7 +200,9 @@ mod tests {
 
     #[test]
     fn opt_out_removes_identity() {
-        let out = redact(json!({ "event": "feedback_submitted", "analytics_opt_out": true, "user_id": "u", "session_id": "s", "ip": "1.2.3.4", "comment": "hi", "rating": 5 }));
+        let out = redact(
+            json!({ "event": "feedback_submitted", "analytics_opt_out": true, "user_id": "u", "session_id": "s", "ip": "1.2.3.4", "comment": "hi", "rating": 5 }),
+        );
         assert_eq!(out, json!({ "event": "feedback_submitted", "analytics_opt_out": true, "rating": 5 }));
     }
 

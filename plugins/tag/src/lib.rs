@@ -38,8 +38,7 @@ struct Tag;
 
 impl Guest for Tag {
     fn init(config: String) -> Result<(), String> {
-        let parsed: Config =
-            serde_json::from_str(&config).map_err(|e| format!("invalid tag config: {e}"))?;
+        let parsed: Config = serde_json::from_str(&config).map_err(|e| format!("invalid tag config: {e}"))?;
         CONFIG.with(|c| *c.borrow_mut() = parsed);
         Ok(())
     }

@@ -132,7 +132,12 @@ fn compile(value: &Value, files: &BTreeMap<String, Value>, file: &str, depth: us
             "enum" => schema.enumeration = Some(v.as_array().ok_or("`enum` must be a list")?.clone()),
             "const" => schema.constant = Some(v.clone()),
             "required" => {
-                schema.required = v.as_array().ok_or("`required` must be a list")?.iter().map(|r| r.as_str().map(str::to_string).ok_or("`required` lists strings")).collect::<Result<_, _>>()?
+                schema.required = v
+                    .as_array()
+                    .ok_or("`required` must be a list")?
+                    .iter()
+                    .map(|r| r.as_str().map(str::to_string).ok_or("`required` lists strings"))
+                    .collect::<Result<_, _>>()?
             }
             "properties" => {
                 for (name, property) in v.as_object().ok_or("`properties` must be an object")? {

@@ -13,7 +13,9 @@ use crate::plugin::state::StageState;
 
 #[derive(Clone, Debug)]
 pub enum Clock {
-    System { started: Instant },
+    System {
+        started: Instant,
+    },
     /// Nanoseconds since the Unix epoch, moved only by whoever holds it.
     Manual(Arc<AtomicU64>),
 }
