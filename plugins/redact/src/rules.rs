@@ -81,10 +81,10 @@ impl Redactor {
     pub fn redact(&self, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
         // Most events carry none of the properties redaction looks at; a
         // scan of the top-level names, without building the event, tells.
-        if let Ok(names) = serde_json::from_slice::<TopLevel>(body) {
-            if !names.0.keys().any(|name| self.concerns(name)) {
-                return Ok(None);
-            }
+        if let Ok(names) = serde_json::from_slice::<TopLevel>(body)
+            && !names.0.keys().any(|name| self.concerns(name))
+        {
+            return Ok(None);
         }
         let mut event: Map<String, Value> = serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON object: {e}"))?;
         if !self.apply(&mut event) {

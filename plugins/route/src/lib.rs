@@ -123,10 +123,10 @@ enum Decision {
 }
 
 fn decide(config: &Config, properties: &Properties) -> Result<Decision, Outcome> {
-    if let Some(Value::String(value)) = properties.get(&config.property) {
-        if config.drop.iter().any(|d| *d == value) {
-            return Ok(Decision::Drop(format!("{} = {value}", config.property)));
-        }
+    if let Some(Value::String(value)) = properties.get(&config.property)
+        && config.drop.contains(&value)
+    {
+        return Ok(Decision::Drop(format!("{} = {value}", config.property)));
     }
     let template = config.rules.iter().find(|r| properties.matches(r)).map_or(&config.subject, |r| &r.subject);
     let subject = fill(template, properties)?;

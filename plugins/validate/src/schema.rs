@@ -200,16 +200,16 @@ impl Schema {
         if !self.types.is_empty() && !self.types.iter().any(|t| has_type(value, t)) {
             return fail(format!("{what} must be {}, found {}", self.types.iter().map(|t| article(t)).collect::<Vec<_>>().join(" or "), describe(value)));
         }
-        if let Some(constant) = &self.constant {
-            if value != constant {
-                return fail(format!("{what} must be {constant}, found {}", describe(value)));
-            }
+        if let Some(constant) = &self.constant
+            && value != constant
+        {
+            return fail(format!("{what} must be {constant}, found {}", describe(value)));
         }
-        if let Some(allowed) = &self.enumeration {
-            if !allowed.contains(value) {
-                let list: Vec<String> = allowed.iter().map(|a| a.as_str().map_or_else(|| a.to_string(), str::to_string)).collect();
-                return fail(format!("{what} must be one of {}; found {}", list.join(", "), describe(value)));
-            }
+        if let Some(allowed) = &self.enumeration
+            && !allowed.contains(value)
+        {
+            let list: Vec<String> = allowed.iter().map(|a| a.as_str().map_or_else(|| a.to_string(), str::to_string)).collect();
+            return fail(format!("{what} must be one of {}; found {}", list.join(", "), describe(value)));
         }
         if let Value::String(text) = value {
             let length = text.chars().count();
