@@ -41,11 +41,16 @@
 //! `from` plus `every` for each event before it; the events of all series of
 //! a case go in as one batch, in time order.
 //!
-//! `expect` lists every output in order; each `body` is matched as a subset
-//! (the keys it names must be equal), `absent` keys must not be there, and
-//! `contains_none` lists strings no output may contain. `input_raw` gives the
-//! body as raw text instead (for malformed input); `dropped = true` expects
-//! the event to be dropped.
+//! A case's events go in batches of the pipeline's `max_events`, as they
+//! would from NATS; a series holds at most a million events.
+//!
+//! Every outcome is compared. `expect` lists every output in order; each
+//! `body` is matched as a subset (the keys it names must be equal), `absent`
+//! keys must not be there, and `contains_none` lists strings no output may
+//! contain. `reject` expects exactly one reject, `rejects = [...]` each of
+//! several in order, and neither expects none. `dropped = true` expects the
+//! one event to be dropped, `dropped = N` that many, and neither none.
+//! `input_raw` gives the body as raw text instead (for malformed input).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -57,7 +62,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::{self, PipelineSpec};
-use crate::pipeline::{BatchResult, Chain, Environment, Output, PipelineVersion};
+use crate::pipeline::{BatchResult, Chain, Environment, Output, PipelineVersion, Reject};
 use crate::plugin::{Clock, Event, PluginEngine};
 
 #[derive(Deserialize)]
@@ -86,14 +91,38 @@ struct Case {
     without: Vec<String>,
     expect: Option<Vec<Expected>>,
     reject: Option<ExpectedReject>,
+    rejects: Option<Vec<ExpectedReject>>,
     #[serde(default)]
-    dropped: bool,
+    dropped: Dropped,
     #[serde(default)]
     contains_none: Vec<String>,
     #[serde(default)]
     series: Vec<Series>,
     tick: Option<String>,
 }
+
+/// How many events a case expects dropped: `true` for its one event, or a count.
+#[derive(Deserialize, Default)]
+#[serde(untagged, expecting = "expected `dropped = true`, `false`, or a count of dropped events")]
+enum Dropped {
+    #[default]
+    None,
+    One(bool),
+    Count(u64),
+}
+
+impl Dropped {
+    fn count(&self) -> u64 {
+        match self {
+            Dropped::None | Dropped::One(false) => 0,
+            Dropped::One(true) => 1,
+            Dropped::Count(n) => *n,
+        }
+    }
+}
+
+/// The most events one series may make: a case is a story, not a load test.
+const MAX_SERIES_EVENTS: usize = 1_000_000;
 
 /// Events one apart in time, for a sink.
 #[derive(Deserialize)]
@@ -159,8 +188,10 @@ pub fn run(pipeline_file: &Path, case_files: &[PathBuf]) -> Result<Summary> {
         let mut chain = Chain::start(version)?;
         let default_subject = cases.subject.clone().unwrap_or_else(|| spec.input.subject().replace(['*', '>'], "test"));
         for case in &cases.case {
-            clock.set(parse_clock(case.clock.as_deref().or(cases.clock.as_deref()))?);
-            let outcome = run_case(&mut chain, cases, case, &default_subject);
+            let outcome = parse_clock(case.clock.as_deref().or(cases.clock.as_deref())).map_err(|e| format!("clock: {e:#}")).and_then(|now| {
+                clock.set(now);
+                run_case(&mut chain, cases, case, &default_subject)
+            });
             match outcome {
                 Ok(()) => summary.passed += 1,
                 Err(diff) => {
@@ -203,7 +234,8 @@ fn pick_pipeline<'a>(pipelines: &'a [PipelineSpec], name: Option<&str>) -> Resul
 fn parse_clock(text: Option<&str>) -> Result<u64> {
     let text = text.unwrap_or("2026-01-01T00:00:00Z");
     let time = humantime::parse_rfc3339(text).with_context(|| format!("clock {text:?} is not an RFC 3339 time"))?;
-    Ok(time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64))
+    let since = time.duration_since(std::time::UNIX_EPOCH).map_err(|_| anyhow::anyhow!("time {text:?} is before 1970, which the clock cannot show"))?;
+    u64::try_from(since.as_nanos()).map_err(|_| anyhow::anyhow!("time {text:?} is after 2554, which the clock (nanoseconds in 64 bits) cannot show"))
 }
 
 /// The input events of a case: its `input` (or `input_raw`), then its series.
@@ -225,10 +257,19 @@ fn inputs(file: &CaseFile, case: &Case) -> Result<Vec<Vec<u8>>, String> {
     }
     let mut timed = Vec::new();
     for series in &case.series {
+        if series.count > MAX_SERIES_EVENTS {
+            return Err(format!("series: count = {} is more than the {MAX_SERIES_EVENTS} events a series may hold", series.count));
+        }
         let from = parse_clock(Some(&series.from)).map_err(|e| format!("series: {e:#}"))?;
         let every = humantime::parse_duration(&series.every).map_err(|e| format!("series: every {:?}: {e}", series.every))?;
         for i in 0..series.count {
-            let at = std::time::UNIX_EPOCH + Duration::from_nanos(from) + every * i as u32;
+            let at = u32::try_from(i)
+                .ok()
+                .and_then(|i| every.checked_mul(i))
+                .and_then(|offset| offset.checked_add(Duration::from_nanos(from)))
+                .filter(|at| u64::try_from(at.as_nanos()).is_ok())
+                .ok_or_else(|| format!("series: event {i} at {} + {i} × {} is past 2554, which the clock cannot show", series.from, series.every))?;
+            let at = std::time::UNIX_EPOCH + at;
             let mut body = merged(&series.input);
             body.insert(series.time_field.clone(), Value::String(humantime::format_rfc3339_millis(at).to_string()));
             timed.push((at, serde_json::to_vec(&body).map_err(|e| e.to_string())?));
@@ -244,7 +285,15 @@ fn inputs(file: &CaseFile, case: &Case) -> Result<Vec<Vec<u8>>, String> {
 fn run_case(chain: &mut Chain, file: &CaseFile, case: &Case, default_subject: &str) -> Result<(), String> {
     let subject = case.subject.clone().unwrap_or_else(|| default_subject.to_string());
     let events: Vec<Event> = inputs(file, case)?.into_iter().map(|body| Event { subject: subject.clone(), headers: Vec::new(), body }).collect();
-    let mut result = if events.is_empty() { BatchResult::default() } else { chain.process(&events).map_err(|e| format!("the pipeline failed: {e:#}"))? };
+    let mut result = BatchResult::default();
+    for (batch, events) in events.chunks(chain.version.spec.max_events).enumerate() {
+        let part = chain.process(events).map_err(|e| format!("the pipeline failed: {e:#}"))?;
+        let offset = batch * chain.version.spec.max_events;
+        result.outputs.extend(part.outputs.into_iter().map(|output| Output { origin: output.origin + offset, ..output }));
+        result.rejects.extend(part.rejects.into_iter().map(|reject| Reject { origin: reject.origin + offset, ..reject }));
+        result.dropped += part.dropped;
+        result.faults += part.faults;
+    }
     if let Some(tick) = &case.tick {
         let now = parse_clock(Some(tick)).map_err(|e| format!("tick: {e:#}"))?;
         let emitted = chain.tick(now).map_err(|e| format!("the sink failed on tick: {e:#}"))?;
@@ -253,9 +302,9 @@ fn run_case(chain: &mut Chain, file: &CaseFile, case: &Case, default_subject: &s
     chain.commit();
     let mut problems = String::new();
     check_outputs(case, &result, &mut problems);
-    check_reject(case, &result, &mut problems);
-    if case.dropped != (result.dropped > 0) {
-        let _ = writeln!(problems, "expected the event {}dropped; dropped: {}", if case.dropped { "" } else { "not " }, result.dropped);
+    check_rejects(case, &result, &mut problems);
+    if case.dropped.count() != result.dropped as u64 {
+        let _ = writeln!(problems, "expected {} event(s) dropped, found {}", case.dropped.count(), result.dropped);
     }
     for output in &result.outputs {
         let text = String::from_utf8_lossy(&output.event.body);
@@ -304,32 +353,36 @@ fn check_outputs(case: &Case, result: &BatchResult, problems: &mut String) {
     }
 }
 
-fn check_reject(case: &Case, result: &BatchResult, problems: &mut String) {
-    match (&case.reject, result.rejects.as_slice()) {
-        (None, []) => {}
-        (None, [reject, ..]) => {
-            let _ = writeln!(problems, "unexpected reject by `{}`: {} ({})", reject.stage, reject.code, reject.message);
+fn check_rejects(case: &Case, result: &BatchResult, problems: &mut String) {
+    let expected: &[ExpectedReject] = match (&case.reject, &case.rejects) {
+        (Some(one), None) => std::slice::from_ref(one),
+        (None, Some(several)) => several,
+        (None, None) => &[],
+        (Some(_), Some(_)) => {
+            let _ = writeln!(problems, "the case gives both `reject` and `rejects`; give one");
+            return;
         }
-        (Some(want), []) => {
-            let _ = writeln!(problems, "expected a reject by `{}` with code {}, found none", want.stage, want.code);
-        }
-        (Some(want), [got, ..]) => {
-            let property_ok = want.property.is_none() || want.property == got.property;
-            let message_ok = want.message_contains.as_ref().is_none_or(|m| got.message.contains(m.as_str()));
-            if want.stage != got.stage || want.code != got.code || !property_ok || !message_ok {
-                let _ = writeln!(
-                    problems,
-                    "expected a reject by `{}` with code {}{}{}, found `{}` {} (property {:?}): {}",
-                    want.stage,
-                    want.code,
-                    want.property.as_ref().map_or(String::new(), |p| format!(" on `{p}`")),
-                    want.message_contains.as_ref().map_or(String::new(), |m| format!(" saying {m:?}")),
-                    got.stage,
-                    got.code,
-                    got.property,
-                    got.message
-                );
-            }
+    };
+    if expected.len() != result.rejects.len() {
+        let _ = writeln!(problems, "expected {} reject(s), found {}", expected.len(), result.rejects.len());
+        return;
+    }
+    for (i, (want, got)) in expected.iter().zip(&result.rejects).enumerate() {
+        let property_ok = want.property.is_none() || want.property == got.property;
+        let message_ok = want.message_contains.as_ref().is_none_or(|m| got.message.contains(m.as_str()));
+        if want.stage != got.stage || want.code != got.code || !property_ok || !message_ok {
+            let _ = writeln!(
+                problems,
+                "reject {i}: expected `{}` with code {}{}{}, found `{}` {} (property {:?}): {}",
+                want.stage,
+                want.code,
+                want.property.as_ref().map_or(String::new(), |p| format!(" on `{p}`")),
+                want.message_contains.as_ref().map_or(String::new(), |m| format!(" saying {m:?}")),
+                got.stage,
+                got.code,
+                got.property,
+                got.message
+            );
         }
     }
 }

@@ -44,8 +44,64 @@ fn a_failing_case_is_reported_with_what_differed() {
     assert!(!status.success());
     assert!(log.contains(":: expects the wrong subject"), "{log}");
     assert!(log.contains(r#"output 0: expected subject "storyforge.analytics.signed_up", found "storyforge.analytics.onboarding_completed""#), "{log}");
-    assert!(log.contains("expected a reject by `validate` with code missing_property, found none"), "{log}");
+    assert!(log.contains("expected 1 reject(s), found 0"), "{log}");
     assert!(log.contains("0 passed, 2 failed"), "{log}");
+}
+
+#[test]
+fn case_files_that_overflow_or_expect_too_little_fail_with_the_reason_and_no_panic() {
+    let workspace = Workspace::new();
+    let cases = workspace.path("cases.toml");
+    let onboarding = r#"{ event = "onboarding_completed", user_id = "6f1c2d3e-4b5a-4c7d-8e9f-000000000001", session_id = "6f1c2d3e-4b5a-4c7d-8e9f-000000000002", client_ts = "2026-11-24T11:59:58Z", app_version = "1", platform = "web" }"#;
+    let unknown = r#"{ event = "no_such_event", user_id = "6f1c2d3e-4b5a-4c7d-8e9f-000000000001" }"#;
+    std::fs::write(
+        &cases,
+        format!(
+            r#"
+            pipeline = "storyforge-ingest"
+            clock = "2026-11-24T12:00:00Z"
+            env = {{ STORYFORGE_HASH_KEY = "test-key-0123456789abcdef" }}
+            [[case]]
+            name = "one reject expected, three come out"
+            series = [{{ from = "2026-11-24T11:00:00Z", every = "1s", count = 3, input = {unknown} }}]
+            reject = {{ stage = "validate", code = "unknown_event" }}
+            [[case]]
+            name = "three rejects expected in order, three come out"
+            series = [{{ from = "2026-11-24T11:00:00Z", every = "1s", count = 3, input = {unknown} }}]
+            rejects = [{{ stage = "validate", code = "unknown_event" }}, {{ stage = "validate", code = "unknown_event" }}, {{ stage = "validate", code = "unknown_event" }}]
+            [[case]]
+            name = "a series too long"
+            series = [{{ from = "2026-11-24T11:00:00Z", every = "1s", count = 1000001, input = {onboarding} }}]
+            [[case]]
+            name = "a series past the clock's end"
+            series = [{{ from = "2500-01-01T00:00:00Z", every = "100years", count = 2, input = {onboarding} }}]
+            [[case]]
+            name = "a clock before 1970"
+            clock = "1969-12-31T23:59:59Z"
+            input = {onboarding}
+            [[case]]
+            name = "a drop expected, none happens"
+            input = {onboarding}
+            expect = [{{ subject = "storyforge.analytics.onboarding_completed" }}]
+            dropped = 2
+            "#
+        ),
+    )
+    .unwrap();
+    let (status, log) = Sluice::spawn(&["test", "pipelines/storyforge.toml", cases.to_str().unwrap()]).wait();
+    assert_eq!(status.code(), Some(1), "failing cases, not a crash: {log}");
+    assert!(!log.contains("panicked"), "{log}");
+    for (case, reason) in [
+        ("one reject expected, three come out", "expected 1 reject(s), found 3"),
+        ("a series too long", "count = 1000001 is more than the 1000000 events a series may hold"),
+        ("a series past the clock's end", "is past 2554, which the clock cannot show"),
+        ("a clock before 1970", "clock \"1969-12-31T23:59:59Z\" is not an RFC 3339 time"),
+        ("a drop expected, none happens", "expected 2 event(s) dropped, found 0"),
+    ] {
+        let report = log.split("FAIL ").find(|report| report.contains(&format!(":: {case}"))).unwrap_or_else(|| panic!("{case:?} is reported:\n{log}"));
+        assert!(report.contains(reason), "{case:?} says {reason:?}:\n{report}");
+    }
+    assert!(log.contains("1 passed, 5 failed"), "{log}");
 }
 
 #[test]
