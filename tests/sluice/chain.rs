@@ -193,6 +193,73 @@ fn an_init_that_refuses_its_config_stops_the_version() {
     assert!(error.contains("init refused its config") && error.contains("subjekt"), "{error}");
 }
 
+#[test]
+fn floods_bloat_and_a_stack_overflow_lose_only_their_own_event() {
+    let mut chain = chain(
+        r#"
+        [[pipeline.stage]]
+        name = "chaos"
+        component = "{plugin:chaos}"
+        limits = { outputs = 100, output_bytes = "16KiB" }
+        [[pipeline.stage]]
+        name = "route"
+        component = "{plugin:route}"
+        config = { subject = "out.{event}" }
+        "#,
+    );
+    let hostile = |n: usize| match n {
+        1 => serde_json::json!({ "chaos": "flood", "count": 101 }),
+        2 => serde_json::json!({ "chaos": "flood", "count": 100 }),
+        4 => serde_json::json!({ "chaos": "bloat", "bytes": 16385 }),
+        5 => serde_json::json!({ "chaos": "bloat", "bytes": 3000 }),
+        7 => serde_json::json!({ "chaos": "stack" }),
+        _ => serde_json::json!({}),
+    };
+    let batch: Vec<Event> = (0..10).map(|n| input(event(n, hostile(n)))).collect();
+    let result = chain.process(&batch).expect("batch");
+
+    let rejects: Vec<(usize, &str, &str)> = result.rejects.iter().map(|r| (r.origin, r.stage.as_str(), r.code.as_str())).collect();
+    assert_eq!(rejects, vec![(1, "chaos", "output_limit"), (4, "chaos", "output_limit"), (7, "chaos", "trap")]);
+    assert!(result.rejects[0].message.contains("101 events for one input event; the stage allows 100 (limits.outputs)"), "{}", result.rejects[0].message);
+    assert!(result.rejects[1].message.contains("the stage allows 16384 (limits.output_bytes)"), "{}", result.rejects[1].message);
+    assert!(result.rejects[2].message.contains("call stack exhausted"), "{}", result.rejects[2].message);
+    let mut per_input = [0; 10];
+    for output in &result.outputs {
+        per_input[output.origin] += 1;
+    }
+    assert_eq!(per_input, [1, 0, 100, 1, 0, 1, 1, 0, 1, 1], "the flood at the limit and the bloat under it pass");
+}
+
+#[test]
+fn a_million_outputs_for_one_event_is_stopped_by_the_default_limits() {
+    let mut chain = chain(CHAOS_THEN_ROUTE.replace(r#"limits = { time = "100ms", memory = "16MiB" }"#, "").as_str());
+    let batch = vec![input(event(0, serde_json::json!({ "chaos": "flood" }))), input(event(1, serde_json::json!({})))];
+    let result = chain.process(&batch).expect("batch");
+    let rejects: Vec<(usize, &str)> = result.rejects.iter().map(|r| (r.origin, r.code.as_str())).collect();
+    // A million events do not fit the default 64 MiB of memory; fewer would
+    // be stopped by the default of 1000 events per input event.
+    assert!(rejects == [(0, "memory_limit")] || rejects == [(0, "output_limit")], "{rejects:?}");
+    assert_eq!(result.outputs.iter().map(|o| o.origin).collect::<Vec<_>>(), [1]);
+}
+
+#[test]
+fn an_init_that_loops_allocates_traps_or_overflows_its_stack_stops_the_version_with_the_reason() {
+    for (init, reason) in [
+        ("loop", "ran longer than its time budget of 200ms"),
+        ("alloc", "more than its memory cap of 16 MiB"),
+        ("trap", "chaos asked init to trap"),
+        ("stack", "call stack exhausted"),
+        ("shadow_stack", "the plugin trapped"),
+    ] {
+        let toml = format!(
+            "[[pipeline]]\nname = \"p\"\ninput = {{ subject = \"in\", mode = \"core\" }}\ndead_letter = \"dlq\"\n\
+             [[pipeline.stage]]\nname = \"chaos\"\ncomponent = \"{{plugin:chaos}}\"\nlimits = {{ time = \"200ms\", memory = \"16MiB\" }}\nconfig = {{ init = \"{init}\" }}\n"
+        );
+        let error = format!("{:#}", prepare(&toml).err().expect("refused"));
+        assert!(error.contains("init failed") && error.contains(reason), "init = {init:?}: {error}");
+    }
+}
+
 /// A pipeline that counts events in the `tally` sink.
 fn tally_chain() -> Chain {
     let toml = "[[pipeline]]\nname = \"count\"\ninput = { subject = \"in.>\", mode = \"core\" }\ndead_letter = \"dlq\"\nworkers = 1\n\

@@ -123,7 +123,7 @@ async fn rejected_and_bad_events_go_to_the_dead_letter_subject_with_an_envelope(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_trap_a_loop_and_a_runaway_allocation_lose_only_their_own_event() {
+async fn a_trap_a_loop_a_runaway_allocation_a_flood_and_a_stack_overflow_lose_only_their_own_event() {
     let nats = Nats::start().await;
     let workspace = Workspace::new();
     let file = workspace.write_pipeline(
@@ -158,14 +158,16 @@ async fn a_trap_a_loop_and_a_runaway_allocation_lose_only_their_own_event() {
         4 => serde_json::json!({ "chaos": "trap" }),
         9 => serde_json::json!({ "chaos": "loop" }),
         14 => serde_json::json!({ "chaos": "alloc" }),
+        16 => serde_json::json!({ "chaos": "flood", "count": 1001 }),
+        18 => serde_json::json!({ "chaos": "stack" }),
         _ => serde_json::json!({}),
     };
     nats.publish_stored((0..20).map(|n| (format!("raw.{n}"), event(n, poison(n))))).await;
 
-    let good: BTreeSet<u64> = out.take(17, WAIT).await.iter().map(|m| json(m)["n"].as_u64().unwrap()).collect();
-    assert_eq!(good, (0..20).filter(|n| ![4, 9, 14].contains(n)).collect());
+    let good: BTreeSet<u64> = out.take(15, WAIT).await.iter().map(|m| json(m)["n"].as_u64().unwrap()).collect();
+    assert_eq!(good, (0..20).filter(|n| ![4, 9, 14, 16, 18].contains(n)).collect());
     let mut codes: Vec<(u64, String)> = dead
-        .take(3, WAIT)
+        .take(5, WAIT)
         .await
         .iter()
         .map(|m| {
@@ -175,7 +177,7 @@ async fn a_trap_a_loop_and_a_runaway_allocation_lose_only_their_own_event() {
         })
         .collect();
     codes.sort();
-    assert_eq!(codes, vec![(4, "trap".into()), (9, "timeout".into()), (14, "memory_limit".into())]);
+    assert_eq!(codes, vec![(4, "trap".into()), (9, "timeout".into()), (14, "memory_limit".into()), (16, "output_limit".into()), (18, "trap".into())]);
 
     // The host is still up and the stage works with fresh instances.
     nats.publish_stored([("raw.after".to_string(), event(100, serde_json::json!({})))]).await;

@@ -19,6 +19,9 @@ const MAX_EVENT_BYTES: u64 = 64 << 20;
 /// Bounds on a stage's per-call time budget and memory cap.
 const TIME_BUDGET_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(60));
 const MEMORY_RANGE: (u64, u64) = (1 << 20, 4 << 30);
+/// Bounds on what one call may answer: events per input event, bytes per call.
+const OUTPUTS_RANGE: (i64, i64) = (1, 1_000_000);
+const OUTPUT_BYTES_RANGE: (u64, u64) = (1 << 10, 1 << 30);
 
 pub fn check(path: &Path, raw: raw::File) -> Result<PipelineFile, Vec<Problem>> {
     let mut checker = Checker { base: path.parent().unwrap_or(Path::new(".")).to_path_buf(), problems: Vec::new() };
@@ -342,6 +345,26 @@ impl Checker {
                 })
             }),
         };
+        let max_outputs = match &stage.limits.outputs {
+            None => Some(DEFAULT_MAX_OUTPUTS),
+            Some(n) => self.parsed(n, |&n| {
+                (OUTPUTS_RANGE.0..=OUTPUTS_RANGE.1).contains(&n).then_some(n as usize).ok_or(format!(
+                    "limits.outputs (events a plugin may answer one event with) must be from {} to {}, found {n}",
+                    OUTPUTS_RANGE.0, OUTPUTS_RANGE.1
+                ))
+            }),
+        };
+        let max_output_bytes = match &stage.limits.output_bytes {
+            None => Some(DEFAULT_MAX_OUTPUT_BYTES),
+            Some(b) => self.parsed(b, |b| {
+                units::bytes(b).and_then(|b| {
+                    (OUTPUT_BYTES_RANGE.0..=OUTPUT_BYTES_RANGE.1)
+                        .contains(&b)
+                        .then_some(b as usize)
+                        .ok_or(format!("limits.output_bytes (bytes of new events one call may return) must be from 1KiB to 1GiB, found {b} bytes"))
+                })
+            }),
+        };
         let config = toml_to_json(&toml::Value::Table(stage.config.clone().unwrap_or_default())).to_string();
         let files = stage.files.as_ref().map(|dir| {
             let path = self.base.join(dir.get_ref());
@@ -363,6 +386,8 @@ impl Checker {
             component: component?,
             time_budget: time_budget?,
             memory_limit: memory_limit?,
+            max_outputs: max_outputs?,
+            max_output_bytes: max_output_bytes?,
             config,
             files,
             env,

@@ -179,6 +179,10 @@ pub struct StageSpec {
     pub time_budget: Duration,
     /// How much linear memory one instance may grow to.
     pub memory_limit: u64,
+    /// How many events a plugin may answer one input event with.
+    pub max_outputs: usize,
+    /// How many bytes of new events (bodies a plugin sends back) one call may return.
+    pub max_output_bytes: usize,
     /// The stage's `config` table as JSON, handed to the plugin's `init`.
     pub config: String,
     /// A folder granted read-only to the plugin at [`FILES_MOUNT`].
@@ -194,6 +198,8 @@ pub const DEFAULT_MAX_EVENTS: usize = 256;
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(5);
 pub const DEFAULT_TIME_BUDGET: Duration = Duration::from_millis(500);
 pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
+pub const DEFAULT_MAX_OUTPUTS: usize = 1000;
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 << 20;
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_DELIVER: u64 = 5;

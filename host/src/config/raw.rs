@@ -148,4 +148,8 @@ pub struct Stage {
 pub struct Limits {
     pub time: Option<Spanned<String>>,
     pub memory: Option<Spanned<String>>,
+    /// Events a plugin may answer one input event with.
+    pub outputs: Option<Spanned<i64>>,
+    /// Bytes of new events one call into the plugin may return.
+    pub output_bytes: Option<Spanned<String>>,
 }

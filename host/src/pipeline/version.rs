@@ -29,8 +29,7 @@ pub type PreparedSink = PreparedStage<SinkPre<StageState>>;
 impl PreparedStage {
     /// A new instance, initialised with the stage's config.
     pub fn start(&self) -> Result<TransformInstance> {
-        TransformInstance::start(&self.engine, &self.pre, self.context.clone(), self.spec.time_budget, self.spec.memory_limit, &self.spec.config)
-            .with_context(|| format!("stage `{}`", self.spec.name))
+        TransformInstance::start(&self.engine, &self.pre, self.context.clone(), &self.spec).with_context(|| format!("stage `{}`", self.spec.name))
     }
 }
 
@@ -38,8 +37,8 @@ impl PreparedSink {
     /// A new instance, initialised with the stage's config and, when there is
     /// one, the state an earlier instance left.
     pub fn start(&self, state: Option<&[u8]>) -> Result<SinkInstance> {
-        let mut instance = SinkInstance::start(&self.engine, &self.pre, self.context.clone(), self.spec.time_budget, self.spec.memory_limit, &self.spec.config)
-            .with_context(|| format!("stage `{}`", self.spec.name))?;
+        let mut instance =
+            SinkInstance::start(&self.engine, &self.pre, self.context.clone(), &self.spec).with_context(|| format!("stage `{}`", self.spec.name))?;
         if let Some(state) = state {
             instance.restore(state).with_context(|| format!("stage `{}`", self.spec.name))?;
         }

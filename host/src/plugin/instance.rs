@@ -14,6 +14,7 @@ use super::bindings::transform::{Transform, TransformPre};
 use super::bindings::{Event, Outcome};
 use super::engine::EPOCH_TICK;
 use super::state::{StageContext, StageState};
+use crate::config::StageSpec;
 
 /// Why a call into a plugin did not return normally.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +27,9 @@ pub enum Fault {
     Trap(String),
     /// The plugin broke the contract, e.g. fewer outcomes than events.
     Contract(String),
+    /// The plugin answered with more events, or more bytes of them, than
+    /// the stage's limits allow.
+    OutputLimit(String),
 }
 
 impl Fault {
@@ -36,6 +40,7 @@ impl Fault {
             Fault::MemoryLimit(_) => "memory_limit",
             Fault::Trap(_) => "trap",
             Fault::Contract(_) => "contract",
+            Fault::OutputLimit(_) => "output_limit",
         }
     }
 }
@@ -47,6 +52,7 @@ impl std::fmt::Display for Fault {
             Fault::MemoryLimit(cap) => write!(f, "the plugin tried to use more than its memory cap of {} MiB", cap >> 20),
             Fault::Trap(message) => write!(f, "the plugin trapped: {message}"),
             Fault::Contract(message) => write!(f, "the plugin broke the sluice:plugin contract: {message}"),
+            Fault::OutputLimit(message) => write!(f, "the plugin answered with too much: {message}"),
         }
     }
 }
@@ -55,14 +61,39 @@ impl std::fmt::Display for Fault {
 struct Sandbox {
     store: Store<StageState>,
     time_budget: Duration,
+    /// Events one input event may be answered with, and bytes of new events per call.
+    max_outputs: usize,
+    max_output_bytes: usize,
 }
 
 impl Sandbox {
-    fn new(engine: &Engine, stage: Arc<StageContext>, time_budget: Duration, memory_limit: u64) -> Result<Self> {
-        let mut store = Store::new(engine, StageState::new(stage, memory_limit)?);
+    fn new(engine: &Engine, stage: Arc<StageContext>, spec: &StageSpec) -> Result<Self> {
+        let mut store = Store::new(engine, StageState::new(stage, spec.memory_limit)?);
         store.limiter(|state| &mut state.limiter);
-        set_budget(&mut store, time_budget);
-        Ok(Self { store, time_budget })
+        set_budget(&mut store, spec.time_budget);
+        Ok(Self { store, time_budget: spec.time_budget, max_outputs: spec.max_outputs, max_output_bytes: spec.max_output_bytes })
+    }
+
+    /// Refuses events sent back past the stage's limits: `per_input` is how
+    /// many input events they answer (a sink's tick answers none, and may
+    /// say as much as one event could).
+    fn within_limits<'a>(&self, events: impl Iterator<Item = &'a Event>, per_input: usize) -> Result<(), Fault> {
+        let (mut count, mut bytes) = (0usize, 0usize);
+        for event in events {
+            count += 1;
+            bytes += event.body.len() + event.subject.len() + event.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>();
+        }
+        let allowed = self.max_outputs.saturating_mul(per_input.max(1));
+        if count > allowed {
+            return Err(Fault::OutputLimit(format!(
+                "{count} events for {per_input} input event(s); the stage allows {} per event (limits.outputs)",
+                self.max_outputs
+            )));
+        }
+        if bytes > self.max_output_bytes {
+            return Err(Fault::OutputLimit(format!("{bytes} bytes of events in one call; the stage allows {} (limits.output_bytes)", self.max_output_bytes)));
+        }
+        Ok(())
     }
 
     /// Runs one call into the plugin with a fresh time budget; a trap, a
@@ -90,27 +121,30 @@ pub struct TransformInstance {
 
 impl TransformInstance {
     /// Instantiates the stage and calls its `init` with `config`.
-    pub fn start(
-        engine: &Engine,
-        pre: &TransformPre<StageState>,
-        stage: Arc<StageContext>,
-        time_budget: Duration,
-        memory_limit: u64,
-        config: &str,
-    ) -> Result<Self> {
-        let mut sandbox = Sandbox::new(engine, stage, time_budget, memory_limit)?;
+    pub fn start(engine: &Engine, pre: &TransformPre<StageState>, stage: Arc<StageContext>, spec: &StageSpec) -> Result<Self> {
+        let mut sandbox = Sandbox::new(engine, stage, spec)?;
         let bindings = pre.instantiate(&mut sandbox.store).anyhow().context("cannot instantiate the component")?;
-        sandbox.init(|store| bindings.call_init(store, config))?;
+        sandbox.init(|store| bindings.call_init(store, &spec.config))?;
         Ok(Self { sandbox, bindings })
     }
 
-    /// Runs one batch: one outcome per event, in order.
+    /// Runs one batch: one outcome per event, in order, and no more events
+    /// sent back than the stage's limits allow (else the call faults, and
+    /// the batch is retried event by event to find the one that floods).
     pub fn process(&mut self, batch: &[Event]) -> Result<Vec<Outcome>, Fault> {
         let bindings = &self.bindings;
         let outcomes = self.sandbox.call(|store| bindings.call_process(store, batch))?;
         if outcomes.len() != batch.len() {
             return Err(Fault::Contract(format!("process returned {} outcomes for {} events", outcomes.len(), batch.len())));
         }
+        if let Some(flood) = outcomes
+            .iter()
+            .find_map(|o| if let Outcome::Replace(events) = o { (events.len() > self.sandbox.max_outputs).then_some(events.len()) } else { None })
+        {
+            return Err(Fault::OutputLimit(format!("{flood} events for one input event; the stage allows {} (limits.outputs)", self.sandbox.max_outputs)));
+        }
+        let replaced = outcomes.iter().flat_map(|o| if let Outcome::Replace(events) = o { events.as_slice() } else { &[] });
+        self.sandbox.within_limits(replaced, batch.len())?;
         Ok(outcomes)
     }
 }
@@ -124,22 +158,26 @@ pub struct SinkInstance {
 
 impl SinkInstance {
     /// Instantiates the stage and calls its `init` with `config`.
-    pub fn start(engine: &Engine, pre: &SinkPre<StageState>, stage: Arc<StageContext>, time_budget: Duration, memory_limit: u64, config: &str) -> Result<Self> {
-        let mut sandbox = Sandbox::new(engine, stage, time_budget, memory_limit)?;
+    pub fn start(engine: &Engine, pre: &SinkPre<StageState>, stage: Arc<StageContext>, spec: &StageSpec) -> Result<Self> {
+        let mut sandbox = Sandbox::new(engine, stage, spec)?;
         let bindings = pre.instantiate(&mut sandbox.store).anyhow().context("cannot instantiate the component")?;
-        sandbox.init(|store| bindings.call_init(store, config))?;
+        sandbox.init(|store| bindings.call_init(store, &spec.config))?;
         Ok(Self { sandbox, bindings })
     }
 
     pub fn consume(&mut self, batch: &[Event]) -> Result<Vec<Event>, Fault> {
         let bindings = &self.bindings;
-        self.sandbox.call(|store| bindings.call_consume(store, batch))
+        let emitted = self.sandbox.call(|store| bindings.call_consume(store, batch))?;
+        self.sandbox.within_limits(emitted.iter(), batch.len())?;
+        Ok(emitted)
     }
 
     /// Time has passed: `now` in nanoseconds since the Unix epoch.
     pub fn tick(&mut self, now: u64) -> Result<Vec<Event>, Fault> {
         let bindings = &self.bindings;
-        self.sandbox.call(|store| bindings.call_tick(store, now))
+        let emitted = self.sandbox.call(|store| bindings.call_tick(store, now))?;
+        self.sandbox.within_limits(emitted.iter(), 1)?;
+        Ok(emitted)
     }
 
     pub fn snapshot(&mut self) -> Result<Vec<u8>, Fault> {

@@ -8,9 +8,16 @@
 //! - `"reject"`: reject the event with code `chaos`;
 //! - `"drop"`: drop it;
 //! - `"split"`: emit two copies, on `<subject>.a` and `<subject>.b`;
-//! - `"bad_header"`: emit the event with a header NATS cannot carry.
+//! - `"bad_header"`: emit the event with a header NATS cannot carry;
+//! - `"flood"`: answer with `count` copies (default a million);
+//! - `"bloat"`: answer with the event padded to `bytes` bytes (default 8 MiB);
+//! - `"stack"`: recurse until WebAssembly's call stack runs out;
+//! - `"shadow_stack"`: recurse with large frames until the stack Rust keeps
+//!   in linear memory runs out.
 //!
-//! Stage config: `config = { fail_init = true }` makes `init` fail.
+//! Stage config: `config = { fail_init = true }` makes `init` fail, and
+//! `init = "loop" | "alloc" | "stack" | "shadow_stack" | "trap"` makes it
+//! misbehave so.
 
 use serde::Deserialize;
 
@@ -22,11 +29,14 @@ use sluice::plugin::types::Rejection;
 struct Config {
     #[serde(default)]
     fail_init: bool,
+    init: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct Body {
     chaos: Option<String>,
+    count: Option<usize>,
+    bytes: Option<usize>,
 }
 
 struct Chaos;
@@ -36,6 +46,14 @@ impl Guest for Chaos {
         let config: Config = serde_json::from_str(&config).map_err(|e| e.to_string())?;
         if config.fail_init {
             return Err("init failed because the config asked it to".into());
+        }
+        match config.init.as_deref() {
+            Some("loop") => spin(),
+            Some("alloc") => hoard(),
+            Some("stack") => return Err(format!("unreachable: {}", recurse(0))),
+            Some("shadow_stack") => return Err(format!("unreachable: {}", recurse_in_memory(0))),
+            Some("trap") => panic!("chaos asked init to trap"),
+            _ => {}
         }
         sluice::plugin::log::log(sluice::plugin::log::Level::Debug, "chaos ready", &[]);
         Ok(())
@@ -47,8 +65,8 @@ impl Guest for Chaos {
 }
 
 fn misbehave(event: Event) -> Outcome {
-    let chaos = serde_json::from_slice::<Body>(&event.body).ok().and_then(|b| b.chaos);
-    match chaos.as_deref() {
+    let Some(body) = serde_json::from_slice::<Body>(&event.body).ok() else { return Outcome::Keep };
+    match body.chaos.as_deref() {
         Some("trap") => panic!("chaos asked for a trap"),
         Some("loop") => spin(),
         Some("alloc") => hoard(),
@@ -59,6 +77,10 @@ fn misbehave(event: Event) -> Outcome {
             Outcome::Replace(vec![copy("a"), copy("b")])
         }
         Some("bad_header") => Outcome::Replace(vec![Event { headers: vec![("Trace:Id".into(), "a\r\nPUB x 1".into())], ..event }]),
+        Some("flood") => Outcome::Replace(vec![event; body.count.unwrap_or(1_000_000)]),
+        Some("bloat") => Outcome::Replace(vec![Event { body: padded(&event.body, body.bytes.unwrap_or(8 << 20)), ..event }]),
+        Some("stack") => Outcome::Drop(format!("unreachable: {}", recurse(0))),
+        Some("shadow_stack") => Outcome::Drop(format!("unreachable: {}", recurse_in_memory(0))),
         _ => {
             sluice::plugin::counters::add("passed", 1);
             Outcome::Keep
@@ -66,11 +88,35 @@ fn misbehave(event: Event) -> Outcome {
     }
 }
 
+/// `body` (a JSON object) with a `pad` property that makes it `bytes` long.
+fn padded(body: &[u8], bytes: usize) -> Vec<u8> {
+    let mut padded = body[..body.len() - 1].to_vec();
+    padded.extend(b",\"pad\":\"");
+    padded.resize(bytes.saturating_sub(2).max(padded.len()), b'x');
+    padded.extend(b"\"}");
+    padded
+}
+
 fn spin() -> ! {
     let mut n: u64 = 0;
     loop {
         n = std::hint::black_box(n.wrapping_add(1));
     }
+}
+
+/// Recursion the optimiser cannot turn into a loop, endless on purpose: it
+/// exhausts WebAssembly's own call stack.
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    recurse(std::hint::black_box(depth + 1)) + 1
+}
+
+/// Recursion with a large frame in linear memory: it runs a Rust plugin's
+/// shadow stack (in its memory) out first.
+#[allow(unconditional_recursion)]
+fn recurse_in_memory(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 256]);
+    recurse_in_memory(depth + 1) + frame[0]
 }
 
 fn hoard() -> ! {
