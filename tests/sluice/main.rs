@@ -11,6 +11,8 @@
 //!   letters, bad input, poison events, queue groups, refusing bad config.
 //! - `swap`: hot swaps under load, and changes that must not be swapped in.
 //! - `crash`: SIGKILL mid-stream and restart with a JetStream input.
+//! - `hostile`: generated hostile bodies and pipeline files, in-process and
+//!   thousands over NATS: one outcome each, nothing held up.
 //! - `poison`: events too large for a whole dead letter, outputs NATS refuses,
 //!   events handed out too often: one dead letter each, nothing held up.
 //! - `storyforge`: the StoryForge pipeline: its `sluice test` cases, and a
@@ -20,6 +22,7 @@ mod alerts;
 mod chain;
 mod config;
 mod crash;
+mod hostile;
 mod poison;
 mod run;
 mod storyforge;

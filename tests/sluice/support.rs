@@ -71,6 +71,12 @@ impl Nats {
 
     /// Every message a stream holds, read with a fresh ordered consumer.
     pub async fn stream_messages(&self, stream: &str) -> Vec<async_nats::Message> {
+        self.stored(stream).await.into_iter().map(|(message, _)| message).collect()
+    }
+
+    /// Every message a stream holds, with when the stream stored it
+    /// (nanoseconds since the Unix epoch).
+    pub async fn stored(&self, stream: &str) -> Vec<(async_nats::Message, i128)> {
         let stream = self.jetstream.get_stream(stream).await.expect("stream exists");
         let count = stream.get_info().await.expect("stream info").state.messages as usize;
         let consumer = stream.create_consumer(jetstream::consumer::pull::OrderedConfig::default()).await.expect("ordered consumer");
@@ -78,7 +84,9 @@ impl Nats {
         let mut out = Vec::with_capacity(count);
         while out.len() < count {
             let message = tokio::time::timeout(Duration::from_secs(10), messages.next()).await.expect("stream read in time");
-            out.push(message.expect("a message").expect("no error").message);
+            let message = message.expect("a message").expect("no error");
+            let at = message.info().expect("a JetStream message").published.unix_timestamp_nanos();
+            out.push((message.message, at));
         }
         out
     }
@@ -202,6 +210,10 @@ impl Sluice {
         let log = Arc::new(Mutex::new(Vec::new()));
         let readers = vec![read_lines(child.stdout.take().unwrap(), log.clone()), read_lines(child.stderr.take().unwrap(), log.clone())];
         Self { child, log, readers }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log(&self) -> String {

@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use serde::de::IgnoredAny;
 
 use super::PipelineVersion;
 use super::version::{PreparedSink, PreparedStage};
@@ -172,15 +171,7 @@ impl Chain {
             return Err(("too_large", format!("the body is {} bytes; this pipeline accepts at most {}", event.body.len(), spec.max_event_bytes)));
         }
         if spec.format == BodyFormat::Json {
-            if std::str::from_utf8(&event.body).is_err() {
-                return Err(("malformed", "the body is not UTF-8 text; this pipeline takes JSON objects".into()));
-            }
-            if event.body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-                return Err(("malformed", "the body is not a JSON object (it does not start with `{`)".into()));
-            }
-            if let Err(e) = serde_json::from_slice::<IgnoredAny>(&event.body) {
-                return Err(("malformed", format!("the body is not valid JSON: {e}")));
-            }
+            super::body::check(&event.body).map_err(|message| ("malformed", message))?;
         }
         Ok(())
     }
