@@ -113,7 +113,7 @@ fn tally_pipeline(tick: &str) -> String {
 
 /// Polls the kept tally state until it reaches stream sequence `through`;
 /// returns its counts.
-async fn kept_counts(nats: &Nats, through: u64) -> serde_json::Map<String, serde_json::Value> {
+pub async fn kept_counts(nats: &Nats, through: u64) -> serde_json::Map<String, serde_json::Value> {
     let connection = sluice::nats::connect(nats.url(), "test").await.unwrap();
     let store = StateStore::open(&connection, "SLUICE_STATE", "tally", "tally").await.unwrap();
     let deadline = Instant::now() + WAIT;

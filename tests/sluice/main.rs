@@ -13,6 +13,8 @@
 //! - `crash`: SIGKILL mid-stream and restart with a JetStream input.
 //! - `hostile`: generated hostile bodies and pipeline files, in-process and
 //!   thousands over NATS: one outcome each, nothing held up.
+//! - `outage`: nats-server killed and restarted, or paused past `ack_wait`,
+//!   under load: nothing lost or repeated, no restart of the host.
 //! - `poison`: events too large for a whole dead letter, outputs NATS refuses,
 //!   events handed out too often: one dead letter each, nothing held up.
 //! - `storyforge`: the StoryForge pipeline: its `sluice test` cases, and a
@@ -23,6 +25,7 @@ mod chain;
 mod config;
 mod crash;
 mod hostile;
+mod outage;
 mod poison;
 mod run;
 mod storyforge;

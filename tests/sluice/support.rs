@@ -365,7 +365,17 @@ pub async fn stream_count(nats: &Nats, stream: &str) -> u64 {
 
 /// A counter of the last progress line in a sluice log (`received=...`).
 pub fn progress(log: &str, counter: &str) -> u64 {
-    let line = log.lines().rev().find(|l| l.contains("Progress.")).unwrap_or_else(|| panic!("no progress line in the log:\n{log}"));
+    counter_of(log.lines().rev().find(|l| l.contains("Progress.")), log, counter)
+}
+
+/// A counter of the last progress line of one pipeline.
+pub fn pipeline_progress(log: &str, pipeline: &str, counter: &str) -> u64 {
+    let name = format!("pipeline={pipeline} ");
+    counter_of(log.lines().rev().find(|l| l.contains("Progress.") && l.contains(&name)), log, counter)
+}
+
+fn counter_of(line: Option<&str>, log: &str, counter: &str) -> u64 {
+    let line = line.unwrap_or_else(|| panic!("no progress line in the log:\n{log}"));
     let prefix = format!("{counter}=");
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(prefix.as_str()))

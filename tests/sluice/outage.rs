@@ -1,0 +1,150 @@
+//! NATS outages under load: the server killed with SIGKILL and restarted on
+//! the same store, and the server paused (SIGSTOP) for longer than the
+//! input's `ack_wait`. The host rides both out without a restart: every
+//! event comes out exactly once (message ids derived from the input make the
+//! repeats harmless), and a sink's state counts each event once.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+
+use crate::support::{Nats, Sluice, Workspace, event, json, pipeline_progress, stream_count, wait_until};
+
+/// Events in all; the first `BACKLOG` wait in the input before the outage,
+/// so that batches are in flight when it comes, and the rest are published
+/// through it.
+const EVENTS: usize = 20_000;
+const BACKLOG: usize = 16_000;
+
+fn pipelines() -> &'static str {
+    r#"
+    [[stream]]
+    name = "RAW"
+    subjects = ["raw.>"]
+
+    [[stream]]
+    name = "OUT"
+    subjects = ["out.>"]
+    duplicate_window = "5m"
+
+    [[pipeline]]
+    name = "ingest"
+    input = { subject = "raw.>", stream = "RAW", durable = "ingest", ack_wait = "2s", max_deliver = 50 }
+    output = { jetstream = true }
+    dead_letter = "dlq"
+    workers = 2
+
+      [[pipeline.stage]]
+      name = "tag"
+      component = "{plugin:tag}"
+      config = { set = { tagged = true } }
+
+      [[pipeline.stage]]
+      name = "route"
+      component = "{plugin:route}"
+      config = { subject = "out.{event}" }
+
+    [[pipeline]]
+    name = "tally"
+    input = { subject = "raw.>", stream = "RAW", durable = "tally", ack_wait = "2s", max_deliver = 50 }
+    dead_letter = "dlq"
+    workers = 1
+    tick = "1h"
+
+      [[pipeline.stage]]
+      name = "tally"
+      component = "{plugin:tally}"
+      config = { subject_prefix = "counts" }
+    "#
+}
+
+/// A producer that rides out an outage: each event is sent again until the
+/// server stores it, under its own message id, so a repeat is stored once.
+fn produce(jetstream: async_nats::jetstream::Context) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for n in BACKLOG..EVENTS {
+            loop {
+                let publish = PublishMessage::build().payload(event(n, serde_json::json!({})).into()).message_id(format!("in-{n}"));
+                let stored = match jetstream.send_publish(format!("raw.{n}"), publish).await {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                };
+                if stored {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if n % 100 == 99 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    })
+}
+
+enum Outage {
+    /// SIGKILL, then a restart on the same port and store.
+    Crash,
+    /// SIGSTOP for this long, then SIGCONT.
+    Pause(Duration),
+}
+
+async fn ride_out(outage: Outage) {
+    let mut nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let sluice = Sluice::run(&workspace.write_pipeline(pipelines()), nats.url(), 2);
+    nats.publish_stored((0..BACKLOG).map(|n| (format!("raw.{n}"), event(n, serde_json::json!({}))))).await;
+    let producer = produce(nats.jetstream.clone());
+
+    wait_until(|| async { stream_count(&nats, "OUT").await >= 3000 }).await;
+    let seen = match outage {
+        Outage::Crash => {
+            nats.server.crash_and_restart().await.expect("nats-server restarts");
+            "Disconnected from NATS"
+        }
+        Outage::Pause(pause) => {
+            nats.server.pause().unwrap();
+            tokio::time::sleep(pause).await;
+            nats.server.resume().unwrap();
+            "trying again"
+        }
+    };
+    producer.await.unwrap();
+
+    wait_until(|| async { stream_count(&nats, "OUT").await >= EVENTS as u64 }).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let out = nats.stream_messages("OUT").await;
+    let numbers: BTreeSet<u64> = out.iter().map(|m| json(m)["n"].as_u64().unwrap()).collect();
+    assert_eq!((out.len(), numbers.len()), (EVENTS, EVENTS), "every event once, none twice");
+
+    // The sink counted each event once, as its kept state shows.
+    let counts = crate::crash::kept_counts(&nats, EVENTS as u64).await;
+    assert_eq!(counts.len(), EVENTS, "one count per event's subject");
+    assert!(counts.values().all(|count| count == 1), "each event counted once");
+
+    let log = sluice.terminate();
+    for pipeline in ["ingest", "tally"] {
+        let count = |counter| pipeline_progress(&log, pipeline, counter);
+        assert_eq!((count("lost_dead_letters"), count("undeliverable")), (0, 0), "{pipeline}");
+        println!(
+            "{pipeline}: received {} (redeliveries included), published {}, publish retries {}, already counted {}, failed batches {}",
+            count("received"),
+            count("published"),
+            count("publish_retries"),
+            count("already_counted"),
+            count("failed_batches")
+        );
+    }
+    assert!(log.contains(seen), "the outage was seen ({seen:?}):\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_server_killed_and_restarted_mid_stream_loses_and_repeats_nothing() {
+    ride_out(Outage::Crash).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_server_paused_past_ack_wait_loses_and_repeats_nothing() {
+    // Longer than ack_wait (2s), and than the 5s a JetStream publish waits for its ack.
+    ride_out(Outage::Pause(Duration::from_secs(7))).await;
+}
