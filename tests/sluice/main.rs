@@ -17,6 +17,8 @@
 //!   under load: nothing lost or repeated, no restart of the host.
 //! - `poison`: events too large for a whole dead letter, outputs NATS refuses,
 //!   events handed out too often: one dead letter each, nothing held up.
+//! - `security`: servers that ask for a token, a password, an NKey, a
+//!   credentials file or TLS with a client certificate; wrong secrets refused.
 //! - `storyforge`: the StoryForge pipeline: its `sluice test` cases, and a
 //!   day of mixed events through `sluice run` over NATS.
 
@@ -28,6 +30,7 @@ mod hostile;
 mod outage;
 mod poison;
 mod run;
+mod security;
 mod storyforge;
 mod support;
 mod swap;

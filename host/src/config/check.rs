@@ -46,12 +46,14 @@ impl Checker {
     }
 
     fn file(&mut self, path: &Path, raw: raw::File) -> PipelineFile {
-        let nats_url = raw.nats.url.map(|url| {
-            if !(url.get_ref().starts_with("nats://") || url.get_ref().starts_with("tls://")) {
-                self.problem(&url, format!("expected a URL such as \"nats://127.0.0.1:4222\", found {:?}", url.get_ref()));
+        let nats_url = raw.nats.url.as_ref().map(|url| {
+            if let Err(message) = crate::nats::check_url(url.get_ref()) {
+                // The line may hold a password: it is not shown.
+                self.problems.push(Problem { secret: url.get_ref().contains('@'), ..Problem::at(url.span(), message) });
             }
-            url.into_inner()
+            url.get_ref().clone()
         });
+        let nats_security = self.nats_security(&raw.nats);
         let plugin_dir = raw.plugins.dir.as_ref().map(|d| (self.base.join(d.get_ref()), d.clone()));
 
         let mut stream_names = HashSet::new();
@@ -67,7 +69,7 @@ impl Checker {
             .collect();
 
         if raw.pipeline.is_empty() {
-            self.problems.push(Problem { span: None, message: "no [[pipeline]] is declared: there is nothing to run".into() });
+            self.problems.push(Problem::whole("no [[pipeline]] is declared: there is nothing to run"));
         }
         let mut pipeline_names = HashSet::new();
         let pipelines = raw
@@ -81,7 +83,71 @@ impl Checker {
                 self.pipeline(p.get_ref(), plugin_dir.as_ref())
             })
             .collect();
-        PipelineFile { path: path.to_path_buf(), nats_url, streams, pipelines }
+        PipelineFile { path: path.to_path_buf(), nats_url, nats_security, streams, pipelines }
+    }
+
+    /// `[nats]`'s authentication (one kind at most) and TLS files.
+    fn nats_security(&mut self, raw: &raw::Nats) -> NatsSecurity {
+        let given: Vec<(&str, std::ops::Range<usize>)> = [
+            ("token", raw.token.as_ref().map(Spanned::span)),
+            ("user", raw.user.as_ref().map(Spanned::span)),
+            ("nkey", raw.nkey.as_ref().map(Spanned::span)),
+            ("creds", raw.creds.as_ref().map(Spanned::span)),
+        ]
+        .into_iter()
+        .filter_map(|(name, span)| Some((name, span?)))
+        .collect();
+        if let [_, (_, span), ..] = given.as_slice() {
+            let names: Vec<String> = given.iter().map(|(name, _)| format!("`{name}`")).collect();
+            let (last, rest) = names.split_last().expect("two or more");
+            let message = format!("[nats] gives {} and {last}: a connection authenticates in one way; keep one of them", rest.join(", "));
+            self.problems.push(Problem::at(span.clone(), message));
+        }
+        let auth = match (&raw.token, &raw.user, &raw.password, &raw.nkey, &raw.creds) {
+            (Some(token), ..) => self.secret(token, "the NATS token").map(NatsAuth::Token),
+            (None, Some(user), Some(password), ..) => {
+                self.secret(password, "the NATS password").map(|password| NatsAuth::UserPassword { user: user.get_ref().clone(), password })
+            }
+            (None, Some(user), None, ..) => {
+                self.problem(user, "[nats] user needs a password: password = { env = \"VARIABLE\" } or { file = \"PATH\" }");
+                None
+            }
+            (None, None, Some(password), ..) => {
+                self.problem(password, "[nats] password needs a user");
+                None
+            }
+            (None, None, None, Some(nkey), _) => Some(NatsAuth::NKey(self.relative(nkey))),
+            (None, None, None, None, Some(creds)) => Some(NatsAuth::Creds(self.relative(creds))),
+            (None, None, None, None, None) => None,
+        };
+        let tls = raw.tls.as_ref().map(|tls| {
+            let t = tls.get_ref();
+            let ca = t.ca.as_ref().map(|ca| self.relative(ca));
+            let identity = match (&t.cert, &t.key) {
+                (Some(cert), Some(key)) => Some((self.relative(cert), self.relative(key))),
+                (None, None) => None,
+                _ => {
+                    self.problem(tls, "a client certificate needs both tls.cert and tls.key");
+                    None
+                }
+            };
+            TlsSpec { ca, identity }
+        });
+        NatsSecurity { auth: auth.unwrap_or_default(), tls }
+    }
+
+    fn secret(&mut self, raw: &Spanned<raw::Secret>, what: &str) -> Option<Secret> {
+        match raw.get_ref() {
+            raw::Secret::Env(from) => self.parsed(raw, |_| variable_name(&from.env, &format!("{what}: env")).map(|()| Secret::Env(from.env.clone()))),
+            raw::Secret::File(from) => Some(Secret::File(self.base.join(&from.file))),
+        }
+    }
+
+    /// A file the pipeline file names, relative to its folder. It is read
+    /// when sluice connects, not checked here: it holds a secret, which the
+    /// machine that validates a file need not have.
+    fn relative(&self, raw: &Spanned<String>) -> PathBuf {
+        self.base.join(raw.get_ref())
     }
 
     fn name(&mut self, what: &str, name: &Spanned<String>) {

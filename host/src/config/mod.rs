@@ -23,9 +23,60 @@ pub struct PipelineFile {
     pub path: PathBuf,
     /// The NATS server to use; `None` means start a local one.
     pub nats_url: Option<String>,
+    /// How to authenticate to it and whether to use TLS.
+    pub nats_security: NatsSecurity,
     /// JetStream streams to create or update at start.
     pub streams: Vec<StreamSpec>,
     pub pipelines: Vec<PipelineSpec>,
+}
+
+/// How sluice proves who it is to NATS, and TLS. Secrets are only named
+/// here (a variable or a file); they are read when connecting.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct NatsSecurity {
+    pub auth: NatsAuth,
+    pub tls: Option<TlsSpec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub enum NatsAuth {
+    #[default]
+    None,
+    Token(Secret),
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
+    /// A file holding an NKey seed (`SU...`).
+    NKey(PathBuf),
+    /// A credentials file: a user JWT and its NKey seed.
+    Creds(PathBuf),
+}
+
+/// Where a secret is read from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Secret {
+    Env(String),
+    File(PathBuf),
+}
+
+impl Secret {
+    /// The secret; an error names where it was looked for, never its value.
+    pub fn read(&self, what: &str) -> Result<String, String> {
+        match self {
+            Secret::Env(name) => std::env::var(name).map_err(|_| format!("{what} is read from {name}, which is not set (or not UTF-8)")),
+            Secret::File(path) => std::fs::read_to_string(path)
+                .map(|text| text.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| format!("{what} is read from {}, which cannot be read: {e}", path.display())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TlsSpec {
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key.
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -207,6 +258,9 @@ pub const DEFAULT_TICK: Duration = Duration::from_secs(10);
 /// Where sinks keep their state unless a pipeline names another bucket.
 pub const DEFAULT_STATE_BUCKET: &str = "SLUICE_STATE";
 
+/// How serde says a secret was written as text (`raw::Secret`'s `expecting`).
+const SECRET_EXPECTED: &str = "a secret is read from the environment or a file, never written in the pipeline file";
+
 /// Reads and checks a pipeline file.
 pub fn load(path: &Path) -> anyhow::Result<PipelineFile> {
     let source = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read pipeline file {}: {e}", path.display()))?;
@@ -217,7 +271,8 @@ pub fn load(path: &Path) -> anyhow::Result<PipelineFile> {
 /// are resolved against its folder) and names it in problems.
 pub fn parse(path: &Path, source: &str) -> Result<PipelineFile, Problems> {
     let raw: raw::File = toml::from_str(source).map_err(|e| {
-        let problem = Problem { span: e.span(), message: e.message().trim_end().to_string() };
+        // A secret written where it must not be is not shown back.
+        let problem = Problem { span: e.span(), secret: e.message().contains(SECRET_EXPECTED), ..Problem::whole(e.message().trim_end()) };
         Problems::new(path, source, vec![problem])
     })?;
     check::check(path, raw).map_err(|problems| Problems::new(path, source, problems))

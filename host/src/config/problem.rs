@@ -11,11 +11,18 @@ pub struct Problem {
     /// Byte range in the file the problem is about, when it is about a place.
     pub span: Option<Range<usize>>,
     pub message: String,
+    /// The line holds a secret (a password in a URL): it is not shown.
+    pub secret: bool,
 }
 
 impl Problem {
     pub fn at(span: Range<usize>, message: impl Into<String>) -> Self {
-        Self { span: Some(span), message: message.into() }
+        Self { span: Some(span), message: message.into(), secret: false }
+    }
+
+    /// A problem about the file as a whole.
+    pub fn whole(message: impl Into<String>) -> Self {
+        Self { span: None, message: message.into(), secret: false }
     }
 }
 
@@ -44,7 +51,11 @@ impl fmt::Display for Problems {
                     let (line, column) = line_and_column(&self.source, span.start);
                     writeln!(f, "{path}:{line}:{column}: {}", problem.message)?;
                     let text = self.source.lines().nth(line - 1).unwrap_or_default();
-                    writeln!(f, "{line:>5} | {}", text.trim_end())?;
+                    if problem.secret {
+                        writeln!(f, "{line:>5} | (not shown: it holds a secret)")?;
+                    } else {
+                        writeln!(f, "{line:>5} | {}", text.trim_end())?;
+                    }
                 }
                 None => writeln!(f, "{path}: {}", problem.message)?,
             }

@@ -25,6 +25,43 @@ pub struct File {
 #[serde(deny_unknown_fields)]
 pub struct Nats {
     pub url: Option<Spanned<String>>,
+    /// Authentication, named as the `nats` CLI names it; at most one kind.
+    pub user: Option<Spanned<String>>,
+    pub password: Option<Spanned<Secret>>,
+    pub token: Option<Spanned<Secret>>,
+    /// A file holding an NKey seed.
+    pub nkey: Option<Spanned<String>>,
+    /// A credentials file (a user JWT and its NKey seed).
+    pub creds: Option<Spanned<String>>,
+    pub tls: Option<Spanned<Tls>>,
+}
+
+/// A secret, read when sluice connects: never written in the pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "expected { env = \"VARIABLE\" } or { file = \"PATH\" }: a secret is read from the environment or a file, never written in the pipeline file"
+)]
+// The words above are matched in `config::parse` (SECRET_EXPECTED), which hides the line.
+pub enum Secret {
+    Env(FromEnv),
+    File(FromFile),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FromFile {
+    pub file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The CA that signed the server's certificate (PEM), when it is not one the system trusts.
+    pub ca: Option<Spanned<String>>,
+    /// A client certificate and its key (PEM), for servers that ask for one.
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

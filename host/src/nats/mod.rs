@@ -2,7 +2,8 @@
 //!
 //! - `server`: the managed `nats-server` child process `sluice run` starts when
 //!   no URL is given (also used by the tests and the benchmark).
-//! - `connect`: the client connection, sized buffers and slow-consumer counting.
+//! - `connect`: the client connection, authentication and TLS, sized buffers
+//!   and slow-consumer counting.
 //! - `streams`: creating or updating the JetStream streams a file declares.
 //! - `input`: reading batches from a JetStream consumer or a core queue group.
 //! - `publish`: publishing outputs and dead letters, and knowing they arrived.
@@ -15,5 +16,5 @@ pub mod server;
 pub mod state;
 pub mod streams;
 
-pub use connect::{Connection, connect};
+pub use connect::{Connection, check_url, connect, connect_with};
 pub use server::ManagedServer;

@@ -56,7 +56,9 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
             (server.url.clone(), Some(server))
         }
     };
-    let connection = nats::connect(&url, "sluice").await?;
+    // A managed server has no authentication: what the file says is for the real one.
+    let security = if managed.is_some() { Default::default() } else { file.nats_security.clone() };
+    let connection = nats::connect_with(&url, "sluice", &security).await?;
     let mut host = Host { path: options.file.clone(), connection, engine, clock, running: BTreeMap::new() };
     host.start_all(&file, versions).await?;
 
