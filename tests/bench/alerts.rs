@@ -12,10 +12,10 @@
 //! Run with `cargo xtask bench --alerts` (or `-- --events N`). It is a
 //! measurement, not a test: it asserts nothing about speed.
 
-use std::io::{BufRead, BufReader};
+#[path = "../support/mod.rs"]
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -23,6 +23,7 @@ use sluice::config;
 use sluice::nats::ManagedServer;
 use sluice::pipeline::{Chain, Environment, PipelineVersion};
 use sluice::plugin::{Clock, Event, PluginEngine};
+use support::Sluice;
 
 /// 2026-11-23T00:00:00Z.
 const DAY_MS: i64 = 1_795_392_000_000;
@@ -102,32 +103,9 @@ fn over_nats(root: &Path, batches: Vec<Vec<Event>>, events: usize) -> anyhow::Re
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let server = ManagedServer::start().await?;
-        let mut sluice = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", root.join("pipelines/storyforge.toml").to_str().unwrap(), "--nats", &server.url, "--no-watch", "--stats-interval", "1s"])
-            .env("STORYFORGE_HASH_KEY", KEY)
-            .stderr(Stdio::piped())
-            .spawn()?;
-        // Progress lines of the alerts pipeline, as the count of events it received.
-        let (started_tx, started_rx) = mpsc::channel();
-        let (received_tx, received_rx) = mpsc::channel();
-        let stderr = sluice.stderr.take().expect("piped");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("WARN") || line.contains("ERROR") {
-                    eprintln!("  sluice | {line}");
-                }
-                if line.contains("Pipeline started.") {
-                    let _ = started_tx.send(());
-                }
-                if line.contains("Progress.") && line.contains("pipeline=storyforge-alerts") {
-                    let received = line.split_whitespace().find_map(|w| w.strip_prefix("received=")).and_then(|n| n.parse::<usize>().ok());
-                    let _ = received_tx.send(received.unwrap_or(0));
-                }
-            }
-        });
-        for _ in 0..2 {
-            started_rx.recv_timeout(Duration::from_secs(120))?;
-        }
+        let file = root.join("pipelines/storyforge.toml");
+        let sluice =
+            Sluice::command(&["run", file.to_str().unwrap(), "--nats", &server.url, "--no-watch", "--stats-interval", "1s"]).echo_problems().started(2);
         let client = async_nats::connect(&server.url).await?;
         let jetstream = async_nats::jetstream::new(client);
         let started = Instant::now();
@@ -144,16 +122,11 @@ fn over_nats(root: &Path, batches: Vec<Vec<Event>>, events: usize) -> anyhow::Re
             ack.await?;
         }
         let published = started.elapsed();
-        loop {
-            let received = received_rx.recv_timeout(Duration::from_secs(600))?;
-            if received >= events {
-                break;
-            }
-        }
+        // Progress reports of the alerts pipeline, as the count of events it received.
+        tokio::task::block_in_place(|| sluice.wait_for_count("storyforge-alerts", "received", events as u64, Duration::from_secs(600)));
         let elapsed = started.elapsed();
-        let rss = rss_kib(&sluice.id().to_string());
-        let _ = Command::new("kill").args(["-TERM", &sluice.id().to_string()]).status();
-        let _ = sluice.wait();
+        let rss = rss_kib(&sluice.pid().to_string());
+        sluice.terminate();
         server.stop().await;
         println!("alert pipeline (storyforge-alerts), sluice run over NATS, JetStream in and out, state stored after every batch");
         println!("  events:                {events} (published in {:.1} s)", published.as_secs_f64());

@@ -7,17 +7,19 @@
 //! Run with `cargo xtask bench` (or `cargo xtask bench -- --events 100000`).
 //! It is a measurement, not a test: it asserts nothing about speed.
 
+#[path = "../support/mod.rs"]
+mod support;
+
 use std::collections::HashSet;
 use std::future::IntoFuture;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use sluice::nats::ManagedServer;
+use support::{Pipeline, PipelineFile, Sluice};
 
 const SENT_HEADER: &str = "Bench-Sent-Ns";
 const SEQ_HEADER: &str = "Bench-Seq";
@@ -202,84 +204,34 @@ async fn relay_task(client: async_nats::Client, transport: Transport) {
     }
 }
 
-/// A sluice process and the thread that reads its log.
-struct SluiceProcess {
-    child: Child,
-    log: std::thread::JoinHandle<Option<String>>,
-}
-
 /// The tag+route pipeline for a transport, written into `dir`.
 fn write_pipeline(dir: &Path, transport: Transport) -> std::path::PathBuf {
-    let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release");
-    let (input, output) = match transport {
-        Transport::Core => (r#"{ subject = "in.>", mode = "core" }"#, "false"),
-        Transport::JetStream => (r#"{ subject = "in.>", stream = "IN" }"#, "true"),
+    let bench = match transport {
+        Transport::Core => Pipeline::core("bench", "in.>"),
+        Transport::JetStream => Pipeline::jetstream("bench", "in.>", "IN").set("output = { jetstream = true }"),
     };
-    let toml = format!(
-        r#"
-        [plugins]
-        dir = {plugins:?}
-
-        [[pipeline]]
-        name = "bench"
-        input = {input}
-        output = {{ jetstream = {output} }}
-        dead_letter = "dlq"
-        batch = {{ max_events = 256, max_wait = "2ms" }}
-
-          [[pipeline.stage]]
-          name = "tag"
-          plugin = "tag"
-          config = {{ require = ["event", "user_id"], set = {{ pipeline = "bench" }} }}
-
-          [[pipeline.stage]]
-          name = "route"
-          plugin = "route"
-          config = {{ subject = "out.{{event}}" }}
-        "#,
-        plugins = plugins.canonicalize().expect("plugins are built").to_str().unwrap()
-    );
+    let bench = bench
+        .set("batch = { max_events = 256, max_wait = \"2ms\" }")
+        .stage("tag", "tag", r#"{ require = ["event", "user_id"], set = { pipeline = "bench" } }"#)
+        .route("out.{event}");
     let file = dir.join("bench.toml");
-    std::fs::write(&file, toml).unwrap();
+    std::fs::write(&file, PipelineFile::new().pipeline(bench).toml()).unwrap();
     file
 }
 
-fn start_sluice(file: &Path, url: &str) -> SluiceProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", file.to_str().unwrap(), "--nats", url, "--no-watch", "--stats-interval", "60s"])
-        .env("STORYFORGE_HASH_KEY", "bench-key-0123456789abcdef")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sluice");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("Pipeline started.") {
-            break;
-        }
-    }
-    let log = std::thread::spawn(move || {
-        let mut last_progress = None;
-        for line in lines.map_while(Result::ok) {
-            if line.contains("WARN") || line.contains("ERROR") {
-                eprintln!("  sluice | {line}");
-            }
-            if line.contains("Progress.") {
-                last_progress = Some(line);
-            }
-        }
-        last_progress
-    });
-    SluiceProcess { child, log }
+/// `sluice run` on `file`, its warnings and errors shown as they come.
+fn start_sluice(file: &Path, url: &str) -> (Sluice, &'static str) {
+    let pipelines = if file.ends_with("storyforge.toml") { 2 } else { 1 };
+    let name = if pipelines == 2 { "storyforge-ingest" } else { "bench" };
+    let sluice = Sluice::command(&["run", file.to_str().unwrap(), "--nats", url, "--no-watch", "--stats-interval", "60s"]).echo_problems().started(pipelines);
+    (sluice, name)
 }
 
-/// SIGTERM, then the slow-consumer reports from sluice's final progress line.
-fn stop_sluice(mut sluice: SluiceProcess) -> u64 {
-    let _ = Command::new("kill").args(["-TERM", &sluice.child.id().to_string()]).status();
-    let _ = sluice.child.wait();
-    let line = sluice.log.join().ok().flatten().unwrap_or_default();
-    eprintln!("  sluice | {line}");
-    line.split_whitespace().find_map(|w| w.strip_prefix("slow_consumer_events=")).and_then(|n| n.parse().ok()).unwrap_or(0)
+/// SIGTERM, then the slow-consumer reports from sluice's final progress report.
+fn stop_sluice((sluice, pipeline): (Sluice, &str)) -> u64 {
+    let progress = sluice.terminate().progress(pipeline);
+    eprintln!("  sluice | {progress}");
+    progress["slow_consumer_events"].as_u64().unwrap_or(0)
 }
 
 /// The bundled day of StoryForge events (mixed, some invalid, some opted out).

@@ -182,9 +182,10 @@ async fn a_replayed_day_gives_the_expected_alert_timeline() {
     }
     assert!(by_key.values().all(Vec::is_empty), "alerts beyond the expected:\n{}", timeline.join("\n"));
     // Every analytics event of the day went into the windows once, none late.
-    sluice.wait_for_log(&format!("received={}", day.len()), 1, WAIT);
-    sluice.wait_for_log(&format!("alert.sampled={}", day.len()), 1, WAIT);
-    assert!(!sluice.log().contains("alert.late="), "no event of an in-order replay is late:\n{}", sluice.log());
+    sluice.wait_for_count("storyforge-alerts", "received", day.len() as u64, WAIT);
+    let log = sluice.log();
+    assert_eq!(log.plugin_counter("storyforge-alerts", "alert.sampled"), Some(day.len() as u64), "{log}");
+    assert_eq!(log.plugin_counter("storyforge-alerts", "alert.late"), None, "no event of an in-order replay is late:\n{log}");
     sluice.terminate();
 }
 
@@ -260,11 +261,11 @@ async fn a_firing_alert_survives_a_plugin_swap_and_a_restart_without_repeating()
 
     // A new build of the plugin, swapped in while the alert is firing.
     write_atomically(&component, &rebuilt(&std::fs::read(&component).unwrap()));
-    sluice.wait_for_log("Worker swapped version.", 1, WAIT);
+    sluice.wait_for("Worker swapped version.", 1, WAIT);
     nats.publish_stored(generations(t0 + 30 * 30_000, 10, 130_000)).await;
-    sluice.wait_for_log("received=40", 1, WAIT);
+    sluice.wait_for_count("alerts", "received", 40, WAIT);
     let log = sluice.terminate();
-    assert!(log.contains("No kept sink state"), "{log}");
+    assert_eq!(log.events("No kept sink state; starting empty.").len(), 1, "{log}");
     // Lose the consumer's acks too: the new host is given all 40 events
     // again, as after a crash between storing the state and acking.
     let stream = nats.jetstream.get_stream("ANALYTICS").await.unwrap();
@@ -273,8 +274,8 @@ async fn a_firing_alert_survives_a_plugin_swap_and_a_restart_without_repeating()
     // A new host: the state comes back from the key-value bucket, and the
     // events it already holds are acked without being counted twice.
     let sluice = Sluice::run(&file, nats.url(), 1);
-    sluice.wait_for_log("Sink state restored.", 1, WAIT);
-    sluice.wait_for_log("already_counted=40", 1, WAIT);
+    sluice.wait_for("Sink state restored.", 1, WAIT);
+    sluice.wait_for_count("alerts", "already_counted", 40, WAIT);
     nats.publish_stored(generations(t0 + 40 * 30_000, 60, 20_000)).await;
     stream_at_least(&nats, "ALERTS", 2, &sluice).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -308,14 +309,14 @@ async fn an_alert_held_back_by_a_silence_is_announced_when_a_swap_takes_the_sile
 
     // Ops take the silence out; the incident is still on.
     write_atomically(&file, unsilenced.as_bytes());
-    sluice.wait_for_log("Worker swapped version.", 1, WAIT);
+    sluice.wait_for("Worker swapped version.", 1, WAIT);
     nats.publish_stored(generations(t0 + 30 * 30_000, 10, 130_000)).await;
     let alerts: Vec<Value> = stream_at_least(&nats, "ALERTS", 2, &sluice).await.iter().map(json).collect();
     let announced = &alerts[1];
     assert_eq!((announced["state"].as_str(), announced["after_silence"].as_bool()), (Some("firing"), Some(true)), "{alerts:#?}");
     assert!(announced.get("silenced").is_none(), "{announced}");
     assert_eq!(announced["firing_since"], held["changed_at"]);
-    sluice.wait_for_log("received=40", 1, WAIT);
+    sluice.wait_for_count("alerts", "received", 40, WAIT);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(nats.stream_messages("ALERTS").await.len(), 2, "announced once");
     sluice.terminate();
@@ -399,7 +400,7 @@ async fn a_webhook_output_delivers_every_alert_in_order_retrying_failures() {
     let (url, seen) = receiver(2, "/hooks/alerts").await;
     let workspace = Workspace::new();
     let file = pager_pipeline(&workspace, &url);
-    let sluice = Sluice::run_with_env(&file, nats.url(), 1, &[PAGER_TOKEN]);
+    let sluice = Sluice::running(&file, nats.url()).envs(&[PAGER_TOKEN]).started(1);
     let alerts: Vec<(String, Vec<u8>)> = ["firing", "resolved", "firing"]
         .iter()
         .enumerate()
@@ -408,7 +409,7 @@ async fn a_webhook_output_delivers_every_alert_in_order_retrying_failures() {
         })
         .collect();
     nats.publish_stored(alerts).await;
-    sluice.wait_for_log("published=3", 1, WAIT);
+    sluice.wait_for_count("pager", "published", 3, WAIT);
     let seen = seen.lock().unwrap().clone();
     let delivered: Vec<Value> = seen.iter().filter(|(status, ..)| *status == 200).map(|(_, _, body)| serde_json::from_str(body).unwrap()).collect();
     let order: Vec<u64> = delivered.iter().map(|b| b["n"].as_u64().unwrap()).collect();
@@ -420,8 +421,9 @@ async fn a_webhook_output_delivers_every_alert_in_order_retrying_failures() {
         assert!(head.contains("content-type: application/json") && head.contains("x-team: growth"), "{head}");
         assert!(head.contains(&format!("authorization: {}", PAGER_TOKEN.1.to_ascii_lowercase())), "the header from the environment: {head}");
     }
-    assert!(sluice.log().contains("Webhook delivery failed; retrying."), "{}", sluice.log());
-    assert!(!sluice.log().contains(PAGER_TOKEN.1), "the token was logged:\n{}", sluice.log());
+    let log = sluice.log();
+    assert!(!log.events("Webhook delivery failed; retrying.").is_empty(), "{log}");
+    assert!(!log.contains(PAGER_TOKEN.1), "the token was logged:\n{log}");
     sluice.terminate();
 }
 
@@ -433,7 +435,7 @@ async fn an_alert_the_webhook_refuses_is_dead_lettered_once_and_the_rest_deliver
     let workspace = Workspace::new();
     let file = pager_pipeline(&workspace, &url);
     let mut dead = Collector::subscribe(&nats, "dlq.>").await;
-    let sluice = Sluice::run_with_env(&file, nats.url(), 1, &[PAGER_TOKEN]);
+    let sluice = Sluice::running(&file, nats.url()).envs(&[PAGER_TOKEN]).started(1);
     let alerts: Vec<(String, Vec<u8>)> = (0..3)
         .map(|n| {
             (
@@ -443,7 +445,7 @@ async fn an_alert_the_webhook_refuses_is_dead_lettered_once_and_the_rest_deliver
         })
         .collect();
     nats.publish_stored(alerts).await;
-    sluice.wait_for_log("rejected=1", 1, WAIT);
+    sluice.wait_for_count("pager", "rejected", 1, WAIT);
     let order: Vec<u64> = delivered(&seen).iter().map(|b| b["n"].as_u64().unwrap()).collect();
     assert_eq!(order, [0, 2], "the alerts after the refused one still go out");
     let statuses: Vec<u16> = seen.lock().unwrap().iter().map(|(status, ..)| *status).collect();
@@ -456,7 +458,7 @@ async fn an_alert_the_webhook_refuses_is_dead_lettered_once_and_the_rest_deliver
     assert!(letter["message"].as_str().unwrap().contains("HTTP 400"), "{letter}");
     assert_eq!(letter["subject"], "storyforge.alerts.export_success_rate");
     assert_eq!(serde_json::from_str::<Value>(letter["body"].as_str().unwrap()).unwrap()["n"], 1, "the refused alert, whole: {letter}");
-    assert!(sluice.log().contains("published=2"), "{}", sluice.log());
+    assert_eq!(sluice.log().counter("pager", "published"), 2, "{}", sluice.log());
     sluice.terminate();
 }
 
@@ -487,7 +489,7 @@ async fn storyforge_alerts_reach_pagerduty_and_slack_and_heartbeats_a_dead_mans_
     // the alerting's first heartbeat, on its first tick; storyforge.toml
     // then takes over the stream it declares.
     nats.jetstream.create_stream(alerts_stream()).await.unwrap();
-    let pager = Sluice::run_with_env(&root().join("pipelines/storyforge-pager.toml"), nats.url(), 3, &vars);
+    let pager = Sluice::running(&root().join("pipelines/storyforge-pager.toml"), nats.url()).envs(&vars).started(3);
     let alerting = Sluice::run(&root().join("pipelines/storyforge.toml"), nats.url(), 2);
 
     // From 06:00, 20 slow generations (a page) and 20 poorly scored locks (a
@@ -542,7 +544,7 @@ async fn storyforge_alerts_reach_pagerduty_and_slack_and_heartbeats_a_dead_mans_
     // The dead man's switch: heartbeats only, as the alert stage wrote them.
     let beats = delivered(&to_switch);
     assert!(beats.iter().all(|b| b["heartbeat"] == true && b["every"] == "1m" && time::parse_rfc3339(b["at"].as_str().unwrap()).is_ok()), "{beats:#?}");
-    assert!(pager.log().contains("Webhook delivery failed; retrying."), "{}", pager.log());
+    assert!(!pager.log().events("Webhook delivery failed; retrying.").is_empty(), "{}", pager.log());
     assert!(!pager.log().contains("s3cr3tT0k3n"), "the Slack URL's secret was logged:\n{}", pager.log());
     pager.terminate();
     alerting.terminate();
@@ -554,7 +556,7 @@ async fn the_pager_file_refuses_to_start_without_its_slack_url() {
     nats.jetstream.create_stream(alerts_stream()).await.unwrap();
     let file = root().join("pipelines/storyforge-pager.toml");
     let pagerduty = [("PAGERDUTY_EVENTS_URL", "http://127.0.0.1:9/v2/enqueue"), ("PAGERDUTY_ROUTING_KEY", "test-routing-key")];
-    let (status, log) = Sluice::spawn_with_env(&["run", file.to_str().unwrap(), "--nats", nats.url()], &pagerduty).wait();
+    let (status, log) = Sluice::command(&["run", file.to_str().unwrap(), "--nats", nats.url()]).envs(&pagerduty).wait();
     assert!(!status.success(), "{log}");
     assert!(log.contains("pipeline `storyforge-slack`: the webhook URL is read from STORYFORGE_SLACK_WEBHOOK, which is not set"), "{log}");
 }

@@ -16,7 +16,7 @@ fn validate_reports_every_problem_with_its_line() {
     let mut failures = Vec::new();
     for case in &cases {
         let relative = case.strip_prefix(root()).unwrap();
-        let (status, log) = Sluice::spawn(&["validate", relative.to_str().unwrap()]).wait();
+        let (status, log) = Sluice::command(&["validate", relative.to_str().unwrap()]).wait();
         let expected_path = case.with_extension("err");
         let actual = format!("exit: {}\n{log}\n", status.code().unwrap_or(-1));
         if bless {
@@ -70,13 +70,13 @@ fn every_bundled_pipeline_validates() {
     args.extend(files.iter().map(String::as_str));
     // As in a platform team's CI, without the secrets the files run with.
     let secrets = ["STORYFORGE_HASH_KEY", "PAGERDUTY_ROUTING_KEY", "PAGERDUTY_EVENTS_URL", "STORYFORGE_SLACK_WEBHOOK", "STORYFORGE_HEARTBEAT_URL"];
-    let (status, log) = Sluice::spawn_without(&args, &secrets).wait();
+    let (status, log) = secrets.iter().fold(Sluice::command(&args), |command, name| command.without(name)).wait();
     assert!(status.success(), "{log}");
     for file in &files {
         assert!(log.contains(&format!("{file}: ok")), "{file} is not reported valid:\n{log}");
     }
     let unset = |file: &str| {
-        log.lines().find_map(|line| line.strip_prefix(&format!("{file}: not set here, checked with stand-in values; `sluice run` needs them: "))).unwrap_or("")
+        log.plain().find_map(|line| line.strip_prefix(&format!("{file}: not set here, checked with stand-in values; `sluice run` needs them: "))).unwrap_or("")
     };
     assert_eq!(unset("pipelines/storyforge.toml"), "STORYFORGE_HASH_KEY", "{log}");
     assert_eq!(

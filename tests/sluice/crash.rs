@@ -8,41 +8,20 @@ use std::time::{Duration, Instant};
 
 use sluice::nats::state::StateStore;
 
-use crate::support::{Nats, Sluice, Workspace, header, json, wait_until};
+use crate::support::{Nats, Pipeline, PipelineFile, Sluice, Workspace, header, json, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// tag (stamping `config_version`) then route, JetStream in and out.
 fn pipeline(version: u32) -> String {
-    format!(
-        r#"
-        [[stream]]
-        name = "RAW"
-        subjects = ["raw.>"]
-
-        [[stream]]
-        name = "OUT"
-        subjects = ["out.>", "dlq.>"]
-        duplicate_window = "5m"
-
-        [[pipeline]]
-        name = "ingest"
-        input = {{ subject = "raw.>", stream = "RAW", ack_wait = "2s" }}
-        output = {{ jetstream = true }}
-        dead_letter = "dlq"
-        workers = 2
-        batch = {{ max_events = 50, max_wait = "2ms" }}
-
-          [[pipeline.stage]]
-          name = "tag"
-          component = "{{plugin:tag}}"
-          config = {{ set = {{ config_version = {version} }} }}
-
-          [[pipeline.stage]]
-          name = "route"
-          component = "{{plugin:route}}"
-          config = {{ subject = "out.{{event}}" }}
-        "#
-    )
+    let ingest = Pipeline::jetstream("ingest", "raw.>", "RAW")
+        .input("ack_wait = \"2s\"")
+        .set("output = { jetstream = true }")
+        .set("workers = 2")
+        .set("batch = { max_events = 50, max_wait = \"2ms\" }")
+        .stage("tag", "tag", &format!("{{ set = {{ config_version = {version} }} }}"))
+        .route("out.{event}");
+    PipelineFile::new().stream("RAW", &["raw.>"], "").stream("OUT", &["out.>", "dlq.>"], "duplicate_window = \"5m\"").pipeline(ingest).toml().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -144,12 +123,12 @@ async fn a_sink_state_larger_than_a_nats_message_is_kept_in_parts_across_a_sigki
     nats.publish_stored(on_many_subjects(0, 600)).await;
     let counts = kept_counts(&nats, 600).await;
     assert_eq!(counts.len(), 600);
-    assert!(sluice.log().contains("it is kept in parts"), "{}", sluice.log());
+    assert!(!sluice.log().events_saying("it is kept in parts").is_empty(), "{}", sluice.log());
     sluice.kill();
 
     let restarted = Sluice::run(&file, nats.url(), 1);
-    restarted.wait_for_log("Sink state restored.", 1, WAIT);
-    assert!(restarted.log().contains("counted_through=600"), "{}", restarted.log());
+    restarted.wait_for("Sink state restored.", 1, WAIT);
+    assert_eq!(restarted.log().events("Sink state restored.")[0]["counted_through"], 600, "{}", restarted.log());
     // Its state grows on from what it read back, into the other slot.
     nats.publish_stored(on_many_subjects(600, 600)).await;
     let counts = kept_counts(&nats, 1200).await;

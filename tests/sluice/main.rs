@@ -1,4 +1,5 @@
-//! The sluice test suite, in one binary with shared helpers (`support`).
+//! The sluice test suite, in one binary with the helpers it shares with the
+//! benchmarks (`tests/support`).
 //!
 //! - `alerts`: StoryForge alerting over NATS: a replayed day's timeline, an
 //!   alert across a plugin swap and a host restart, a webhook output.
@@ -32,5 +33,6 @@ mod poison;
 mod run;
 mod security;
 mod storyforge;
+#[path = "../support/mod.rs"]
 mod support;
 mod swap;

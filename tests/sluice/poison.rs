@@ -9,42 +9,21 @@ use async_nats::jetstream::consumer::pull;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::support::{Nats, Sluice, Workspace, json, progress, stream_count, wait_until};
+use crate::support::{Nats, Pipeline, PipelineFile, Sluice, Workspace, json, stream_count, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Route only (bodies pass unchanged), JetStream in and out, every output
 /// and dead letter kept in a stream the test reads back.
-fn pipeline(input: &str, out_subjects: &str) -> String {
-    format!(
-        r#"
-        [[stream]]
-        name = "RAW"
-        subjects = ["raw.>"]
-
-        [[stream]]
-        name = "OUT"
-        subjects = [{out_subjects}]
-
-        [[stream]]
-        name = "DLQ"
-        subjects = ["dlq.>"]
-
-        [[pipeline]]
-        name = "ingest"
-        input = {{ subject = "raw.>", stream = "RAW", durable = "ingest" {input} }}
-        output = {{ jetstream = true }}
-        dead_letter = "dlq"
-        workers = 1
-        max_event_bytes = "64KiB"
-        batch = {{ max_events = 32, max_wait = "5ms" }}
-
-          [[pipeline.stage]]
-          name = "route"
-          component = "{{plugin:route}}"
-          config = {{ subject = "out.{{kind}}.{{n}}" }}
-        "#
-    )
+fn pipeline(input: &str, out_subjects: &[&str]) -> String {
+    let ingest = Pipeline::jetstream("ingest", "raw.>", "RAW")
+        .input(input)
+        .set("output = { jetstream = true }")
+        .set("workers = 1")
+        .set("max_event_bytes = \"64KiB\"")
+        .set("batch = { max_events = 32, max_wait = \"5ms\" }")
+        .route("out.{kind}.{n}");
+    PipelineFile::new().stream("RAW", &["raw.>"], "").stream("OUT", out_subjects, "").stream("DLQ", &["dlq.>"], "").pipeline(ingest).toml().to_string()
 }
 
 /// A JSON event of exactly `bytes` bytes.
@@ -64,7 +43,7 @@ fn hex(bytes: &[u8]) -> String {
 async fn events_too_large_for_a_whole_dead_letter_are_cut_and_their_batches_go_on() {
     let nats = Nats::start().await;
     let workspace = Workspace::new();
-    let sluice = Sluice::run(&workspace.write_pipeline(&pipeline("", r#""out.>""#)), nats.url(), 1);
+    let sluice = Sluice::run(&workspace.write_pipeline(&pipeline("max_deliver = 5", &["out.>"])), nats.url(), 1);
 
     // Sizes at the pipeline's limit (64 KiB) and around the size whose
     // envelope (the body as text and in base64) no longer fits 1 MiB.
@@ -110,8 +89,8 @@ async fn events_too_large_for_a_whole_dead_letter_are_cut_and_their_batches_go_o
         }
     }
     let log = sluice.terminate();
-    assert_eq!(progress(&log, "failed_batches"), 0, "no batch failed:\n{log}");
-    assert_eq!(progress(&log, "rejected"), letters.len() as u64);
+    assert_eq!(log.counter("ingest", "failed_batches"), 0, "no batch failed:\n{log}");
+    assert_eq!(log.counter("ingest", "rejected"), letters.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -119,7 +98,7 @@ async fn an_output_no_stream_stores_holds_back_only_its_event_until_it_is_undeli
     let nats = Nats::start().await;
     let workspace = Workspace::new();
     // OUT stores out.good.>, and nothing stores out.lost.>.
-    let sluice = Sluice::run(&workspace.write_pipeline(&pipeline(", max_deliver = 2", r#""out.good.>""#)), nats.url(), 1);
+    let sluice = Sluice::run(&workspace.write_pipeline(&pipeline("max_deliver = 2", &["out.good.>"])), nats.url(), 1);
     let inputs: Vec<(String, Vec<u8>)> = (0..300).map(|n| (format!("raw.{n}"), sized(n, if n % 100 == 7 { "lost" } else { "good" }, 200))).collect();
     nats.publish_stored(inputs).await;
 
@@ -136,14 +115,15 @@ async fn an_output_no_stream_stores_holds_back_only_its_event_until_it_is_undeli
         assert!(letter["body"].as_str().unwrap().contains("\"kind\":\"lost\""), "the original, whole");
     }
     let log = sluice.terminate();
-    assert_eq!((progress(&log, "held_back"), progress(&log, "undeliverable"), progress(&log, "failed_batches")), (3, 3, 0), "{log}");
+    let count = |counter| log.counter("ingest", counter);
+    assert_eq!((count("held_back"), count("undeliverable"), count("failed_batches")), (3, 3, 0), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_handed_out_more_than_max_deliver_times_is_dead_lettered_as_undeliverable() {
     let nats = Nats::start().await;
     let workspace = Workspace::new();
-    let file = workspace.write_pipeline(&pipeline(", max_deliver = 3", r#""out.>""#));
+    let file = workspace.write_pipeline(&pipeline("max_deliver = 3", &["out.>"]));
     // A first run creates the streams and the durable consumer.
     Sluice::run(&file, nats.url(), 1).terminate();
     nats.publish_stored([("raw.0".to_string(), sized(0, "good", 200))]).await;
@@ -165,5 +145,5 @@ async fn an_event_handed_out_more_than_max_deliver_times_is_dead_lettered_as_und
     assert!(letter["message"].as_str().unwrap().contains("handed out 4 times, more than max_deliver = 3"), "{letter}");
     assert_eq!(stream_count(&nats, "OUT").await, 0, "it is not processed again");
     let log = sluice.terminate();
-    assert_eq!(progress(&log, "undeliverable"), 1, "{log}");
+    assert_eq!(log.counter("ingest", "undeliverable"), 1, "{log}");
 }

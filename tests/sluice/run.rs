@@ -5,43 +5,25 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
-use crate::support::{Collector, Nats, Sluice, Workspace, event, header, json};
+use crate::support::{Collector, Nats, Pipeline, PipelineFile, Sluice, Workspace, event, header, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// tag, then route, reading from a JetStream stream the file declares.
-fn ingest_pipeline(extra_input: &str) -> String {
-    format!(
-        r#"
-        [[stream]]
-        name = "RAW"
-        subjects = ["raw.>"]
-
-        [[pipeline]]
-        name = "ingest"
-        input = {{ subject = "raw.>", stream = "RAW", durable = "ingest" {extra_input} }}
-        dead_letter = "dlq"
-        workers = 2
-        max_event_bytes = "2KiB"
-
-          [[pipeline.stage]]
-          name = "tag"
-          component = "{{plugin:tag}}"
-          config = {{ require = ["event", "user_id"], set = {{ tagged = true }} }}
-
-          [[pipeline.stage]]
-          name = "route"
-          component = "{{plugin:route}}"
-          config = {{ subject = "out.{{event}}", drop = ["heartbeat"] }}
-        "#
-    )
+fn ingest_pipeline() -> String {
+    let ingest = Pipeline::jetstream("ingest", "raw.>", "RAW")
+        .set("workers = 2")
+        .set("max_event_bytes = \"2KiB\"")
+        .stage("tag", "tag", r#"{ require = ["event", "user_id"], set = { tagged = true } }"#)
+        .stage("route", "route", r#"{ subject = "out.{event}", drop = ["heartbeat"] }"#);
+    PipelineFile::new().stream("RAW", &["raw.>"], "").pipeline(ingest).toml().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_come_out_transformed_on_their_subjects() {
     let nats = Nats::start().await;
     let workspace = Workspace::new();
-    let sluice = Sluice::run(&workspace.write_pipeline(&ingest_pipeline("")), nats.url(), 1);
+    let sluice = Sluice::run(&workspace.write_pipeline(&ingest_pipeline()), nats.url(), 1);
     let mut out = Collector::subscribe(&nats, "out.>").await;
 
     let names = ["signed_up", "scene_generated", "heartbeat", "export_failed"];
@@ -60,14 +42,14 @@ async fn events_come_out_transformed_on_their_subjects() {
     }
     assert!(out.drain(Duration::from_millis(500)).await.is_empty(), "only the 300 non-heartbeat events come out");
     let log = sluice.terminate();
-    assert!(log.contains("dropped=100"), "drops are counted in the progress report:\n{log}");
+    assert_eq!(log.counter("ingest", "dropped"), 100, "drops are counted in the progress report:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_and_bad_events_go_to_the_dead_letter_subject_with_an_envelope() {
     let nats = Nats::start().await;
     let workspace = Workspace::new();
-    let _sluice = Sluice::run(&workspace.write_pipeline(&ingest_pipeline("")), nats.url(), 1);
+    let _sluice = Sluice::run(&workspace.write_pipeline(&ingest_pipeline()), nats.url(), 1);
     let mut dead = Collector::subscribe(&nats, "dlq.>").await;
     let mut out = Collector::subscribe(&nats, "out.>").await;
 
@@ -213,7 +195,7 @@ async fn hosts_in_one_queue_group_share_a_core_input() {
         }
     }
     nats.client.flush().await.unwrap();
-    assert_shared(&mut out, hosts, 2000).await;
+    assert_shared(&mut out, hosts, "relay", 2000).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -245,20 +227,16 @@ async fn hosts_on_one_durable_consumer_share_a_jetstream_input() {
         nats.publish_stored((chunk * 200..(chunk + 1) * 200).map(|n| (format!("raw.{n}"), event(n, serde_json::json!({}))))).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_shared(&mut out, hosts, 2000).await;
+    assert_shared(&mut out, hosts, "shared", 2000).await;
 }
 
 /// Every event came out once, and each host processed some of them.
-async fn assert_shared(out: &mut Collector, hosts: [Sluice; 2], events: u64) {
+async fn assert_shared(out: &mut Collector, hosts: [Sluice; 2], pipeline: &str, events: u64) {
     let numbers: BTreeSet<u64> = out.take(events as usize, WAIT).await.iter().map(|m| json(m)["n"].as_u64().unwrap()).collect();
     assert_eq!(numbers.len() as u64, events, "every event once");
     assert!(out.drain(Duration::from_millis(300)).await.is_empty(), "no event twice");
-    let received = |log: String| -> u64 {
-        let line = log.lines().rev().find(|l| l.contains("Progress.")).expect("a final progress report");
-        line.split_whitespace().find_map(|w| w.strip_prefix("received=")).unwrap().parse().unwrap()
-    };
     let [first, second] = hosts;
-    let (a, b) = (received(first.terminate()), received(second.terminate()));
+    let (a, b) = (first.terminate().counter(pipeline, "received"), second.terminate().counter(pipeline, "received"));
     assert_eq!(a + b, events);
     assert!(a > 0 && b > 0, "both hosts took a share: {a} and {b}");
 }
@@ -267,7 +245,7 @@ async fn assert_shared(out: &mut Collector, hosts: [Sluice; 2], events: u64) {
 async fn run_refuses_to_start_on_a_file_with_problems() {
     let workspace = Workspace::new();
     let file = workspace.write_pipeline("[[pipeline]]\nname = \"x\"\ninput = { subject = \"a..b\", mode = \"core\" }\ndead_letter = \"dlq\"\n");
-    let (status, log) = Sluice::spawn(&["run", file.to_str().unwrap(), "--nats", "nats://127.0.0.1:1"]).wait();
+    let (status, log) = Sluice::command(&["run", file.to_str().unwrap(), "--nats", "nats://127.0.0.1:1"]).wait();
     assert!(!status.success());
     assert!(log.contains("pipeline.toml:3:21: subject \"a..b\" has an empty token"), "{log}");
 }
@@ -300,10 +278,10 @@ async fn with_no_url_sluice_starts_its_own_nats_server_and_stops_it_on_exit() {
           config = { subject = "b.out.{event}" }
         "#,
     );
-    let sluice = Sluice::spawn(&["run", file.to_str().unwrap()]);
-    sluice.wait_for_log("Pipeline started.", 2, WAIT);
+    let sluice = Sluice::command(&["run", file.to_str().unwrap()]).spawn();
+    sluice.wait_for("Pipeline started.", 2, WAIT);
     let log = sluice.log();
-    let url = log.lines().find_map(|l| l.strip_prefix("sluice: NATS is at ")).expect("the URL is printed").split_whitespace().next().unwrap().to_string();
+    let url = log.plain().find_map(|l| l.strip_prefix("sluice: NATS is at ")).expect("the URL is printed").split_whitespace().next().unwrap().to_string();
 
     // Both pipelines of the file run side by side on that server.
     let client = async_nats::connect(&url).await.expect("the managed server accepts clients");

@@ -14,32 +14,14 @@ use nkeys::KeyPair;
 use serde_json::{Value, json};
 use sluice::nats::ManagedServer;
 
-use crate::support::{Sluice, Workspace, event, expand};
+use crate::support::{Pipeline, PipelineFile, Sluice, Workspace, event};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A file with a `[nats]` table, relaying `sec.in.>` to `sec.out.<event>`.
 fn write_pipeline(workspace: &Workspace, nats: &str) -> PathBuf {
-    let text = format!(
-        r#"
-        [nats]
-        {nats}
-
-        [[pipeline]]
-        name = "relay"
-        input = {{ subject = "sec.in.>", mode = "core" }}
-        dead_letter = "dlq"
-        workers = 1
-
-          [[pipeline.stage]]
-          name = "route"
-          component = "{{plugin:route}}"
-          config = {{ subject = "sec.out.{{event}}" }}
-        "#
-    );
-    let path = workspace.path("pipeline.toml");
-    std::fs::write(&path, expand(&text)).unwrap();
-    path
+    let relay = Pipeline::core("relay", "sec.in.>").set("workers = 1").route("sec.out.{event}");
+    workspace.write_pipeline(PipelineFile::new().nats(nats).pipeline(relay).toml())
 }
 
 fn write(workspace: &Workspace, name: &str, text: &str) -> String {
@@ -49,8 +31,8 @@ fn write(workspace: &Workspace, name: &str, text: &str) -> String {
 
 /// `sluice run` on `file` relays an event, and its log holds none of `secrets`.
 async fn relays(file: &Path, client: async_nats::Client, vars: &[(&str, &str)], secrets: &[&str]) {
-    let sluice = Sluice::spawn_with_env(&["run", file.to_str().unwrap(), "--stats-interval", "1s"], vars);
-    sluice.wait_for_log("Pipeline started.", 1, WAIT);
+    let sluice = Sluice::command(&["run", file.to_str().unwrap(), "--stats-interval", "1s"]).envs(vars).spawn();
+    sluice.wait_for("Pipeline started.", 1, WAIT);
     let mut out = client.subscribe("sec.out.>").await.unwrap();
     client.flush().await.unwrap();
     client.publish("sec.in.1", event(1, json!({})).into()).await.unwrap();
@@ -65,9 +47,9 @@ async fn relays(file: &Path, client: async_nats::Client, vars: &[(&str, &str)], 
 
 /// `sluice run` on `file` stops at once, saying `reason`.
 fn refuses(file: &Path, vars: &[(&str, &str)], reason: &str) {
-    let (status, log) = Sluice::spawn_with_env(&["run", file.to_str().unwrap()], vars).wait();
+    let (status, log) = Sluice::command(&["run", file.to_str().unwrap()]).envs(vars).wait();
     assert!(!status.success(), "{log}");
-    assert!(log.to_lowercase().contains(&reason.to_lowercase()), "expected {reason:?}:\n{log}");
+    assert!(log.to_string().to_lowercase().contains(&reason.to_lowercase()), "expected {reason:?}:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -207,7 +189,7 @@ async fn tls_with_a_private_ca_and_a_client_certificate() {
 async fn a_url_carrying_credentials_is_refused_without_showing_them() {
     let workspace = Workspace::new();
     let file = write_pipeline(&workspace, "");
-    let (status, log) = Sluice::spawn(&["run", file.to_str().unwrap(), "--nats", "nats://alice:hunter2@127.0.0.1:4222"]).wait();
+    let (status, log) = Sluice::command(&["run", file.to_str().unwrap(), "--nats", "nats://alice:hunter2@127.0.0.1:4222"]).wait();
     assert!(!status.success());
     assert!(log.contains("the NATS URL carries credentials before `@127.0.0.1:4222`, which the NATS client would ignore"), "{log}");
     assert!(!log.contains("hunter2"), "{log}");

@@ -11,9 +11,9 @@ use crate::support::{Nats, Sluice, Workspace, root};
 #[test]
 fn every_storyforge_case_passes() {
     for (file, cases) in [("pipelines/storyforge.toml", 96), ("pipelines/storyforge-pager.toml", 12)] {
-        let (status, log) = Sluice::spawn(&["test", file]).wait();
+        let (status, log) = Sluice::command(&["test", file]).wait();
         assert!(status.success(), "{file}: {log}");
-        let totals = log.lines().find(|l| l.ends_with(" failed")).expect("a closing line");
+        let totals = log.plain().find(|l| l.ends_with(" failed")).expect("a closing line");
         let passed: usize = totals.split_whitespace().next().unwrap().parse().unwrap();
         assert!(totals.ends_with(", 0 failed") && passed >= cases, "{file}: {totals}");
     }
@@ -40,7 +40,7 @@ fn a_failing_case_is_reported_with_what_differed() {
         "#,
     )
     .unwrap();
-    let (status, log) = Sluice::spawn(&["test", "pipelines/storyforge.toml", cases.to_str().unwrap()]).wait();
+    let (status, log) = Sluice::command(&["test", "pipelines/storyforge.toml", cases.to_str().unwrap()]).wait();
     assert!(!status.success());
     assert!(log.contains(":: expects the wrong subject"), "{log}");
     assert!(log.contains(r#"output 0: expected subject "storyforge.analytics.signed_up", found "storyforge.analytics.onboarding_completed""#), "{log}");
@@ -88,7 +88,7 @@ fn case_files_that_overflow_or_expect_too_little_fail_with_the_reason_and_no_pan
         ),
     )
     .unwrap();
-    let (status, log) = Sluice::spawn(&["test", "pipelines/storyforge.toml", cases.to_str().unwrap()]).wait();
+    let (status, log) = Sluice::command(&["test", "pipelines/storyforge.toml", cases.to_str().unwrap()]).wait();
     assert_eq!(status.code(), Some(1), "failing cases, not a crash: {log}");
     assert!(!log.contains("panicked"), "{log}");
     for (case, reason) in [
@@ -98,7 +98,8 @@ fn case_files_that_overflow_or_expect_too_little_fail_with_the_reason_and_no_pan
         ("a clock before 1970", "clock \"1969-12-31T23:59:59Z\" is not an RFC 3339 time"),
         ("a drop expected, none happens", "expected 2 event(s) dropped, found 0"),
     ] {
-        let report = log.split("FAIL ").find(|report| report.contains(&format!(":: {case}"))).unwrap_or_else(|| panic!("{case:?} is reported:\n{log}"));
+        let report = log.to_string();
+        let report = report.split("FAIL ").find(|report| report.contains(&format!(":: {case}"))).unwrap_or_else(|| panic!("{case:?} is reported:\n{log}"));
         assert!(report.contains(reason), "{case:?} says {reason:?}:\n{report}");
     }
     assert!(log.contains("1 passed, 5 failed"), "{log}");
@@ -106,7 +107,7 @@ fn case_files_that_overflow_or_expect_too_little_fail_with_the_reason_and_no_pan
 
 #[test]
 fn run_refuses_to_start_without_the_hash_key() {
-    let (status, log) = Sluice::spawn_with_key(&["run", "pipelines/storyforge.toml", "--nats", "nats://127.0.0.1:1"], None).wait();
+    let (status, log) = Sluice::command(&["run", "pipelines/storyforge.toml", "--nats", "nats://127.0.0.1:1"]).without("STORYFORGE_HASH_KEY").wait();
     assert!(!status.success());
     assert!(log.contains("stage `redact`: the stage needs the environment variable STORYFORGE_HASH_KEY"), "{log}");
 }

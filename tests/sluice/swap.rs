@@ -5,35 +5,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::support::{Collector, Nats, Sluice, Workspace, event, header, json, write_atomically};
+use crate::support::{Collector, Nats, Pipeline, PipelineFile, Sluice, Workspace, event, header, json, write_atomically};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn tagged_pipeline(component: &str, version: u32) -> String {
-    format!(
-        r#"
-        [[stream]]
-        name = "RAW"
-        subjects = ["raw.>"]
-
-        [[pipeline]]
-        name = "ingest"
-        input = {{ subject = "raw.>", stream = "RAW" }}
-        dead_letter = "dlq"
-        workers = 2
-        batch = {{ max_events = 32, max_wait = "2ms" }}
-
-          [[pipeline.stage]]
-          name = "tag"
-          component = "{component}"
-          config = {{ set = {{ config_version = {version} }} }}
-
-          [[pipeline.stage]]
-          name = "route"
-          component = "{{plugin:route}}"
-          config = {{ subject = "out.{{event}}" }}
-        "#
-    )
+/// The tag component at `component` (stamping `config_version`, when it is given), then route.
+fn tagged_pipeline(component: &str, version: Option<u32>) -> String {
+    let config = version.map_or(String::new(), |version| format!("{{ set = {{ config_version = {version} }} }}"));
+    let ingest = Pipeline::jetstream("ingest", "raw.>", "RAW")
+        .set("workers = 2")
+        .set("batch = { max_events = 32, max_wait = \"2ms\" }")
+        .stage_at("tag", component, &config, "")
+        .route("out.{event}");
+    PipelineFile::new().stream("RAW", &["raw.>"], "").pipeline(ingest).toml().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -42,14 +26,14 @@ async fn a_swap_under_continuous_load_loses_and_duplicates_nothing() {
     let nats = Nats::start().await;
     let workspace = Workspace::new();
     let tag = workspace.copy_plugin("tag", "tag.wasm");
-    let file = workspace.write_pipeline(&tagged_pipeline(tag.to_str().unwrap(), 1));
+    let file = workspace.write_pipeline(&tagged_pipeline(tag.to_str().unwrap(), Some(1)));
     let sluice = Sluice::run(&file, nats.url(), 1);
     let mut out = Collector::subscribe(&nats, "out.>").await;
 
     // Publish steadily for about three seconds, swapping the config a third of the way in.
     let publisher = crate::support::publish_steadily(&nats.jetstream, EVENTS, Duration::from_millis(50));
     let first_third = out.take(EVENTS / 3, WAIT).await;
-    write_atomically(&file, crate::support::expand(&tagged_pipeline(tag.to_str().unwrap(), 2)).as_bytes());
+    write_atomically(&file, crate::support::expand(&tagged_pipeline(tag.to_str().unwrap(), Some(2))).as_bytes());
     let rest = out.take(EVENTS - EVENTS / 3, WAIT).await;
     publisher.await.unwrap();
     assert!(out.drain(Duration::from_millis(500)).await.is_empty(), "no event comes out twice");
@@ -70,7 +54,7 @@ async fn a_swap_under_continuous_load_loses_and_duplicates_nothing() {
     assert_eq!(versions.len(), 2, "outputs of both versions: {versions:?}");
     assert_ne!(versions[&1], versions[&2]);
     let log = sluice.terminate();
-    assert!(log.contains("Swapping to the new version between batches."), "{log}");
+    assert_eq!(log.events("Swapping to the new version between batches.").len(), 1, "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -78,7 +62,7 @@ async fn a_broken_plugin_file_leaves_the_running_version_in_place() {
     let nats = Nats::start().await;
     let workspace = Workspace::new();
     let tag = workspace.copy_plugin("tag", "tag.wasm");
-    let file = workspace.write_pipeline(&tagged_pipeline(tag.to_str().unwrap(), 1));
+    let file = workspace.write_pipeline(&tagged_pipeline(tag.to_str().unwrap(), Some(1)));
     let sluice = Sluice::run(&file, nats.url(), 1);
     let mut out = Collector::subscribe(&nats, "out.>").await;
 
@@ -86,10 +70,10 @@ async fn a_broken_plugin_file_leaves_the_running_version_in_place() {
     let before = header(&out.take(1, WAIT).await[0], "Sluice-Pipeline-Version").unwrap();
 
     write_atomically(&tag, b"\0asm\x0d\0\x01\0 truncated by a failed deploy");
-    sluice.wait_for_log("The new version cannot be prepared; the running version stays.", 1, WAIT);
+    sluice.wait_for("The new version cannot be prepared; the running version stays.", 1, WAIT);
     // A pipeline file with problems is refused the same way.
     write_atomically(&file, b"[[pipeline]]\nname = 'ingest'\n");
-    sluice.wait_for_log("The changed pipeline file has problems; every running version stays.", 1, WAIT);
+    sluice.wait_for("The changed pipeline file has problems; every running version stays.", 1, WAIT);
 
     nats.publish_stored((1..50).map(|n| (format!("raw.{n}"), event(n, serde_json::json!({}))))).await;
     for message in out.take(49, WAIT).await {
@@ -105,14 +89,14 @@ async fn a_new_component_is_swapped_in_when_its_file_changes() {
     let workspace = Workspace::new();
     // The stage's file starts as `tag` and is replaced by `chaos`, which keeps events unchanged.
     let stage = workspace.copy_plugin("tag", "stage.wasm");
-    let file = workspace.write_pipeline(&tagged_pipeline(stage.to_str().unwrap(), 1).replace("config = { set = { config_version = 1 } }", ""));
+    let file = workspace.write_pipeline(&tagged_pipeline(stage.to_str().unwrap(), None));
     let sluice = Sluice::run(&file, nats.url(), 1);
     let mut out = Collector::subscribe(&nats, "out.>").await;
 
     nats.publish_stored([("raw.0".to_string(), event(0, serde_json::json!({})))]).await;
     let before = header(&out.take(1, WAIT).await[0], "Sluice-Pipeline-Version").unwrap();
     workspace.copy_plugin("chaos", "stage.wasm");
-    sluice.wait_for_log("Swapping to the new version between batches.", 1, WAIT);
+    sluice.wait_for("Swapping to the new version between batches.", 1, WAIT);
 
     nats.publish_stored([("raw.1".to_string(), event(1, serde_json::json!({ "chaos": "split" })))]).await;
     // chaos splits the event in two; route sends both to out.scene_generated.

@@ -1,11 +1,18 @@
-//! Helpers shared by every test: a real nats-server on a free port, the
-//! `sluice` binary as a child process with its log captured, pipeline files
-//! written into a temporary folder, and collecting messages by subject.
+//! Helpers shared by the test suite and the benchmarks: a real nats-server
+//! on a free port, the `sluice` binary as a child process whose JSON log is
+//! kept and queried (`sluice`), pipeline files built from parts (`pipeline`)
+//! and written into a temporary folder, and collecting messages by subject.
+//!
+//! Each binary that includes this module uses a part of it.
+#![allow(dead_code, unused_imports)]
 
-use std::io::{BufRead, BufReader};
+mod pipeline;
+mod process;
+
+pub use pipeline::{Pipeline, PipelineFile};
+pub use process::{Log, Sluice};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -144,143 +151,6 @@ impl Collector {
     }
 }
 
-/// A `sluice` process whose output is kept for assertions and shown on failure.
-pub struct Sluice {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    /// Read stdout and stderr until the process closes them; joined so that no line is missed.
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Sluice {
-    /// `sluice run FILE --nats URL`, waiting until `pipelines` pipelines have started.
-    pub fn run(file: &Path, nats_url: &str, pipelines: usize) -> Self {
-        let sluice = Self::spawn(&["run", file.to_str().unwrap(), "--nats", nats_url, "--stats-interval", "1s"]);
-        sluice.wait_for_log("Pipeline started.", pipelines, Duration::from_secs(60));
-        sluice
-    }
-
-    pub fn spawn(args: &[&str]) -> Self {
-        Self::spawn_with_key(args, Some(HASH_KEY))
-    }
-
-    /// Like `spawn`, with `STORYFORGE_HASH_KEY` set to `key` or unset.
-    pub fn spawn_with_key(args: &[&str], key: Option<&str>) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        match key {
-            Some(key) => command.env("STORYFORGE_HASH_KEY", key),
-            None => command.env_remove("STORYFORGE_HASH_KEY"),
-        };
-        Self::spawn_command(command, args)
-    }
-
-    /// Like `spawn`, with these environment variables set too.
-    pub fn spawn_with_env(args: &[&str], vars: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        command.env("STORYFORGE_HASH_KEY", HASH_KEY).envs(vars.iter().copied());
-        Self::spawn_command(command, args)
-    }
-
-    /// Like `spawn`, with these environment variables unset.
-    pub fn spawn_without(args: &[&str], names: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        for name in names {
-            command.env_remove(name);
-        }
-        Self::spawn_command(command, args)
-    }
-
-    /// `sluice run FILE --nats URL` with these environment variables set,
-    /// waiting until `pipelines` pipelines have started.
-    pub fn run_with_env(file: &Path, nats_url: &str, pipelines: usize, vars: &[(&str, &str)]) -> Self {
-        let sluice = Self::spawn_with_env(&["run", file.to_str().unwrap(), "--nats", nats_url, "--stats-interval", "1s"], vars);
-        sluice.wait_for_log("Pipeline started.", pipelines, Duration::from_secs(60));
-        sluice
-    }
-
-    fn spawn_command(mut command: Command, args: &[&str]) -> Self {
-        let mut child = command
-            .args(args)
-            .current_dir(root())
-            .env("SLUICE_LOG", "info,sluice=debug,async_nats=warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sluice");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let readers = vec![read_lines(child.stdout.take().unwrap(), log.clone()), read_lines(child.stderr.take().unwrap(), log.clone())];
-        Self { child, log, readers }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// Waits until `needle` has appeared on `count` lines of the log.
-    pub fn wait_for_log(&self, needle: &str, count: usize, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let seen = self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count();
-            if seen >= count {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!("expected {count} log lines with {needle:?} within {within:?}; sluice logged:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    pub fn terminate(mut self) -> String {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let status = self.child.wait().expect("sluice exits");
-        self.finish_reading();
-        assert!(status.success(), "sluice exited with {status}; log:\n{}", self.log());
-        self.log()
-    }
-
-    /// SIGKILL: no draining, no acks, no flush.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Waits for the process to exit by itself.
-    pub fn wait(mut self) -> (std::process::ExitStatus, String) {
-        let status = self.child.wait().expect("sluice exits");
-        self.finish_reading();
-        (status, self.log())
-    }
-}
-
-impl Sluice {
-    fn finish_reading(&mut self) {
-        for reader in self.readers.drain(..) {
-            let _ = reader.join();
-        }
-    }
-}
-
-fn read_lines(stream: impl std::io::Read + Send + 'static, log: Arc<Mutex<Vec<String>>>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            log.lock().unwrap().push(line);
-        }
-    })
-}
-
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A temporary folder holding a pipeline file (and, for swap tests, copies of components).
 pub struct Workspace {
     pub dir: tempfile::TempDir,
@@ -361,24 +231,4 @@ where
 /// How many messages a stream holds.
 pub async fn stream_count(nats: &Nats, stream: &str) -> u64 {
     nats.jetstream.get_stream(stream).await.expect("stream exists").get_info().await.expect("stream info").state.messages
-}
-
-/// A counter of the last progress line in a sluice log (`received=...`).
-pub fn progress(log: &str, counter: &str) -> u64 {
-    counter_of(log.lines().rev().find(|l| l.contains("Progress.")), log, counter)
-}
-
-/// A counter of the last progress line of one pipeline.
-pub fn pipeline_progress(log: &str, pipeline: &str, counter: &str) -> u64 {
-    let name = format!("pipeline={pipeline} ");
-    counter_of(log.lines().rev().find(|l| l.contains("Progress.") && l.contains(&name)), log, counter)
-}
-
-fn counter_of(line: Option<&str>, log: &str, counter: &str) -> u64 {
-    let line = line.unwrap_or_else(|| panic!("no progress line in the log:\n{log}"));
-    let prefix = format!("{counter}=");
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {counter} in the progress line {line}"))
 }
