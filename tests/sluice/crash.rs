@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sluice::nats::state::StateStore;
 
-use crate::support::{Nats, Pipeline, PipelineFile, Sluice, Workspace, header, json, wait_until};
+use crate::support::{Collector, Nats, Pipeline, PipelineFile, Sluice, Workspace, header, json, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -126,13 +126,27 @@ async fn a_sink_state_larger_than_a_nats_message_is_kept_in_parts_across_a_sigki
     assert!(!sluice.log().events_saying("it is kept in parts").is_empty(), "{}", sluice.log());
     sluice.kill();
 
+    let mut dead = Collector::subscribe(&nats, "dlq.>").await;
     let restarted = Sluice::run(&file, nats.url(), 1);
     restarted.wait_for("Sink state restored.", 1, WAIT);
     assert_eq!(restarted.log().events("Sink state restored.")[0]["counted_through"], 600, "{}", restarted.log());
-    // Its state grows on from what it read back, into the other slot.
+    // Its first tick, at start, sums up the 600 counts it read back: a
+    // summary too large for this server, dead-lettered (cut to its head)
+    // rather than jamming the sink; the tally then starts counting afresh.
+    let letter = json(&dead.take(1, WAIT).await[0]);
+    assert_eq!(
+        (letter["stage"].as_str(), letter["code"].as_str(), letter["subject"].as_str()),
+        (Some("output"), Some("too_large"), Some("counts.summary")),
+        "{letter}"
+    );
+    assert!(letter["body_bytes"].as_u64().unwrap() > 40_000, "the summary holds the 600 restored counts: {letter}");
+    assert!(letter["body_cut"]["head"].as_str().unwrap().contains("project_0000"), "{letter}");
+    // The new state is kept in parts again, in the other slot, and reads back whole.
     nats.publish_stored(on_many_subjects(600, 600)).await;
     let counts = kept_counts(&nats, 1200).await;
-    assert_eq!(counts.len(), 1200, "the restored counts and the new ones");
+    assert_eq!(counts.len(), 600, "the counts since the summary");
+    let project = |subject: &str| subject.split("project_").nth(1).and_then(|rest| rest.get(..4)?.parse::<usize>().ok());
+    assert!(counts.keys().all(|subject| project(subject).is_some_and(|n| (600..1200).contains(&n))), "only the new events");
     assert!(counts.values().all(|count| count == 1), "each event counted once");
     restarted.terminate();
 }

@@ -51,6 +51,16 @@ struct Kept {
     counted_through: u64,
 }
 
+/// What a sink's batch or tick brought, for `finish`: the inputs (none for
+/// a tick), how far into the input the state then reaches, and its counts.
+struct Step<'a> {
+    inputs: &'a [Event],
+    receipts: &'a [Receipt],
+    through: u64,
+    dropped: usize,
+    faults: usize,
+}
+
 /// What publishing a batch's messages came to.
 #[derive(Default)]
 struct Delivered {
@@ -78,10 +88,9 @@ impl Worker {
         // Only a pipeline that ends in a sink keeps state and is told that time passes.
         let has_sink = chain.version.sink.is_some();
         let mut kept = if has_sink { self.restore(&mut chain).await } else { Kept::default() };
-        // The first tick comes one period after the start, as every other:
-        // a sink restarted from its kept state is not told time passed at once.
-        let period = chain.version.spec.tick;
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // The first tick comes at once: an alert stage announces itself
+        // (its heartbeat) as soon as it runs.
+        let mut ticker = tokio::time::interval(chain.version.spec.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::debug!(pipeline = %name, worker = self.index, "Worker started.");
         loop {
@@ -246,7 +255,8 @@ impl Worker {
         let stamp = self.stamp(&version);
         let ids: Vec<Option<String>> = receipts.iter().map(|r| r.id.clone()).collect();
         let outbound = messages::batch(stamp, &events, &ids, result);
-        if !self.finish(stamp, chain, outbound, &events, &receipts, kept, through, dropped, faults).await {
+        let step = Step { inputs: &events, receipts: &receipts, through, dropped, faults };
+        if !self.finish(stamp, chain, kept, outbound, step).await {
             return self.fail(&receipts).await;
         }
         kept.counted_through = through;
@@ -269,26 +279,16 @@ impl Worker {
         let stamp = self.stamp(&version);
         let outbound = messages::emitted(stamp, events);
         // Shutting down: the state of before the tick stays kept, and the next start ticks again.
-        let _ = self.finish(stamp, chain, outbound, &[], &[], kept, kept.counted_through, 0, 0).await;
+        let step = Step { inputs: &[], receipts: &[], through: kept.counted_through, dropped: 0, faults: 0 };
+        let _ = self.finish(stamp, chain, kept, outbound, step).await;
     }
 
     /// What a sink's batch or tick shares: publish its messages, dead-letter
     /// those NATS keeps refusing (a sink cannot hold back one input: it has
     /// counted them all), then store the sink's state. False when shutdown
     /// came first: nothing of it may be acked.
-    #[allow(clippy::too_many_arguments)]
-    async fn finish(
-        &self,
-        stamp: Stamp<'_>,
-        chain: &mut Chain,
-        outbound: Vec<Outbound>,
-        inputs: &[Event],
-        receipts: &[Receipt],
-        kept: &Kept,
-        through: u64,
-        dropped: usize,
-        faults: usize,
-    ) -> bool {
+    async fn finish(&self, stamp: Stamp<'_>, chain: &mut Chain, kept: &Kept, outbound: Vec<Outbound>, step: Step<'_>) -> bool {
+        let Step { inputs, receipts, through, dropped, faults } = step;
         let Some(mut delivered) = self.deliver(stamp, outbound, inputs, receipts).await else { return false };
         for (outbound, reason) in std::mem::take(&mut delivered.given_up) {
             let original = match outbound.source {
