@@ -1,10 +1,12 @@
-//! The `sluice` command line: `run` a pipeline file, `validate` one.
+//! The `sluice` command line: `run` a pipeline file, `validate` it, `test`
+//! it on its cases; `deploy` it as a release over NATS, list a release's
+//! `releases` and `rollback` one.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config;
@@ -57,6 +59,37 @@ enum Command {
     /// Run a pipeline's test cases (`<file>.tests/*.toml`, or the case files
     /// given) through its real plugins, without NATS, on a clock the cases set.
     Test { file: PathBuf, cases: Vec<PathBuf> },
+    /// Check a file as `validate` does and, if it passes, publish it and
+    /// every file it uses as the next revision of a release.
+    Deploy {
+        file: PathBuf,
+        /// The release's name; default: the file's stem.
+        #[arg(long)]
+        name: Option<String>,
+        /// Why, for the release history.
+        #[arg(long, default_value = "")]
+        message: String,
+        /// NATS server URL; overrides `[nats] url`.
+        #[arg(long)]
+        nats: Option<String>,
+    },
+    /// A release's history: revision, time, who, message, version ids.
+    Releases {
+        name: String,
+        #[arg(long)]
+        nats: String,
+    },
+    /// Publish an earlier revision of a release again, as its newest: the
+    /// one before the current, or `--to REVISION`.
+    Rollback {
+        name: String,
+        #[arg(long)]
+        to: Option<u64>,
+        #[arg(long, default_value = "")]
+        message: String,
+        #[arg(long)]
+        nats: String,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -69,13 +102,12 @@ pub fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Run { file, nats, no_watch, stats_interval } => {
             let options = RunOptions { file, nats_url: nats, watch: !no_watch, stats_interval };
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
-                .and_then(|runtime| runtime.block_on(runtime::run(options, shutdown_signal())))
+            on_runtime(runtime::run(options, shutdown_signal()))
         }
         Command::Validate { files } => validate(&files),
+        Command::Deploy { file, name, message, nats } => on_runtime(deploy(file, name, message, nats)),
+        Command::Releases { name, nats } => on_runtime(releases(name, nats)),
+        Command::Rollback { name, to, message, nats } => on_runtime(rollback(name, to, message, nats)),
         Command::Test { file, cases } => test_cases::run(&file, &cases).and_then(|summary| {
             if summary.failed > 0 {
                 anyhow::bail!("{} of {} cases failed", summary.failed, summary.failed + summary.passed);
@@ -92,24 +124,37 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn on_runtime(work: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+        .and_then(|runtime| runtime.block_on(work))
+}
+
+/// A file checked as `validate` checks it: every problem, then every
+/// pipeline prepared (compiled, linked, `init`ed) with stand-ins for the
+/// variables this machine lacks. Returns it and each pipeline's version id.
+fn checked(engine: &PluginEngine, path: &std::path::Path) -> Result<(PipelineFile, Vec<(String, String)>)> {
+    let (clock, env) = (Clock::system(), Environment::with_stand_ins());
+    let file = config::load(path)?;
+    // Every pipeline is prepared, so that one run reports each that fails.
+    let (prepared, refused): (Vec<_>, Vec<_>) = file.pipelines.iter().map(|spec| PipelineVersion::prepare(engine, spec, &clock, &env)).partition(Result::is_ok);
+    if !refused.is_empty() {
+        let refused: Vec<String> = refused.into_iter().filter_map(Result::err).map(|error| format!("{error:#}")).collect();
+        anyhow::bail!(refused.join("\n"));
+    }
+    let versions = prepared.into_iter().flatten().map(|version| (version.spec.name.clone(), version.id.clone())).collect();
+    Ok((file, versions))
+}
+
 fn validate(files: &[PathBuf]) -> Result<()> {
     let engine = PluginEngine::new()?;
-    let clock = Clock::system();
     let env = Environment::with_stand_ins();
     let mut failed = 0;
     for path in files {
-        // Every pipeline is prepared, so that one run reports each that fails.
-        let checked = config::load(path).and_then(|file| {
-            let refused: Vec<String> = file
-                .pipelines
-                .iter()
-                .filter_map(|spec| PipelineVersion::prepare(&engine, spec, &clock, &env).err())
-                .map(|error| format!("{error:#}"))
-                .collect();
-            if refused.is_empty() { Ok(file) } else { Err(anyhow::anyhow!(refused.join("\n"))) }
-        });
-        match checked {
-            Ok(file) => {
+        match checked(&engine, path) {
+            Ok((file, _)) => {
                 let names: Vec<&str> = file.pipelines.iter().map(|p| p.name.as_str()).collect();
                 println!("{}: ok ({} pipeline{}: {})", path.display(), names.len(), if names.len() == 1 { "" } else { "s" }, names.join(", "));
                 let unset: Vec<&str> = variables(&file).into_iter().filter(|name| !env.has(name)).collect();
@@ -126,6 +171,39 @@ fn validate(files: &[PathBuf]) -> Result<()> {
     if failed > 0 {
         anyhow::bail!("{failed} of {} file{} failed validation", files.len(), if files.len() == 1 { "" } else { "s" });
     }
+    Ok(())
+}
+
+async fn deploy(path: PathBuf, name: Option<String>, message: String, nats: Option<String>) -> Result<()> {
+    let engine = PluginEngine::new()?;
+    let (file, versions) = tokio::task::block_in_place(|| checked(&engine, &path)).context("the file does not validate; nothing was published")?;
+    let name = match name {
+        Some(name) => name,
+        None => path.file_stem().and_then(|s| s.to_str()).context("the pipeline file has no name")?.to_string(),
+    };
+    let url = nats.or_else(|| file.nats_url.clone()).context("deploy needs a NATS server: give --nats URL or [nats] url")?;
+    let connection = crate::nats::connect_with(&url, "sluice deploy", &file.nats_security).await?;
+    let revision = crate::release::deploy(&connection, &path, &file, versions.clone(), &name, crate::release::Deployer::here(message)).await?;
+    let versions: Vec<String> = versions.iter().map(|(pipeline, id)| format!("{pipeline} {id}")).collect();
+    println!("release {name}: revision {revision} ({})", versions.join(", "));
+    Ok(())
+}
+
+async fn releases(name: String, nats: String) -> Result<()> {
+    let connection = crate::nats::connect(&nats, "sluice releases").await?;
+    println!("{:>8}  {:<20}  {:<24}  {:<40}  versions", "revision", "time", "who", "message");
+    for revision in crate::release::history(&connection, &name).await? {
+        let m = &revision.manifest;
+        let versions: Vec<String> = m.versions.iter().map(|(pipeline, id)| format!("{pipeline}={id}")).collect();
+        println!("{:>8}  {:<20}  {:<24}  {:<40}  {}", revision.revision, m.time, format!("{}@{}", m.user, m.host), m.message, versions.join(" "));
+    }
+    Ok(())
+}
+
+async fn rollback(name: String, to: Option<u64>, message: String, nats: String) -> Result<()> {
+    let connection = crate::nats::connect(&nats, "sluice rollback").await?;
+    let (revision, target) = crate::release::rollback(&connection, &name, to, crate::release::Deployer::here(message)).await?;
+    println!("release {name}: revision {revision} is revision {target} again");
     Ok(())
 }
 

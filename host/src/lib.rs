@@ -11,6 +11,7 @@
 //!   poison events.
 //! - `nats`: the managed nats-server, connection, streams, input and publishing.
 //! - `runtime`: `sluice run`: workers, hot swap on file changes, progress, shutdown.
+//! - `release`: releases over NATS: `sluice deploy`, `releases`, `rollback`.
 //! - `test_cases`: `sluice test`: cases beside a pipeline, run without NATS.
 //! - `cli`: the command line.
 //! - `subject`: NATS subject checks and wildcard matching.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod nats;
 pub mod pipeline;
 pub mod plugin;
+pub mod release;
 pub mod runtime;
 pub mod subject;
 pub mod test_cases;

@@ -8,6 +8,7 @@
 //!   of the wrong world.
 //! - `config`: `sluice validate` on every `tests/config/*.toml`, compared with
 //!   the `.err` file beside it (`SLUICE_BLESS=1` rewrites them).
+//! - `release`: `sluice deploy`, `releases` and `rollback` over NATS.
 //! - `run`: the `sluice` binary against a real nats-server: routing, dead
 //!   letters, bad input, poison events, queue groups, refusing bad config.
 //! - `swap`: hot swaps under load, and changes that must not be swapped in.
@@ -30,6 +31,7 @@ mod crash;
 mod hostile;
 mod outage;
 mod poison;
+mod release;
 mod run;
 mod security;
 mod storyforge;
