@@ -34,9 +34,15 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run every pipeline of a file until SIGINT or SIGTERM.
+    /// Run every pipeline of a file, or of a release's current revision
+    /// (`--release NAME`, following it as new revisions land), until SIGINT
+    /// or SIGTERM.
     Run {
-        file: PathBuf,
+        #[arg(required_unless_present = "release", conflicts_with = "release")]
+        file: Option<PathBuf>,
+        /// Run and follow this release (kept in the NATS server of --nats).
+        #[arg(long)]
+        release: Option<String>,
         /// NATS server URL; overrides `[nats] url`. With neither, a local
         /// nats-server is started and stopped with sluice.
         #[arg(long)]
@@ -72,6 +78,20 @@ enum Command {
         /// NATS server URL; overrides `[nats] url`.
         #[arg(long)]
         nats: Option<String>,
+        /// Then wait until every live host of the release runs the new
+        /// revision, or one refuses it; exit non-zero on a refusal or after `--timeout`.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Where the fleet stands: each live host, the release and revision it
+    /// runs, since when, and the last revision it refused and why.
+    Status {
+        /// Only the hosts of this release.
+        name: Option<String>,
+        #[arg(long)]
+        nats: String,
     },
     /// A release's history: revision, time, who, message, version ids.
     Releases {
@@ -100,12 +120,18 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let outcome = match cli.command {
-        Command::Run { file, nats, no_watch, stats_interval } => {
-            let options = RunOptions { file, nats_url: nats, watch: !no_watch, stats_interval };
+        Command::Run { file, release, nats, no_watch, stats_interval } => {
+            let source = match (file, release) {
+                (Some(file), _) => runtime::Source::File(file),
+                (None, Some(release)) => runtime::Source::Release(release),
+                (None, None) => unreachable!("clap requires a file or --release"),
+            };
+            let options = RunOptions { source, nats_url: nats, watch: !no_watch, stats_interval };
             on_runtime(runtime::run(options, shutdown_signal()))
         }
         Command::Validate { files } => validate(&files),
-        Command::Deploy { file, name, message, nats } => on_runtime(deploy(file, name, message, nats)),
+        Command::Deploy { file, name, message, nats, wait, timeout } => on_runtime(deploy(file, name, message, nats, wait.then_some(timeout))),
+        Command::Status { name, nats } => on_runtime(status(name, nats)),
         Command::Releases { name, nats } => on_runtime(releases(name, nats)),
         Command::Rollback { name, to, message, nats } => on_runtime(rollback(name, to, message, nats)),
         Command::Test { file, cases } => test_cases::run(&file, &cases).and_then(|summary| {
@@ -174,7 +200,7 @@ fn validate(files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-async fn deploy(path: PathBuf, name: Option<String>, message: String, nats: Option<String>) -> Result<()> {
+async fn deploy(path: PathBuf, name: Option<String>, message: String, nats: Option<String>, wait: Option<Duration>) -> Result<()> {
     let engine = PluginEngine::new()?;
     let (file, versions) = tokio::task::block_in_place(|| checked(&engine, &path)).context("the file does not validate; nothing was published")?;
     let name = match name {
@@ -186,6 +212,57 @@ async fn deploy(path: PathBuf, name: Option<String>, message: String, nats: Opti
     let revision = crate::release::deploy(&connection, &path, &file, versions.clone(), &name, crate::release::Deployer::here(message)).await?;
     let versions: Vec<String> = versions.iter().map(|(pipeline, id)| format!("{pipeline} {id}")).collect();
     println!("release {name}: revision {revision} ({})", versions.join(", "));
+    match wait {
+        Some(timeout) => wait_for_fleet(&connection, &name, revision, timeout).await,
+        None => Ok(()),
+    }
+}
+
+/// Waits until every live host of `name` runs `revision` or one refuses it.
+async fn wait_for_fleet(connection: &crate::nats::Connection, name: &str, revision: u64, timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let hosts = crate::release::status::live(connection, Some(name)).await?;
+        let refused: Vec<_> = hosts.iter().filter(|h| h.refused.as_ref().is_some_and(|r| r.revision == revision)).collect();
+        let behind: Vec<_> = hosts.iter().filter(|h| h.revision != revision && !refused.contains(h)).collect();
+        let done = behind.is_empty() || !refused.is_empty();
+        if done || tokio::time::Instant::now() >= deadline {
+            for host in &hosts {
+                let outcome = match &host.refused {
+                    Some(refusal) if refusal.revision == revision => format!("refused: {}", refusal.reason),
+                    _ if host.revision == revision => "runs it".to_string(),
+                    _ => format!("still on revision {}", host.revision),
+                };
+                println!("  {}: {outcome}", host.host);
+            }
+            if hosts.is_empty() {
+                println!("  no live host runs release {name}");
+            }
+            if !refused.is_empty() {
+                let names: Vec<&str> = refused.iter().map(|h| h.host.as_str()).collect();
+                anyhow::bail!("revision {revision} of release {name} was refused by {}", names.join(", "));
+            }
+            if !behind.is_empty() {
+                let names: Vec<&str> = behind.iter().map(|h| h.host.as_str()).collect();
+                anyhow::bail!("after {}, {} still do not run revision {revision}", humantime::format_duration(timeout), names.join(", "));
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn status(name: Option<String>, nats: String) -> Result<()> {
+    let connection = crate::nats::connect(&nats, "sluice status").await?;
+    let hosts = crate::release::status::live(&connection, name.as_deref()).await?;
+    println!("{:<32}  {:<20}  {:>8}  {:<8}  {:<20}  reason", "host", "release", "revision", "state", "since");
+    for host in hosts {
+        let (state, reason) = match &host.refused {
+            Some(refusal) => ("refused", format!("revision {}: {}", refusal.revision, refusal.reason)),
+            None => ("running", String::new()),
+        };
+        println!("{:<32}  {:<20}  {:>8}  {:<8}  {:<20}  {reason}", host.host, host.release, host.revision, state, host.since);
+    }
     Ok(())
 }
 

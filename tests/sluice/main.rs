@@ -13,6 +13,8 @@
 //!   letters, bad input, poison events, queue groups, refusing bad config.
 //! - `swap`: hot swaps under load, and changes that must not be swapped in.
 //! - `crash`: SIGKILL mid-stream and restart with a JetStream input.
+//! - `fleet`: hosts following a release: new revisions, refusals, status,
+//!   `deploy --wait`, rollback.
 //! - `hostile`: generated hostile bodies and pipeline files, in-process and
 //!   thousands over NATS: one outcome each, nothing held up.
 //! - `outage`: nats-server killed and restarted, or paused past `ack_wait`,
@@ -28,6 +30,7 @@ mod alerts;
 mod chain;
 mod config;
 mod crash;
+mod fleet;
 mod hostile;
 mod outage;
 mod poison;

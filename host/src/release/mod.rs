@@ -5,6 +5,8 @@
 //!   out on a host.
 //! - `store`: the key-value bucket of manifests (its history is the release
 //!   history) and the object store of files, one per content.
+//! - `follow`: a host following a release (`sluice run --release`).
+//! - `status`: what each host runs, in a bucket whose entries expire.
 //!
 //! `sluice deploy` checks a file exactly as `validate` does and publishes
 //! nothing unless it passes; two deploys racing on one name cannot both
@@ -13,7 +15,9 @@
 //! new one: history is never rewritten. Secrets never travel: a release
 //! names the variables its stages read, and each host reads its own.
 
+pub mod follow;
 pub mod manifest;
+pub mod status;
 pub mod store;
 
 use std::path::Path;
@@ -133,7 +137,7 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
-fn host_name() -> String {
+pub fn host_name() -> String {
     let mut buffer = [0u8; 256];
     // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
     let ok = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0;

@@ -96,6 +96,20 @@ impl ReleaseStore {
         Ok(uploaded)
     }
 
+    /// The content of the file of this hash (the object store checks its digest too).
+    pub async fn fetch(&self, sha256: &str) -> Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut object = self.artifacts.get(sha256).await.with_context(|| format!("the object store holds no file {sha256}"))?;
+        let mut content = Vec::new();
+        object.read_to_end(&mut content).await.with_context(|| format!("cannot read the file {sha256} from the object store"))?;
+        Ok(content)
+    }
+
+    /// The release's revisions from the current one on, as they land.
+    pub async fn watch(&self, name: &str) -> Result<kv::Watch> {
+        self.manifests.watch_with_history(name).await.with_context(|| format!("cannot watch release `{name}`"))
+    }
+
     /// Whether the store holds the file of this hash.
     pub async fn holds(&self, sha256: &str) -> bool {
         self.artifacts.info(sha256).await.is_ok()
@@ -121,7 +135,8 @@ impl ReleaseStore {
     }
 }
 
-fn revision(revision: u64, value: &[u8], name: &str) -> Result<Revision> {
+/// A revision read from an entry of the bucket.
+pub fn revision(revision: u64, value: &[u8], name: &str) -> Result<Revision> {
     let manifest: Manifest =
         serde_json::from_slice(value).with_context(|| format!("revision {revision} of release `{name}` is not a manifest sluice reads"))?;
     if manifest.format != FORMAT {

@@ -16,7 +16,7 @@ mod worker;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +26,20 @@ use crate::config::{self, PipelineFile, PipelineSpec};
 use crate::nats::{self, Connection, ManagedServer};
 use crate::pipeline::{Environment, PipelineVersion};
 use crate::plugin::{Clock, PluginEngine};
+use crate::release::{self, follow::Follower, status};
 use running::RunningPipeline;
 use watch::FileWatcher;
 
+/// What `sluice run` runs.
+pub enum Source {
+    /// A pipeline file on this machine, swapped in when it or its files change.
+    File(PathBuf),
+    /// The current revision of a release in NATS, followed as new ones land.
+    Release(String),
+}
+
 pub struct RunOptions {
-    pub file: PathBuf,
+    pub source: Source,
     /// Overrides the file's `[nats] url`; with neither, a local server is started.
     pub nats_url: Option<String>,
     /// Swap in changes to the file and its components while running.
@@ -41,43 +50,97 @@ pub struct RunOptions {
 
 /// Runs until `shutdown` completes, then drains in-flight batches and stops.
 pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let file = config::load(&options.file)?;
-    // Every version is prepared before anything is connected or started, so
-    // that a broken plugin or config stops `run` at once with its reason.
     let engine = Arc::new(PluginEngine::new()?);
     let clock = Clock::system();
-    let versions = file.pipelines.iter().map(|spec| prepare(&engine, spec, &clock)).collect::<Result<Vec<_>>>()?;
-    let (url, managed) = match options.nats_url.clone().or_else(|| file.nats_url.clone()) {
-        Some(url) => (url, None),
-        None => {
-            let server = ManagedServer::start().await?;
-            tracing::info!(url = %server.url, "Started a local nats-server with JetStream (no URL was given); it stops when sluice exits.");
-            eprintln!("sluice: NATS is at {} (a local nats-server that stops when sluice exits)", server.url);
-            (server.url.clone(), Some(server))
+    let (file, versions, connection, managed, mut following) = match &options.source {
+        Source::File(path) => {
+            let file = config::load(path)?;
+            // Every version is prepared before anything is connected or started, so
+            // that a broken plugin or config stops `run` at once with its reason.
+            let versions = file.pipelines.iter().map(|spec| prepare(&engine, spec, &clock)).collect::<Result<Vec<_>>>()?;
+            let (url, managed) = match options.nats_url.clone().or_else(|| file.nats_url.clone()) {
+                Some(url) => (url, None),
+                None => {
+                    let server = ManagedServer::start().await?;
+                    tracing::info!(url = %server.url, "Started a local nats-server with JetStream (no URL was given); it stops when sluice exits.");
+                    eprintln!("sluice: NATS is at {} (a local nats-server that stops when sluice exits)", server.url);
+                    (server.url.clone(), Some(server))
+                }
+            };
+            // A managed server has no authentication: what the file says is for the real one.
+            let security = if managed.is_some() { Default::default() } else { file.nats_security.clone() };
+            let connection = nats::connect_with(&url, "sluice", &security).await?;
+            (file, versions, connection, managed, None)
+        }
+        Source::Release(name) => {
+            let url = options.nats_url.clone().context("`sluice run --release` needs the NATS server the release is kept in: give --nats URL")?;
+            let connection = nats::connect(&url, "sluice").await?;
+            let (follower, laid) = Follower::start(&connection, name).await?;
+            let file = config::load(&laid.file).with_context(|| format!("revision {} of release `{name}`", laid.revision))?;
+            let versions = file
+                .pipelines
+                .iter()
+                .map(|spec| prepare(&engine, spec, &clock))
+                .collect::<Result<Vec<_>>>()
+                .with_context(|| format!("revision {} of release `{name}` cannot be prepared on this host", laid.revision))?;
+            let board = Board::open(&connection, name, laid.revision).await?;
+            (file, versions, connection, None, Some((follower, board)))
         }
     };
-    // A managed server has no authentication: what the file says is for the real one.
-    let security = if managed.is_some() { Default::default() } else { file.nats_security.clone() };
-    let connection = nats::connect_with(&url, "sluice", &security).await?;
-    let mut host = Host { path: options.file.clone(), connection, engine, clock, running: BTreeMap::new() };
+    let mut host = Host { path: file.path.clone(), connection, engine, clock, running: BTreeMap::new() };
     host.start_all(&file, versions).await?;
+    if let Some((_, board)) = following.as_mut() {
+        board.running(board.status.revision, host.versions()).await;
+    }
 
-    let mut watcher = if options.watch { Some(FileWatcher::new()?) } else { None };
+    let watch = options.watch && matches!(options.source, Source::File(_));
+    let mut watcher = if watch { Some(FileWatcher::new()?) } else { None };
     if let Some(watcher) = watcher.as_mut() {
         watcher.watch(watched_files(&file), granted_folders(&file))?;
     }
     let mut report = tokio::time::interval(options.stats_interval);
     report.tick().await;
+    let mut refresh = tokio::time::interval(status::REFRESH);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             Some(path) = async { watcher.as_mut()?.changed().await } => {
                 tracing::info!(changed = %path.display(), "A watched file changed; preparing a new version.");
-                if let Some(file) = host.reload().await
-                    && let Some(watcher) = watcher.as_mut()
-                {
+                let reloaded = host.reload(&host.path.clone(), false).await;
+                if let (Some(file), Some(watcher)) = (reloaded.file, watcher.as_mut()) {
                     watcher.watch(watched_files(&file), granted_folders(&file)).unwrap_or_else(|e| tracing::warn!(error = format!("{e:#}"), "Cannot watch the new files."));
+                }
+            }
+            next = async {
+                match following.as_mut() {
+                    Some((follower, _)) => follower.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some((follower, board)) = following.as_mut() else { continue };
+                match next {
+                    Ok(laid) => {
+                        tracing::info!(release = %follower.name, revision = laid.revision, "A new revision of the release landed; preparing it.");
+                        let reloaded = host.reload(&laid.file, true).await;
+                        if reloaded.refused.is_empty() {
+                            host.path = laid.file;
+                            board.running(laid.revision, host.versions()).await;
+                        } else {
+                            let reason = reloaded.refused.join("; ");
+                            tracing::error!(release = %follower.name, revision = laid.revision, %reason, "This host cannot take up the new revision; it keeps running the one it runs.");
+                            board.refused(laid.revision, reason).await;
+                        }
+                    }
+                    Err((revision, reason)) => {
+                        tracing::error!(release = %follower.name, revision, %reason, "The new revision cannot be fetched; this host keeps running the one it runs.");
+                        board.refused(revision, reason).await;
+                    }
+                }
+            }
+            _ = refresh.tick(), if following.is_some() => {
+                if let Some((_, board)) = following.as_mut() {
+                    board.refresh().await;
                 }
             }
             _ = report.tick() => host.report(),
@@ -86,6 +149,9 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
 
     tracing::info!("Shutting down: no more reading; finishing in-flight batches.");
     host.stop_all().await;
+    if let Some((_, board)) = &following {
+        board.leave().await;
+    }
     host.connection.client.flush().await.context("cannot flush the last messages to NATS")?;
     // Close the connection before the managed server goes, so that stopping
     // it is not mistaken for an outage.
@@ -94,6 +160,66 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
         server.stop().await;
     }
     Ok(())
+}
+
+/// What a reload came to: the file, if it could be read, and what failed.
+struct Reloaded {
+    file: Option<PipelineFile>,
+    refused: Vec<String>,
+}
+
+/// This host's entry in the fleet's status bucket.
+struct Board {
+    store: async_nats::jetstream::kv::Store,
+    key: String,
+    status: status::HostStatus,
+}
+
+impl Board {
+    async fn open(connection: &Connection, release: &str, revision: u64) -> Result<Self> {
+        let host = release::host_name();
+        let status = status::HostStatus {
+            host: status::host_key(&host),
+            release: release.to_string(),
+            revision,
+            pipelines: BTreeMap::new(),
+            since: now(),
+            refused: None,
+        };
+        Ok(Self { store: status::bucket(connection).await?, key: status.host.clone(), status })
+    }
+
+    async fn running(&mut self, revision: u64, pipelines: BTreeMap<String, String>) {
+        if revision != self.status.revision {
+            self.status.since = now();
+        }
+        self.status.revision = revision;
+        self.status.pipelines = pipelines;
+        self.status.refused = None;
+        self.refresh().await;
+    }
+
+    async fn refused(&mut self, revision: u64, reason: String) {
+        self.status.refused = Some(status::Refusal { revision, reason });
+        self.refresh().await;
+    }
+
+    /// A host that stops says so at once, rather than when its entry expires.
+    async fn leave(&self) {
+        if let Err(error) = self.store.delete(&self.key).await {
+            tracing::warn!(%error, "Cannot remove this host's status.");
+        }
+    }
+
+    async fn refresh(&self) {
+        if let Err(error) = status::publish(&self.store, &self.key, &self.status).await {
+            tracing::warn!(error = format!("{error:#}"), "Cannot report this host's status.");
+        }
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 struct Host {
@@ -115,44 +241,58 @@ impl Host {
         Ok(())
     }
 
-    /// Reads the file again and brings every pipeline to what it now says.
-    /// Anything that fails leaves the running version of that pipeline alone.
-    async fn reload(&mut self) -> Option<PipelineFile> {
-        let file = match config::load(&self.path) {
+    /// Reads the file at `path` and brings every pipeline to what it says.
+    /// Anything that fails leaves the running version of that pipeline
+    /// alone; with `whole`, a file any of whose pipelines fails to prepare
+    /// changes nothing at all (a release is taken up whole or not at all).
+    async fn reload(&mut self, path: &Path, whole: bool) -> Reloaded {
+        let file = match config::load(path) {
             Ok(file) => file,
             Err(error) => {
                 tracing::error!(error = %error, "The changed pipeline file has problems; every running version stays.");
-                return None;
+                return Reloaded { file: None, refused: vec![format!("{error:#}")] };
             }
         };
         if let Err(error) = nats::streams::ensure(&self.connection, &file.streams).await {
             tracing::error!(error = format!("{error:#}"), "Cannot apply the changed streams; every running version stays.");
-            return None;
+            return Reloaded { file: None, refused: vec![format!("{error:#}")] };
         }
+        let mut refused = Vec::new();
+        let mut versions = Vec::new();
         for spec in &file.pipelines {
-            let version = match prepare(&self.engine, spec, &self.clock) {
-                Ok(version) => version,
+            match prepare(&self.engine, spec, &self.clock) {
+                Ok(version) => versions.push(version),
                 Err(error) => {
                     tracing::error!(pipeline = %spec.name, error = format!("{error:#}"), "The new version cannot be prepared; the running version stays.");
-                    continue;
+                    refused.push(format!("pipeline `{}`: {error:#}", spec.name));
                 }
-            };
-            match self.running.get(&spec.name) {
+            }
+        }
+        if whole && !refused.is_empty() {
+            return Reloaded { file: Some(file), refused };
+        }
+        for version in versions {
+            let spec = &version.spec;
+            let name = spec.name.clone();
+            match self.running.get(&name) {
                 Some(running) if running.version().id == version.id => {}
                 Some(running) if running.can_swap_to(spec) => {
-                    tracing::info!(pipeline = %spec.name, from = %running.version().id, to = %version.id, "Swapping to the new version between batches.");
+                    tracing::info!(pipeline = %name, from = %running.version().id, to = %version.id, "Swapping to the new version between batches.");
                     running.swap(version);
                 }
                 _ => {
-                    if let Some(old) = self.running.remove(&spec.name) {
-                        tracing::info!(pipeline = %spec.name, from = %old.version().id, to = %version.id, "Input, workers or batching changed; restarting the pipeline's workers.");
-                        progress(&spec.name, &old.stop().await, &self.connection);
+                    if let Some(old) = self.running.remove(&name) {
+                        tracing::info!(pipeline = %name, from = %old.version().id, to = %version.id, "Input, workers or batching changed; restarting the pipeline's workers.");
+                        progress(&name, &old.stop().await, &self.connection);
                     }
                     match RunningPipeline::start(&self.connection, version).await {
                         Ok(running) => {
-                            self.running.insert(spec.name.clone(), running);
+                            self.running.insert(name, running);
                         }
-                        Err(error) => tracing::error!(pipeline = %spec.name, error = format!("{error:#}"), "Cannot start the pipeline."),
+                        Err(error) => {
+                            tracing::error!(pipeline = %name, error = format!("{error:#}"), "Cannot start the pipeline.");
+                            refused.push(format!("pipeline `{name}`: {error:#}"));
+                        }
                     }
                 }
             }
@@ -164,7 +304,12 @@ impl Host {
                 progress(&name, &old.stop().await, &self.connection);
             }
         }
-        Some(file)
+        Reloaded { file: Some(file), refused }
+    }
+
+    /// Each running pipeline's version id.
+    fn versions(&self) -> BTreeMap<String, String> {
+        self.running.iter().map(|(name, running)| (name.clone(), running.version().id.clone())).collect()
     }
 
     fn report(&mut self) {
