@@ -106,3 +106,37 @@ async fn a_new_component_is_swapped_in_when_its_file_changes() {
     }
     sluice.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_that_adds_a_sink_restarts_the_workers_and_the_sink_keeps_its_state() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let raw = |pipeline: Pipeline| PipelineFile::new().stream("RAW", &["raw.>"], "").pipeline(pipeline).toml().to_string();
+    let relay = Pipeline::jetstream("ingest", "raw.>", "RAW").set("workers = 1").set("tick = \"1h\"").route("out.{event}");
+    let file = workspace.write_pipeline(&raw(relay));
+    let sluice = Sluice::run(&file, nats.url(), 1);
+    let mut out = Collector::subscribe(&nats, "out.>").await;
+    nats.publish_stored([("raw.0".to_string(), event(0, serde_json::json!({})))]).await;
+    out.take(1, WAIT).await;
+
+    // The same input, workers and tick, now ending in a sink: its workers
+    // must start again for the sink's state to be kept.
+    let counting =
+        Pipeline::jetstream("ingest", "raw.>", "RAW").set("workers = 1").set("tick = \"1h\"").stage("tally", "tally", "{ subject_prefix = \"counts\" }");
+    write_atomically(&file, raw(counting).as_bytes());
+    sluice.wait_for("Input, workers, batching, output or sink changed; restarting the pipeline's workers.", 1, WAIT);
+    nats.publish_stored(["raw.a", "raw.b", "raw.c"].map(|subject| (subject.to_string(), event(1, serde_json::json!({}))))).await;
+
+    let connection = sluice::nats::connect(nats.url(), "test").await.unwrap();
+    let store = sluice::nats::state::StateStore::open(&connection, "SLUICE_STATE", "ingest", "tally").await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let counts = loop {
+        if let Some(saved) = store.load().await.unwrap().filter(|saved| saved.sequence >= 4) {
+            break serde_json::from_slice::<serde_json::Value>(&saved.snapshot).unwrap()["counts"].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the sink's state was never kept:\n{}", sluice.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(counts, serde_json::json!({ "raw.a": 1, "raw.b": 1, "raw.c": 1 }));
+    sluice.terminate();
+}

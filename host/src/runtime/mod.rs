@@ -276,13 +276,13 @@ impl Host {
             let name = spec.name.clone();
             match self.running.get(&name) {
                 Some(running) if running.version().id == version.id => {}
-                Some(running) if running.can_swap_to(spec) => {
+                Some(running) if running.can_swap_to(&version) => {
                     tracing::info!(pipeline = %name, from = %running.version().id, to = %version.id, "Swapping to the new version between batches.");
                     running.swap(version);
                 }
                 _ => {
                     if let Some(old) = self.running.remove(&name) {
-                        tracing::info!(pipeline = %name, from = %old.version().id, to = %version.id, "Input, workers or batching changed; restarting the pipeline's workers.");
+                        tracing::info!(pipeline = %name, from = %old.version().id, to = %version.id, "Input, workers, batching, output or sink changed; restarting the pipeline's workers.");
                         progress(&name, &old.stop().await, &self.connection);
                     }
                     match RunningPipeline::start(&self.connection, version).await {

@@ -9,7 +9,6 @@ use tokio::task::JoinSet;
 
 use super::stats::Stats;
 use super::worker::Worker;
-use crate::config::PipelineSpec;
 use crate::nats::Connection;
 use crate::nats::input::Source;
 use crate::nats::publish::Publisher;
@@ -56,16 +55,20 @@ impl RunningPipeline {
 
     /// Whether `new` can replace the running version between two batches, or
     /// needs the workers restarted (a different input, worker count, batch
-    /// shape, output or tick).
-    pub fn can_swap_to(&self, new: &PipelineSpec) -> bool {
-        let old = &self.version().spec;
-        old.input == new.input
-            && old.workers == new.workers
-            && old.max_events == new.max_events
-            && old.max_wait == new.max_wait
-            && old.output_jetstream == new.output_jetstream
-            && old.tick == new.tick
-            && old.webhook == new.webhook
+    /// shape, output or tick; a sink added or taken away, or its state kept
+    /// in another bucket: a worker fixes those when it starts).
+    pub fn can_swap_to(&self, new: &PipelineVersion) -> bool {
+        let running = self.version();
+        let (old, spec) = (&running.spec, &new.spec);
+        old.input == spec.input
+            && old.workers == spec.workers
+            && old.max_events == spec.max_events
+            && old.max_wait == spec.max_wait
+            && old.output_jetstream == spec.output_jetstream
+            && old.tick == spec.tick
+            && old.webhook == spec.webhook
+            && running.sink.is_some() == new.sink.is_some()
+            && old.state_bucket == spec.state_bucket
     }
 
     /// Hands a new version to the workers; each takes it up after its current batch.
