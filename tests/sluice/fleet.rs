@@ -97,3 +97,112 @@ async fn hosts_follow_their_release_refuse_what_they_cannot_run_and_roll_back() 
     late.terminate();
     with_secret.terminate();
 }
+
+/// tag (stamping `version`) and route, from a durable consumer the hosts
+/// share, JetStream in and out.
+fn shared(workspace: &Workspace, version: u32) -> String {
+    let pipeline = Pipeline::jetstream("ingest", "raw.>", "RAW")
+        .set("output = { jetstream = true }")
+        .set("workers = 1")
+        .set("batch = { max_events = 64, max_wait = \"2ms\" }")
+        .stage("tag", "tag", &format!("{{ set = {{ version = {version} }} }}"))
+        .route("out.{event}");
+    let file = PipelineFile::new().stream("RAW", &["raw.>"], "").stream("OUT", &["out.>"], "duplicate_window = \"5m\"").pipeline(pipeline);
+    let path = workspace.path("ingest.toml");
+    std::fs::write(&path, file.toml()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// The version header of every output in OUT, by event number.
+async fn versions_by_event(nats: &Nats) -> std::collections::BTreeMap<u64, Vec<String>> {
+    let mut by_event = std::collections::BTreeMap::<u64, Vec<String>>::new();
+    for message in nats.stream_messages("OUT").await {
+        by_event.entry(json(&message)["n"].as_u64().unwrap()).or_default().push(crate::support::header(&message, "Sluice-Pipeline-Version").unwrap());
+    }
+    by_event
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hosts_on_one_consumer_take_up_a_deploy_under_load_and_a_rollback_losing_and_repeating_nothing() {
+    const LOAD: usize = 20_000;
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let url = nats.url();
+    let deploy = |version: u32, extra: &[&str]| {
+        let file = shared(&workspace, version);
+        let mut args = vec!["deploy", file.as_str(), "--name", "ingest", "--nats", url];
+        args.extend_from_slice(extra);
+        sluice(&args)
+    };
+    let (ok, log) = deploy(1, &[]);
+    assert!(ok, "{log}");
+    let hosts: Vec<Sluice> = (0..3).map(|_| Sluice::command(&["run", "--release", "ingest", "--nats", url, "--stats-interval", "1s"]).started(1)).collect();
+
+    // Under continuous load, revision 2 lands and the deploy waits for all three.
+    let load = crate::support::publish_steadily(&nats.jetstream, LOAD, Duration::from_millis(20));
+    crate::support::wait_until(|| async { crate::support::stream_count(&nats, "OUT").await >= 3000 }).await;
+    let (ok, log) = deploy(2, &["--wait", "--timeout", "30s"]);
+    assert!(ok, "{log}");
+    assert_eq!(log.matches(": runs it").count(), 3, "every host runs revision 2:\n{log}");
+    load.await.unwrap();
+    // Events published after the wait returned come out of revision 2 only.
+    nats.publish_stored((LOAD..LOAD + 600).map(|n| (format!("raw.{n}"), event(n, serde_json::json!({}))))).await;
+
+    // Rollback, then events of revision 1's version only.
+    let (ok, log) = sluice(&["rollback", "ingest", "--nats", url]);
+    assert!(ok, "{log}");
+    let settled = |lines: &[&str]| lines.len() == 3 && lines.iter().all(|l| l.contains(" 3  running "));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, out) = sluice(&["status", "ingest", "--nats", url]);
+        if settled(&out.lines().filter(|l| l.contains(" ingest ")).collect::<Vec<_>>()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the hosts never all ran revision 3:\n{out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    nats.publish_stored((LOAD + 600..LOAD + 1200).map(|n| (format!("raw.{n}"), event(n, serde_json::json!({}))))).await;
+
+    let total = LOAD + 1200;
+    crate::support::wait_until(|| async { crate::support::stream_count(&nats, "OUT").await >= total as u64 }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let by_event = versions_by_event(&nats).await;
+    assert_eq!(by_event.len(), total, "every event came out");
+    assert!(by_event.values().all(|versions| versions.len() == 1), "no event came out twice");
+    let version_of = |range: std::ops::Range<usize>| -> std::collections::BTreeSet<String> { range.map(|n| by_event[&(n as u64)][0].clone()).collect() };
+    let (during, after_deploy, after_rollback) = (version_of(0..LOAD), version_of(LOAD..LOAD + 600), version_of(LOAD + 600..LOAD + 1200));
+    assert_eq!(after_deploy.len(), 1, "{after_deploy:?}");
+    assert_eq!(after_rollback.len(), 1, "{after_rollback:?}");
+    assert_ne!(after_deploy, after_rollback);
+    assert_eq!(during, after_deploy.union(&after_rollback).cloned().collect(), "the load came out of revision 1, then revision 2");
+    let v2 = after_deploy.into_iter().next().unwrap();
+    for host in hosts {
+        let log = host.terminate();
+        let swaps: Vec<String> =
+            log.events("Swapping to the new version between batches.").iter().map(|e| e["to"].as_str().unwrap_or_default().to_string()).collect();
+        assert_eq!(swaps.first(), Some(&v2), "each host swapped to revision 2 between batches, then back: {swaps:?}");
+        assert_eq!(swaps.len(), 2, "{swaps:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_stopped_while_a_revision_lands_takes_it_up_once_it_runs_again() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let url = nats.url();
+    let (ok, log) = sluice(&["deploy", &relay(&workspace, 1, None), "--name", "relay", "--nats", url]);
+    assert!(ok, "{log}");
+    let stopped = host(url, &[]);
+    status_until(url, |lines| lines.len() == 1 && lines[0].contains(" 1  running "));
+
+    let signal = |name: &str| assert!(std::process::Command::new("kill").args([name, &stopped.pid().to_string()]).status().unwrap().success());
+    signal("-STOP");
+    let (ok, log) = sluice(&["deploy", &relay(&workspace, 2, None), "--name", "relay", "--nats", url]);
+    assert!(ok, "{log}");
+    std::thread::sleep(Duration::from_secs(2));
+    signal("-CONT");
+    status_until(url, |lines| lines.len() == 1 && lines[0].contains(" 2  running "));
+    let mut out = Collector::subscribe(&nats, "fleet.out.>").await;
+    assert_eq!(relayed_version(&nats, &mut out, 0).await, 2);
+    stopped.terminate();
+}

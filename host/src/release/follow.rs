@@ -14,8 +14,11 @@ use futures::StreamExt;
 use super::store::{ReleaseStore, Revision, revision};
 use crate::nats::Connection;
 
+/// How often a follower looks at the current revision when its watch is quiet.
+const POLL: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Follower {
-    pub name: String,
+    name: String,
     store: ReleaseStore,
     watch: kv::Watch,
     /// Where revisions are laid out, one folder each; removed on exit.
@@ -39,47 +42,95 @@ impl Follower {
         let watch = store.watch(name).await?;
         let dir = tempfile::Builder::new().prefix("sluice-release-").tempdir().context("cannot create a folder for the release's files")?;
         let follower = Self { name: name.to_string(), store, watch, dir, seen: current.revision };
-        let laid = follower.lay_out(&current).await?;
+        let laid = lay_out(&follower.store, follower.dir.path(), &current).await?;
         Ok((follower, laid))
     }
 
     /// The next revision that lands, laid out; `Err((revision, reason))` for
-    /// one that cannot be fetched. Waits until one lands.
+    /// one that cannot be fetched. Waits until one lands. The watch is
+    /// backed by a look at the current revision every `POLL`, and opened
+    /// again when it ends, so a host that was cut off or stopped while a
+    /// revision landed catches up.
     pub async fn next(&mut self) -> Result<Laid, (u64, String)> {
         loop {
-            let entry = match self.watch.next().await {
-                Some(Ok(entry)) => entry,
-                Some(Err(error)) => {
-                    tracing::warn!(release = %self.name, %error, "Watching the release failed; watching on.");
+            let landed = match tokio::time::timeout(POLL, self.watch.next()).await {
+                Ok(Some(Ok(entry))) if entry.operation == kv::Operation::Put => {
+                    revision(entry.revision, &entry.value, &self.name).map_err(|e| (entry.revision, e))
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(error))) => {
+                    tracing::warn!(release = %self.name, %error, "Watching the release failed; watching it again.");
+                    self.rewatch().await;
                     continue;
                 }
-                None => return std::future::pending().await,
+                Ok(None) => {
+                    self.rewatch().await;
+                    continue;
+                }
+                Err(_quiet) => match self.store.current(&self.name).await {
+                    Ok(Some(current)) => Ok(current),
+                    Ok(None) => continue,
+                    Err(error) => {
+                        tracing::warn!(release = %self.name, error = format!("{error:#}"), "Cannot read the release's current revision; trying again.");
+                        continue;
+                    }
+                },
             };
-            if entry.revision <= self.seen || entry.operation != kv::Operation::Put {
+            let number = match &landed {
+                Ok(revision) => revision.revision,
+                Err((number, _)) => *number,
+            };
+            if number <= self.seen {
                 continue;
             }
-            self.seen = entry.revision;
-            let laid = match revision(entry.revision, &entry.value, &self.name) {
-                Ok(revision) => self.lay_out(&revision).await,
-                Err(error) => Err(error),
+            self.seen = number;
+            return match landed {
+                Ok(revision) => lay_out(&self.store, self.dir.path(), &revision).await.map_err(|error| (number, format!("{error:#}"))),
+                Err((_, error)) => Err((number, format!("{error:#}"))),
             };
-            return laid.map_err(|error| (entry.revision, format!("{error:#}")));
         }
     }
 
-    async fn lay_out(&self, revision: &Revision) -> Result<Laid> {
-        let mut contents: HashMap<&str, Vec<u8>> = HashMap::new();
-        for artifact in &revision.manifest.artifacts {
-            if !contents.contains_key(artifact.sha256.as_str()) {
-                let content = self.store.fetch(&artifact.sha256).await.with_context(|| format!("revision {}: {}", revision.revision, artifact.path))?;
-                contents.insert(&artifact.sha256, content);
+    /// Follows the release in a task of its own, handing each revision on
+    /// over the channel: `next` is not to be cancelled half way (a revision
+    /// seen but not yet laid out would be lost), and a `select!` would.
+    pub fn spawn(mut self) -> tokio::sync::mpsc::Receiver<Result<Laid, (u64, String)>> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                let next = self.next().await;
+                if sender.send(next).await.is_err() {
+                    break;
+                }
+            }
+        });
+        receiver
+    }
+
+    async fn rewatch(&mut self) {
+        match self.store.watch(&self.name).await {
+            Ok(watch) => self.watch = watch,
+            Err(error) => {
+                tracing::warn!(release = %self.name, error = format!("{error:#}"), "Cannot watch the release; looking at it every few seconds meanwhile.");
+                tokio::time::sleep(POLL).await;
             }
         }
-        let root = self.dir.path().join(format!("revision-{}", revision.revision));
-        let file = super::manifest::lay_out(&revision.manifest, &root, |artifact| match contents.get(artifact.sha256.as_str()) {
-            Some(content) => Ok(content.clone()),
-            None => bail!("{} was not fetched", artifact.path),
-        })?;
-        Ok(Laid { revision: revision.revision, file })
     }
+}
+
+/// Fetches a revision's files and lays them out in a folder of its own under `dir`.
+async fn lay_out(store: &ReleaseStore, dir: &std::path::Path, revision: &Revision) -> Result<Laid> {
+    let mut contents: HashMap<&str, Vec<u8>> = HashMap::new();
+    for artifact in &revision.manifest.artifacts {
+        if !contents.contains_key(artifact.sha256.as_str()) {
+            let content = store.fetch(&artifact.sha256).await.with_context(|| format!("revision {}: {}", revision.revision, artifact.path))?;
+            contents.insert(&artifact.sha256, content);
+        }
+    }
+    let root = dir.join(format!("revision-{}", revision.revision));
+    let file = super::manifest::lay_out(&revision.manifest, &root, |artifact| match contents.get(artifact.sha256.as_str()) {
+        Some(content) => Ok(content.clone()),
+        None => bail!("{} was not fetched", artifact.path),
+    })?;
+    Ok(Laid { revision: revision.revision, file })
 }

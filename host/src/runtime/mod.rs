@@ -84,7 +84,7 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
                 .collect::<Result<Vec<_>>>()
                 .with_context(|| format!("revision {} of release `{name}` cannot be prepared on this host", laid.revision))?;
             let board = Board::open(&connection, name, laid.revision).await?;
-            (file, versions, connection, None, Some((follower, board)))
+            (file, versions, connection, None, Some((follower.spawn(), board)))
         }
     };
     let mut host = Host { path: file.path.clone(), connection, engine, clock, running: BTreeMap::new() };
@@ -112,28 +112,24 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
                     watcher.watch(watched_files(&file), granted_folders(&file)).unwrap_or_else(|e| tracing::warn!(error = format!("{e:#}"), "Cannot watch the new files."));
                 }
             }
-            next = async {
-                match following.as_mut() {
-                    Some((follower, _)) => follower.next().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let Some((follower, board)) = following.as_mut() else { continue };
+            Some(next) = async { following.as_mut()?.0.recv().await } => {
+                let Some((_, board)) = following.as_mut() else { continue };
+                let release = board.status.release.clone();
                 match next {
                     Ok(laid) => {
-                        tracing::info!(release = %follower.name, revision = laid.revision, "A new revision of the release landed; preparing it.");
+                        tracing::info!(%release, revision = laid.revision, "A new revision of the release landed; preparing it.");
                         let reloaded = host.reload(&laid.file, true).await;
                         if reloaded.refused.is_empty() {
                             host.path = laid.file;
                             board.running(laid.revision, host.versions()).await;
                         } else {
                             let reason = reloaded.refused.join("; ");
-                            tracing::error!(release = %follower.name, revision = laid.revision, %reason, "This host cannot take up the new revision; it keeps running the one it runs.");
+                            tracing::error!(%release, revision = laid.revision, %reason, "This host cannot take up the new revision; it keeps running the one it runs.");
                             board.refused(laid.revision, reason).await;
                         }
                     }
                     Err((revision, reason)) => {
-                        tracing::error!(release = %follower.name, revision, %reason, "The new revision cannot be fetched; this host keeps running the one it runs.");
+                        tracing::error!(%release, revision, %reason, "The new revision cannot be fetched; this host keeps running the one it runs.");
                         board.refused(revision, reason).await;
                     }
                 }
