@@ -28,6 +28,16 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The key-value bucket `config` names, created as `config` says if the
+    /// server does not have it yet (an existing bucket is used as it is).
+    pub async fn key_value(&self, config: async_nats::jetstream::kv::Config) -> Result<async_nats::jetstream::kv::Store> {
+        let bucket = config.bucket.clone();
+        match self.jetstream.get_key_value(&bucket).await {
+            Ok(store) => Ok(store),
+            Err(_) => self.jetstream.create_key_value(config).await.with_context(|| format!("cannot open or create the key-value bucket `{bucket}`")),
+        }
+    }
+
     /// How many times the client reported a subscription overflowing (each
     /// report means at least one message was dropped).
     pub fn slow_consumer_events(&self) -> u64 {

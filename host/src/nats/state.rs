@@ -69,19 +69,9 @@ pub struct StateStore {
 impl StateStore {
     /// Opens (creating it if needed) the bucket, for one pipeline's sink.
     pub async fn open(connection: &Connection, bucket: &str, pipeline: &str, stage: &str) -> Result<Self> {
-        let store = match connection.jetstream.get_key_value(bucket).await {
-            Ok(store) => store,
-            Err(_) => connection
-                .jetstream
-                .create_key_value(kv::Config {
-                    bucket: bucket.to_string(),
-                    history: HISTORY,
-                    description: "sluice: the state of pipelines' sinks".into(),
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("cannot open or create the key-value bucket `{bucket}` for sink state"))?,
-        };
+        let config =
+            kv::Config { bucket: bucket.to_string(), history: HISTORY, description: "sluice: the state of pipelines' sinks".into(), ..Default::default() };
+        let store = connection.key_value(config).await.context("for sink state")?;
         // Room for the header and the key-value protocol's own headers.
         let max_value = connection.client.server_info().max_payload.saturating_sub(1024).max(MANIFEST_LEN);
         Ok(Self { store, key: key(pipeline, stage), max_value, slot_in_use: Mutex::new(None) })

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::Reject;
+use super::{Reject, hex};
 use crate::plugin::Event;
 
 /// How much of a cut body the envelope keeps.
@@ -123,14 +123,6 @@ fn capped(text: &str, bytes: usize) -> &str {
         end -= 1;
     }
     &text[..end]
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,16 @@ pub use chain::{BatchResult, Chain, Output, Reject};
 pub use dead_letter::DeadLetter;
 pub use version::{Environment, PipelineVersion};
 
+/// Lower-case hex of bytes: content hashes in version ids, message ids and
+/// release manifests.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
 /// Header naming the pipeline version that produced an output message.
 pub const VERSION_HEADER: &str = "Sluice-Pipeline-Version";
 /// Header naming the pipeline that produced an output message.

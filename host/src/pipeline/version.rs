@@ -125,7 +125,7 @@ impl PipelineVersion {
         if sink.is_some() && spec.workers != 1 {
             anyhow::bail!("pipeline `{}` ends in a sink, which keeps its state in one instance: set `workers = 1` (it has {})", spec.name, spec.workers);
         }
-        let id = hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let id = super::hex(&hasher.finalize()[..8]);
         Ok(Arc::new(Self { spec: spec.clone(), id, stages, sink }))
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::PipelineFile;
-use crate::pipeline::dead_letter::hex;
+use crate::pipeline::hex;
 
 /// The manifest's format; a host refuses one it does not know.
 pub const FORMAT: u32 = 1;

@@ -40,20 +40,9 @@ pub struct Refusal {
 
 /// The bucket, opened or created with its TTL.
 pub async fn bucket(connection: &Connection) -> Result<kv::Store> {
-    match connection.jetstream.get_key_value(HOSTS).await {
-        Ok(store) => Ok(store),
-        Err(_) => connection
-            .jetstream
-            .create_key_value(kv::Config {
-                bucket: HOSTS.into(),
-                max_age: TTL,
-                history: 1,
-                description: "sluice: what each host runs".into(),
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("cannot open or create the key-value bucket {HOSTS}")),
-    }
+    connection
+        .key_value(kv::Config { bucket: HOSTS.into(), max_age: TTL, history: 1, description: "sluice: what each host runs".into(), ..Default::default() })
+        .await
 }
 
 /// Writes this host's status (and so refreshes its TTL).

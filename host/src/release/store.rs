@@ -37,18 +37,9 @@ impl ReleaseStore {
     /// Opens the buckets, creating them if needed.
     pub async fn open(connection: &Connection) -> Result<Self> {
         let js = &connection.jetstream;
-        let manifests = match js.get_key_value(MANIFESTS).await {
-            Ok(store) => store,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: MANIFESTS.into(),
-                    history: HISTORY,
-                    description: "sluice: release manifests".into(),
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("cannot open or create the key-value bucket {MANIFESTS}"))?,
-        };
+        let manifests = connection
+            .key_value(kv::Config { bucket: MANIFESTS.into(), history: HISTORY, description: "sluice: release manifests".into(), ..Default::default() })
+            .await?;
         let artifacts = match js.get_object_store(ARTIFACTS).await {
             Ok(store) => store,
             Err(_) => js

@@ -13,7 +13,7 @@ use async_nats::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use crate::nats::publish::Message;
-use crate::pipeline::dead_letter::hex;
+use crate::pipeline::hex;
 use crate::pipeline::{BatchResult, DeadLetter, PIPELINE_HEADER, PipelineVersion, Reject, VERSION_HEADER};
 use crate::plugin::Event;
 
