@@ -43,10 +43,8 @@ enum Command {
         /// Run and follow this release (kept in the NATS server of --nats).
         #[arg(long)]
         release: Option<String>,
-        /// NATS server URL; overrides `[nats] url`. With neither, a local
-        /// nats-server is started and stopped with sluice.
-        #[arg(long)]
-        nats: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
         /// Do not watch the file and its components for changes.
         #[arg(long)]
         no_watch: bool,
@@ -75,9 +73,8 @@ enum Command {
         /// Why, for the release history.
         #[arg(long, default_value = "")]
         message: String,
-        /// NATS server URL; overrides `[nats] url`.
-        #[arg(long)]
-        nats: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
         /// Then wait until every live host of the release runs the new
         /// revision, or one refuses it; exit non-zero on a refusal or after `--timeout`.
         #[arg(long)]
@@ -90,14 +87,23 @@ enum Command {
     Status {
         /// Only the hosts of this release.
         name: Option<String>,
-        #[arg(long)]
-        nats: String,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// A release's history: revision, time, who, message, version ids.
     Releases {
         name: String,
+        /// Then remove the stored files that no kept revision of any release
+        /// uses (files are shared between releases), except those uploaded
+        /// within `--grace`.
         #[arg(long)]
-        nats: String,
+        prune: bool,
+        /// With --prune: how long an unused file is kept after its upload,
+        /// for a deploy that has uploaded its files and not yet published.
+        #[arg(long, default_value = "15m", value_parser = parse_duration, requires = "prune")]
+        grace: Duration,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Publish an earlier revision of a release again, as its newest: the
     /// one before the current, or `--to REVISION`.
@@ -107,9 +113,100 @@ enum Command {
         to: Option<u64>,
         #[arg(long, default_value = "")]
         message: String,
-        #[arg(long)]
-        nats: String,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
+}
+
+/// Where NATS is and how to authenticate to it. Given on the command line,
+/// these override the file's `[nats]` table; secrets are read from a
+/// variable or a file, never given as arguments (which `ps` shows).
+#[derive(clap::Args, Clone, Default)]
+struct NatsArgs {
+    /// NATS server URL; overrides `[nats] url`. For `run FILE` with neither,
+    /// a local nats-server is started and stopped with sluice.
+    #[arg(long = "nats", value_name = "URL")]
+    url: Option<String>,
+    /// A credentials file (a user JWT and its NKey seed).
+    #[arg(long, value_name = "FILE")]
+    nats_creds: Option<PathBuf>,
+    /// A file holding an NKey seed.
+    #[arg(long, value_name = "FILE")]
+    nats_nkey: Option<PathBuf>,
+    /// A token, read from this variable.
+    #[arg(long, value_name = "VARIABLE")]
+    nats_token_env: Option<String>,
+    /// A token, read from this file.
+    #[arg(long, value_name = "FILE")]
+    nats_token_file: Option<PathBuf>,
+    /// A user, with --nats-password-env or --nats-password-file.
+    #[arg(long, value_name = "NAME")]
+    nats_user: Option<String>,
+    #[arg(long, value_name = "VARIABLE")]
+    nats_password_env: Option<String>,
+    #[arg(long, value_name = "FILE")]
+    nats_password_file: Option<PathBuf>,
+    /// TLS, trusting this CA certificate (PEM) beside the system's.
+    #[arg(long, value_name = "FILE")]
+    nats_tls_ca: Option<PathBuf>,
+    /// TLS with this client certificate (PEM), with --nats-tls-key.
+    #[arg(long, value_name = "FILE")]
+    nats_tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    nats_tls_key: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// The URL given, or `fallback` (a file's `[nats] url`).
+    fn url_or(&self, fallback: Option<&String>, command: &str) -> Result<String> {
+        self.url.clone().or_else(|| fallback.cloned()).with_context(|| format!("`sluice {command}` needs a NATS server: give --nats URL"))
+    }
+
+    /// The security the flags give, or `None` when they give none (and a
+    /// file's `[nats]` table applies).
+    fn security(&self) -> Result<Option<config::NatsSecurity>> {
+        use config::{NatsAuth, Secret, TlsSpec};
+        let secret = |env: &Option<String>, file: &Option<PathBuf>, what: &str| -> Result<Option<Secret>> {
+            match (env, file) {
+                (Some(_), Some(_)) => anyhow::bail!("give the NATS {what} from a variable or from a file, not both"),
+                (Some(name), None) => Ok(Some(Secret::Env(name.clone()))),
+                (None, Some(path)) => Ok(Some(Secret::File(path.clone()))),
+                (None, None) => Ok(None),
+            }
+        };
+        let token = secret(&self.nats_token_env, &self.nats_token_file, "token")?;
+        let password = secret(&self.nats_password_env, &self.nats_password_file, "password")?;
+        let user = match (&self.nats_user, password) {
+            (Some(user), Some(password)) => Some(NatsAuth::UserPassword { user: user.clone(), password }),
+            (Some(_), None) => anyhow::bail!("--nats-user needs --nats-password-env VARIABLE or --nats-password-file FILE"),
+            (None, Some(_)) => anyhow::bail!("a NATS password needs --nats-user NAME"),
+            (None, None) => None,
+        };
+        let auths: Vec<NatsAuth> = [self.nats_creds.clone().map(NatsAuth::Creds), self.nats_nkey.clone().map(NatsAuth::NKey), token.map(NatsAuth::Token), user]
+            .into_iter()
+            .flatten()
+            .collect();
+        if auths.len() > 1 {
+            anyhow::bail!("give one way to authenticate to NATS: a credentials file, an NKey, a token, or a user and password");
+        }
+        let identity = match (&self.nats_tls_cert, &self.nats_tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => anyhow::bail!("a TLS client certificate needs both --nats-tls-cert and --nats-tls-key"),
+        };
+        let tls = (self.nats_tls_ca.is_some() || identity.is_some()).then(|| TlsSpec { ca: self.nats_tls_ca.clone(), identity });
+        let auth = auths.into_iter().next();
+        if auth.is_none() && tls.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(config::NatsSecurity { auth: auth.unwrap_or_default(), tls }))
+    }
+
+    /// Connects to the URL given with the security given (or none).
+    async fn connect(&self, command: &str) -> Result<crate::nats::Connection> {
+        let url = self.url_or(None, command)?;
+        crate::nats::connect_with(&url, &format!("sluice {command}"), &self.security()?.unwrap_or_default()).await
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -126,13 +223,15 @@ pub fn main() -> ExitCode {
                 (None, Some(release)) => runtime::Source::Release(release),
                 (None, None) => unreachable!("clap requires a file or --release"),
             };
-            let options = RunOptions { source, nats_url: nats, watch: !no_watch, stats_interval };
-            on_runtime(runtime::run(options, shutdown_signal()))
+            nats.security().and_then(|nats_security| {
+                let options = RunOptions { source, nats_url: nats.url, nats_security, watch: !no_watch, stats_interval };
+                on_runtime(runtime::run(options, shutdown_signal()))
+            })
         }
         Command::Validate { files } => validate(&files),
         Command::Deploy { file, name, message, nats, wait, timeout } => on_runtime(deploy(file, name, message, nats, wait.then_some(timeout))),
         Command::Status { name, nats } => on_runtime(status(name, nats)),
-        Command::Releases { name, nats } => on_runtime(releases(name, nats)),
+        Command::Releases { name, prune, grace, nats } => on_runtime(releases(name, prune.then_some(grace), nats)),
         Command::Rollback { name, to, message, nats } => on_runtime(rollback(name, to, message, nats)),
         Command::Test { file, cases } => test_cases::run(&file, &cases).and_then(|summary| {
             if summary.failed > 0 {
@@ -200,15 +299,16 @@ fn validate(files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-async fn deploy(path: PathBuf, name: Option<String>, message: String, nats: Option<String>, wait: Option<Duration>) -> Result<()> {
+async fn deploy(path: PathBuf, name: Option<String>, message: String, nats: NatsArgs, wait: Option<Duration>) -> Result<()> {
+    let security = nats.security()?;
     let engine = PluginEngine::new()?;
     let (file, versions) = tokio::task::block_in_place(|| checked(&engine, &path)).context("the file does not validate; nothing was published")?;
     let name = match name {
         Some(name) => name,
         None => path.file_stem().and_then(|s| s.to_str()).context("the pipeline file has no name")?.to_string(),
     };
-    let url = nats.or_else(|| file.nats_url.clone()).context("deploy needs a NATS server: give --nats URL or [nats] url")?;
-    let connection = crate::nats::connect_with(&url, "sluice deploy", &file.nats_security).await?;
+    let url = nats.url_or(file.nats_url.as_ref(), "deploy")?;
+    let connection = crate::nats::connect_with(&url, "sluice deploy", security.as_ref().unwrap_or(&file.nats_security)).await?;
     let revision = crate::release::deploy(&connection, &path, &file, versions.clone(), &name, crate::release::Deployer::here(message)).await?;
     let versions: Vec<String> = versions.iter().map(|(pipeline, id)| format!("{pipeline} {id}")).collect();
     println!("release {name}: revision {revision} ({})", versions.join(", "));
@@ -252,8 +352,8 @@ async fn wait_for_fleet(connection: &crate::nats::Connection, name: &str, revisi
     }
 }
 
-async fn status(name: Option<String>, nats: String) -> Result<()> {
-    let connection = crate::nats::connect(&nats, "sluice status").await?;
+async fn status(name: Option<String>, nats: NatsArgs) -> Result<()> {
+    let connection = nats.connect("status").await?;
     let hosts = crate::release::status::live(&connection, name.as_deref()).await?;
     println!("{:<32}  {:<20}  {:>8}  {:<8}  {:<20}  reason", "host", "release", "revision", "state", "since");
     for host in hosts {
@@ -266,19 +366,33 @@ async fn status(name: Option<String>, nats: String) -> Result<()> {
     Ok(())
 }
 
-async fn releases(name: String, nats: String) -> Result<()> {
-    let connection = crate::nats::connect(&nats, "sluice releases").await?;
+async fn releases(name: String, prune: Option<Duration>, nats: NatsArgs) -> Result<()> {
+    let connection = nats.connect("releases").await?;
     println!("{:>8}  {:<20}  {:<24}  {:<40}  versions", "revision", "time", "who", "message");
     for revision in crate::release::history(&connection, &name).await? {
         let m = &revision.manifest;
         let versions: Vec<String> = m.versions.iter().map(|(pipeline, id)| format!("{pipeline}={id}")).collect();
         println!("{:>8}  {:<20}  {:<24}  {:<40}  {}", revision.revision, m.time, format!("{}@{}", m.user, m.host), m.message, versions.join(" "));
     }
+    if let Some(grace) = prune {
+        let p = crate::release::prune(&connection, grace).await?;
+        println!(
+            "pruned: {} file{} ({} bytes) that no kept revision of the {} release{} uses; {} in use; {} unused but uploaded within {} (a deploy may be publishing them)",
+            p.removed,
+            if p.removed == 1 { "" } else { "s" },
+            p.bytes,
+            p.releases,
+            if p.releases == 1 { "" } else { "s" },
+            p.kept,
+            p.recent,
+            humantime::format_duration(grace)
+        );
+    }
     Ok(())
 }
 
-async fn rollback(name: String, to: Option<u64>, message: String, nats: String) -> Result<()> {
-    let connection = crate::nats::connect(&nats, "sluice rollback").await?;
+async fn rollback(name: String, to: Option<u64>, message: String, nats: NatsArgs) -> Result<()> {
+    let connection = nats.connect("rollback").await?;
     let (revision, target) = crate::release::rollback(&connection, &name, to, crate::release::Deployer::here(message)).await?;
     println!("release {name}: revision {revision} is revision {target} again");
     Ok(())

@@ -98,3 +98,63 @@ async fn of_two_racing_deploys_one_lands_and_the_other_is_told_which_revision_it
     assert_eq!(store.publish(&manifest, None).await.unwrap().expect_err("refused").current, 2);
     assert_eq!(store.current("ingest").await.unwrap().unwrap().manifest.message, "the winner");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_removes_the_files_no_kept_revision_uses_and_spares_fresh_uploads() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    // Release `notes` carries a granted folder of its own; `ingest` shares only the component.
+    let folder = workspace.path("notes");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("only-notes.txt"), "carried by the release `notes` alone").unwrap();
+    let extra = format!("files = {:?}", folder.to_str().unwrap());
+    let notes = Pipeline::core("notes", "raw.>").stage_at("tag", crate::support::plugin("tag").to_str().unwrap(), "{ set = { n = 1 } }", &extra);
+    let written = workspace.write_pipeline(PipelineFile::new().pipeline(notes.route("out.{event}")).toml());
+    let notes = workspace.path("notes.toml");
+    std::fs::rename(written, &notes).unwrap();
+    let (ok, log) = sluice(&["deploy", notes.to_str().unwrap(), "--name", "notes", "--nats", nats.url()]);
+    assert!(ok, "{log}");
+    for version in [1, 2] {
+        let ingest = file(&workspace, version);
+        let (ok, log) = sluice(&["deploy", ingest.to_str().unwrap(), "--name", "ingest", "--nats", nats.url()]);
+        assert!(ok, "{log}");
+    }
+
+    let connection = connect(nats.url(), "test").await.unwrap();
+    let store = ReleaseStore::open(&connection).await.unwrap();
+    let carried = store.current("notes").await.unwrap().unwrap().manifest.artifacts;
+    let only_notes = carried.iter().find(|a| a.path.ends_with("only-notes.txt")).expect("the granted file travels").clone();
+    let ingest = store.history("ingest").await.unwrap();
+    let used_by_ingest: std::collections::BTreeSet<_> = ingest.iter().flat_map(|r| r.manifest.artifacts.iter().map(|a| a.sha256.clone())).collect();
+    assert!(!used_by_ingest.contains(&only_notes.sha256));
+    let in_use = used_by_ingest.len() + carried.iter().filter(|a| !used_by_ingest.contains(&a.sha256)).count();
+
+    // While `notes` keeps a revision, its file is in use.
+    let (ok, log) = sluice(&["releases", "ingest", "--prune", "--grace", "0s", "--nats", nats.url()]);
+    let expected = format!("pruned: 0 files (0 bytes) that no kept revision of the 2 releases uses; {in_use} in use");
+    assert!(ok && log.contains(&expected), "{log}");
+
+    // Once `notes` is gone, its file is unused: spared while fresh, then removed.
+    connection.jetstream.get_key_value(sluice::release::store::MANIFESTS).await.unwrap().purge("notes").await.unwrap();
+    let (ok, log) = sluice(&["releases", "ingest", "--prune", "--nats", nats.url()]);
+    assert!(ok && log.contains("pruned: 0 files") && log.contains("1 unused but uploaded within 15m"), "{log}");
+    assert!(store.holds(&only_notes.sha256).await);
+    let (ok, log) = sluice(&["releases", "ingest", "--prune", "--grace", "0s", "--nats", nats.url()]);
+    let removed = format!("pruned: 1 file ({} bytes) that no kept revision of the 1 release uses; {} in use", only_notes.bytes, used_by_ingest.len());
+    assert!(ok && log.contains(&removed), "{log}");
+    assert!(!store.holds(&only_notes.sha256).await, "the unused file is removed");
+    for sha256 in &used_by_ingest {
+        assert!(store.holds(sha256).await, "a file `ingest` uses stays");
+    }
+    // Deploying `notes` again uploads the removed file again.
+    let (ok, log) = sluice(&["deploy", notes.to_str().unwrap(), "--name", "notes", "--nats", nats.url()]);
+    assert!(ok, "{log}");
+    assert!(store.holds(&only_notes.sha256).await, "a pruned file is uploaded again by the next deploy that uses it:\n{log}");
+    // `ingest` still rolls back to its first revision, and a host runs it.
+    let first = ingest[0].revision.to_string();
+    let (ok, log) = sluice(&["rollback", "ingest", "--to", &first, "--nats", nats.url()]);
+    assert!(ok, "{log}");
+    let host = Sluice::command(&["run", "--release", "ingest", "--nats", nats.url()]).started(1);
+    let log = host.terminate();
+    assert!(log.contains(&ingest[0].manifest.versions["ingest"]), "the host runs the first revision's version:\n{log}");
+}

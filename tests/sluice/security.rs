@@ -194,3 +194,69 @@ async fn a_url_carrying_credentials_is_refused_without_showing_them() {
     assert!(log.contains("the NATS URL carries credentials before `@127.0.0.1:4222`, which the NATS client would ignore"), "{log}");
     assert!(!log.contains("hunter2"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_commands_authenticate_with_flags_that_read_the_secret_from_a_file_or_a_variable() {
+    let server = ManagedServer::start_with_config("authorization { user: sluice, password: \"pa55-for-tests\" }\n").await.unwrap();
+    let workspace = Workspace::new();
+    let password = write(&workspace, "password", "pa55-for-tests\n");
+    let file = write_pipeline(&workspace, "");
+    let file = file.to_str().unwrap();
+    let url = server.url.as_str();
+    let by_file = ["--nats", url, "--nats-user", "sluice", "--nats-password-file", &password];
+    let by_variable = ["--nats", url, "--nats-user", "sluice", "--nats-password-env", "RELEASE_PASSWORD"];
+    let with = |args: &[&str], auth: &[&str]| -> Vec<String> { args.iter().chain(auth).map(|a| a.to_string()).collect() };
+    let sluice = |args: Vec<String>, vars: &[(&str, &str)]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, log) = Sluice::command(&args).envs(vars).wait();
+        (status.success(), log.to_string())
+    };
+
+    let (ok, log) = sluice(with(&["deploy", file, "--name", "relay"], &by_file), &[]);
+    assert!(ok && log.contains("release relay: revision 1"), "{log}");
+    assert!(!log.contains("pa55-for-tests"), "the log shows the password:\n{log}");
+    let host = Sluice::command(&with(&["run", "--release", "relay"], &by_variable).iter().map(String::as_str).collect::<Vec<_>>())
+        .envs(&[("RELEASE_PASSWORD", "pa55-for-tests")])
+        .started(1);
+    let client = async_nats::ConnectOptions::with_user_and_password("sluice".into(), "pa55-for-tests".into()).connect(url).await.unwrap();
+    let mut out = client.subscribe("sec.out.>").await.unwrap();
+    client.flush().await.unwrap();
+    client.publish("sec.in.1", event(1, json!({})).into()).await.unwrap();
+    client.flush().await.unwrap();
+    let message = tokio::time::timeout(WAIT, out.next()).await.expect("the release's pipeline relays the event").unwrap();
+    assert_eq!(message.subject.as_str(), "sec.out.scene_generated");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (ok, log) = sluice(with(&["status", "relay"], &by_file), &[]);
+        if ok && log.lines().any(|l| l.contains(" relay ") && l.contains(" 1  running ")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the host never showed in status:\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, log) = sluice(with(&["releases", "relay"], &by_file), &[]);
+    assert!(ok, "{log}");
+
+    // Without credentials, or with a wrong one, every command stops and says so.
+    for command in [vec!["deploy", file, "--name", "relay"], vec!["status", "relay"], vec!["releases", "relay"], vec!["rollback", "relay"]] {
+        let (ok, log) = sluice(with(&command, &["--nats", url]), &[]);
+        assert!(!ok && log.to_lowercase().contains("authorization violation"), "{command:?}:\n{log}");
+    }
+    let (ok, log) = sluice(with(&["run", "--release", "relay"], &by_variable), &[("RELEASE_PASSWORD", "wrong")]);
+    assert!(!ok && log.to_lowercase().contains("authorization violation"), "{log}");
+    assert!(!log.contains("wrong"), "the log shows the password:\n{log}");
+    let (ok, log) = sluice(with(&["status", "relay"], &by_variable), &[]);
+    assert!(!ok && log.contains("RELEASE_PASSWORD, which is not set"), "{log}");
+
+    // Flags that contradict each other are refused before anything connects.
+    let contradictions: [(&[&str], &str); 3] = [
+        (&["--nats-user", "sluice"], "--nats-user needs --nats-password-env VARIABLE or --nats-password-file FILE"),
+        (&["--nats-token-env", "T", "--nats-token-file", &password], "token from a variable or from a file, not both"),
+        (&["--nats-token-env", "T", "--nats-user", "sluice", "--nats-password-env", "P"], "one way to authenticate"),
+    ];
+    for (flags, reason) in contradictions {
+        let (ok, log) = sluice(with(&["status", "relay", "--nats", url], flags), &[]);
+        assert!(!ok && log.contains(reason), "{flags:?}: expected {reason:?}:\n{log}");
+    }
+    host.terminate();
+}

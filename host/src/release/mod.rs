@@ -114,6 +114,22 @@ pub async fn history(connection: &Connection, name: &str) -> Result<Vec<Revision
     Ok(history)
 }
 
+/// Removes the stored files that no kept revision of any release uses,
+/// except those uploaded within `grace` (a deploy that uploaded them may
+/// not have published its manifest yet).
+pub async fn prune(connection: &Connection, grace: std::time::Duration) -> Result<store::Pruned> {
+    let pruned = ReleaseStore::open(connection).await?.prune(grace).await?;
+    tracing::info!(
+        releases = pruned.releases,
+        removed = pruned.removed,
+        bytes = pruned.bytes,
+        kept = pruned.kept,
+        recent = pruned.recent,
+        "Release files pruned."
+    );
+    Ok(pruned)
+}
+
 /// Publishes with compare-and-set; a deploy that landed first wins, and the
 /// error names it.
 async fn land(store: &ReleaseStore, manifest: &Manifest, expected: Option<u64>) -> Result<u64> {

@@ -77,7 +77,7 @@ impl ReleaseStore {
     pub async fn upload(&self, carried: &[Carried]) -> Result<usize> {
         let mut uploaded = 0;
         for file in carried {
-            if self.artifacts.info(&file.artifact.sha256).await.is_ok() {
+            if self.holds(&file.artifact.sha256).await {
                 continue;
             }
             let mut content = file.content.as_slice();
@@ -101,9 +101,53 @@ impl ReleaseStore {
         self.manifests.watch_with_history(name).await.with_context(|| format!("cannot watch release `{name}`"))
     }
 
-    /// Whether the store holds the file of this hash.
+    /// Whether the store holds the file of this hash (a pruned file leaves
+    /// a deletion marker behind, which `info` still returns).
     pub async fn holds(&self, sha256: &str) -> bool {
-        self.artifacts.info(sha256).await.is_ok()
+        self.artifacts.info(sha256).await.is_ok_and(|info| !info.deleted)
+    }
+
+    /// Removes the files that no kept revision of any release uses (files
+    /// are shared between releases, so every release is looked at), except
+    /// those uploaded less than `grace` ago: a deploy uploads its files
+    /// before it publishes the manifest that names them.
+    pub async fn prune(&self, grace: std::time::Duration) -> Result<Pruned> {
+        let mut used = std::collections::BTreeSet::new();
+        let mut keys = self.manifests.keys().await.context("cannot list the releases")?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            names.push(key.context("cannot list the releases")?);
+        }
+        for name in &names {
+            for kept in self.history(name).await? {
+                used.extend(kept.manifest.artifacts.into_iter().map(|a| a.sha256));
+            }
+        }
+        let mut objects = self.artifacts.list().await.with_context(|| format!("cannot list the object store {ARTIFACTS}"))?;
+        let mut unused = Vec::new();
+        let mut pruned = Pruned::default();
+        let newest = std::time::SystemTime::now().checked_sub(grace).unwrap_or(std::time::UNIX_EPOCH);
+        let newest = newest.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        while let Some(object) = objects.next().await {
+            let object = object.with_context(|| format!("cannot list the object store {ARTIFACTS}"))?;
+            if object.deleted {
+                continue;
+            }
+            if used.contains(&object.name) {
+                pruned.kept += 1;
+            } else if object.modified.is_some_and(|m| m.unix_timestamp() > newest) {
+                pruned.recent += 1;
+            } else {
+                unused.push((object.name, object.size as u64));
+            }
+        }
+        for (name, bytes) in unused {
+            self.artifacts.delete(&name).await.with_context(|| format!("cannot remove the file {name} from the object store"))?;
+            pruned.removed += 1;
+            pruned.bytes += bytes;
+        }
+        pruned.releases = names.len();
+        Ok(pruned)
     }
 
     /// Publishes `manifest` as the release's next revision, provided the
@@ -124,6 +168,20 @@ impl ReleaseStore {
             },
         }
     }
+}
+
+/// What a prune did.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    /// Releases whose kept revisions were looked at.
+    pub releases: usize,
+    /// Files removed, and their bytes.
+    pub removed: usize,
+    pub bytes: u64,
+    /// Files a kept revision uses.
+    pub kept: usize,
+    /// Unused files kept because they were uploaded within the grace period.
+    pub recent: usize,
 }
 
 /// A revision read from an entry of the bucket.

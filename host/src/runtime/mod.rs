@@ -42,6 +42,8 @@ pub struct RunOptions {
     pub source: Source,
     /// Overrides the file's `[nats] url`; with neither, a local server is started.
     pub nats_url: Option<String>,
+    /// Overrides the file's `[nats]` authentication and TLS.
+    pub nats_security: Option<config::NatsSecurity>,
     /// Swap in changes to the file and its components while running.
     pub watch: bool,
     /// How often progress is logged.
@@ -60,6 +62,9 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
             let versions = file.pipelines.iter().map(|spec| prepare(&engine, spec, &clock)).collect::<Result<Vec<_>>>()?;
             let (url, managed) = match options.nats_url.clone().or_else(|| file.nats_url.clone()) {
                 Some(url) => (url, None),
+                None if options.nats_security.is_some() => {
+                    anyhow::bail!("NATS authentication or TLS was given without a NATS server: give --nats URL or [nats] url")
+                }
                 None => {
                     let server = ManagedServer::start().await?;
                     tracing::info!(url = %server.url, "Started a local nats-server with JetStream (no URL was given); it stops when sluice exits.");
@@ -68,13 +73,17 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
                 }
             };
             // A managed server has no authentication: what the file says is for the real one.
-            let security = if managed.is_some() { Default::default() } else { file.nats_security.clone() };
+            let security = match (&managed, &options.nats_security) {
+                (Some(_), _) => Default::default(),
+                (None, Some(given)) => given.clone(),
+                (None, None) => file.nats_security.clone(),
+            };
             let connection = nats::connect_with(&url, "sluice", &security).await?;
             (file, versions, connection, managed, None)
         }
         Source::Release(name) => {
             let url = options.nats_url.clone().context("`sluice run --release` needs the NATS server the release is kept in: give --nats URL")?;
-            let connection = nats::connect(&url, "sluice").await?;
+            let connection = nats::connect_with(&url, "sluice", &options.nats_security.clone().unwrap_or_default()).await?;
             let (follower, laid) = Follower::start(&connection, name).await?;
             let file = config::load(&laid.file).with_context(|| format!("revision {} of release `{name}`", laid.revision))?;
             let versions = file
