@@ -63,7 +63,9 @@ async fn hosts_follow_their_release_refuse_what_they_cannot_run_and_roll_back() 
     let (ok, log) = sluice(&["deploy", &relay(&workspace, 1, None), "--name", "relay", "--message", "v1", "--nats", url]);
     assert!(ok, "{log}");
 
-    let with_secret = host(url, &[("ONLY_HERE", "yes")]);
+    let scratch = workspace.path("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let with_secret = host(url, &[("ONLY_HERE", "yes"), ("TMPDIR", scratch.to_str().unwrap())]);
     let without = host(url, &[]);
     let mut out = Collector::subscribe(&nats, "fleet.out.>").await;
     assert_eq!(relayed_version(&nats, &mut out, 0).await, 1);
@@ -94,8 +96,19 @@ async fn hosts_follow_their_release_refuse_what_they_cannot_run_and_roll_back() 
     for n in 2..6 {
         assert_eq!(relayed_version(&nats, &mut out, n).await, 1, "back on revision 1's tag");
     }
+    // The files of revisions no longer run are removed; a stopping host removes the rest.
+    let laid_out = || -> Vec<String> {
+        let folders = std::fs::read_dir(&scratch).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir());
+        folders.flat_map(|f| std::fs::read_dir(f).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap())).collect()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while laid_out() != ["revision-3"] {
+        assert!(std::time::Instant::now() < deadline, "revisions left on disk: {:?}", laid_out());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     late.terminate();
     with_secret.terminate();
+    assert_eq!(laid_out(), Vec::<String>::new());
 }
 
 /// tag (stamping `version`) and route, from a durable consumer the hosts

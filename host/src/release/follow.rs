@@ -5,7 +5,7 @@
 //! what it runs.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream::kv;
@@ -44,6 +44,11 @@ impl Follower {
         let follower = Self { name: name.to_string(), store, watch, dir, seen: current.revision };
         let laid = lay_out(&follower.store, follower.dir.path(), &current).await?;
         Ok((follower, laid))
+    }
+
+    /// The folder every revision is laid out under, for [`tidy`].
+    pub fn folder(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
     }
 
     /// The next revision that lands, laid out; `Err((revision, reason))` for
@@ -118,8 +123,29 @@ impl Follower {
     }
 }
 
+/// Removes the folders of revisions older than `handled` that hold none of
+/// `in_use` (the granted folders that running versions, or versions just
+/// swapped out and perhaps finishing a batch, read at run time; components
+/// are compiled into memory and need no file). Newer revisions are left
+/// alone: the follower may be laying one out.
+pub fn tidy(dir: &Path, handled: u64, in_use: &[PathBuf]) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let number = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("revision-")).and_then(|n| n.parse::<u64>().ok());
+        let Some(number) = number else { continue };
+        if number >= handled || in_use.iter().any(|folder| folder.starts_with(&path)) {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::debug!(revision = number, folder = %path.display(), "Removed the files of a revision no longer run."),
+            Err(error) => tracing::warn!(revision = number, folder = %path.display(), %error, "Cannot remove the files of a revision no longer run."),
+        }
+    }
+}
+
 /// Fetches a revision's files and lays them out in a folder of its own under `dir`.
-async fn lay_out(store: &ReleaseStore, dir: &std::path::Path, revision: &Revision) -> Result<Laid> {
+async fn lay_out(store: &ReleaseStore, dir: &Path, revision: &Revision) -> Result<Laid> {
     let mut contents: HashMap<&str, Vec<u8>> = HashMap::new();
     for artifact in &revision.manifest.artifacts {
         if !contents.contains_key(artifact.sha256.as_str()) {
@@ -133,4 +159,23 @@ async fn lay_out(store: &ReleaseStore, dir: &std::path::Path, revision: &Revisio
         None => bail!("{} was not fetched", artifact.path),
     })?;
     Ok(Laid { revision: revision.revision, file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tidy_keeps_the_newer_revisions_and_those_a_running_version_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        for revision in 1..=5 {
+            std::fs::create_dir_all(dir.path().join(format!("revision-{revision}/up0/lists"))).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("other")).unwrap();
+        // Revision 2's granted folder is still read; revision 4 is the one handled; 5 is being laid out.
+        tidy(dir.path(), 4, &[dir.path().join("revision-2/up0/lists"), dir.path().join("revision-4/up0/lists")]);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["other", "revision-2", "revision-4", "revision-5"]);
+    }
 }

@@ -93,12 +93,13 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
                 .collect::<Result<Vec<_>>>()
                 .with_context(|| format!("revision {} of release `{name}` cannot be prepared on this host", laid.revision))?;
             let board = Board::open(&connection, name, laid.revision).await?;
-            (file, versions, connection, None, Some((follower.spawn(), board)))
+            let folder = follower.folder();
+            (file, versions, connection, None, Some(Following { revisions: follower.spawn(), board, folder }))
         }
     };
     let mut host = Host { path: file.path.clone(), connection, engine, clock, running: BTreeMap::new() };
     host.start_all(&file, versions).await?;
-    if let Some((_, board)) = following.as_mut() {
+    if let Some(Following { board, .. }) = following.as_mut() {
         board.running(board.status.revision, host.versions()).await;
     }
 
@@ -121,9 +122,14 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
                     watcher.watch(watched_files(&file), granted_folders(&file)).unwrap_or_else(|e| tracing::warn!(error = format!("{e:#}"), "Cannot watch the new files."));
                 }
             }
-            Some(next) = async { following.as_mut()?.0.recv().await } => {
-                let Some((_, board)) = following.as_mut() else { continue };
+            Some(next) = async { following.as_mut()?.revisions.recv().await } => {
+                let Some(Following { board, folder, .. }) = following.as_mut() else { continue };
                 let release = board.status.release.clone();
+                let before = host.granted_folders();
+                let handled = match &next {
+                    Ok(laid) => laid.revision,
+                    Err((revision, _)) => *revision,
+                };
                 match next {
                     Ok(laid) => {
                         tracing::info!(%release, revision = laid.revision, "A new revision of the release landed; preparing it.");
@@ -142,9 +148,12 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
                         board.refused(revision, reason).await;
                     }
                 }
+                // The versions swapped out may still finish a batch: their folders go next time.
+                let in_use: Vec<PathBuf> = before.into_iter().chain(host.granted_folders()).collect();
+                release::follow::tidy(folder, handled, &in_use);
             }
             _ = refresh.tick(), if following.is_some() => {
-                if let Some((_, board)) = following.as_mut() {
+                if let Some(Following { board, .. }) = following.as_mut() {
                     board.refresh().await;
                 }
             }
@@ -154,7 +163,7 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
 
     tracing::info!("Shutting down: no more reading; finishing in-flight batches.");
     host.stop_all().await;
-    if let Some((_, board)) = &following {
+    if let Some(Following { board, .. }) = &following {
         board.leave().await;
     }
     host.connection.client.flush().await.context("cannot flush the last messages to NATS")?;
@@ -165,6 +174,14 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
         server.stop().await;
     }
     Ok(())
+}
+
+/// A host following a release: the revisions its follower hands on, its
+/// entry in the status bucket, and the folder revisions are laid out in.
+struct Following {
+    revisions: tokio::sync::mpsc::Receiver<Result<release::follow::Laid, (u64, String)>>,
+    board: Board,
+    folder: PathBuf,
 }
 
 /// What a reload came to: the file, if it could be read, and what failed.
@@ -315,6 +332,12 @@ impl Host {
     /// Each running pipeline's version id.
     fn versions(&self) -> BTreeMap<String, String> {
         self.running.iter().map(|(name, running)| (name.clone(), running.version().id.clone())).collect()
+    }
+
+    /// The granted folders the running versions read.
+    fn granted_folders(&self) -> Vec<PathBuf> {
+        let versions: Vec<Arc<PipelineVersion>> = self.running.values().map(|running| running.version()).collect();
+        versions.iter().flat_map(|version| version.spec.stages.iter().filter_map(|s| s.files.clone())).collect()
     }
 
     fn report(&mut self) {
