@@ -287,6 +287,47 @@ async fn a_firing_alert_survives_a_plugin_swap_and_a_restart_without_repeating()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_firing_alert_survives_a_fleet_deploy_of_a_new_alert_plugin_and_its_rollback() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let component = workspace.copy_plugin("alert", "alert.wasm");
+    let file = workspace.write_pipeline(&p95_pipeline(component.to_str().unwrap()));
+    let (file, url) = (file.to_str().unwrap(), nats.url());
+    let sluice = |args: &[&str]| {
+        let (status, log) = Sluice::command(args).wait();
+        assert!(status.success(), "{log}");
+    };
+    let t0 = DAY + 10 * 60 * MINUTE;
+
+    sluice(&["deploy", file, "--name", "alerts", "--nats", url]);
+    let host = Sluice::command(&["run", "--release", "alerts", "--nats", url, "--stats-interval", "1s"]).started(1);
+    nats.publish_stored(generations(t0, 30, 130_000)).await;
+    let fired = stream_at_least(&nats, "ALERTS", 1, &host).await;
+    assert_eq!(json(&fired[0])["state"], "firing");
+
+    // A new build of the plugin, deployed to the fleet while the alert is firing.
+    write_atomically(&component, &rebuilt(&std::fs::read(&component).unwrap()));
+    sluice(&["deploy", file, "--name", "alerts", "--message", "alert rebuilt", "--nats", url, "--wait", "--timeout", "60s"]);
+    host.wait_for("Worker swapped version.", 1, WAIT);
+    nats.publish_stored(generations(t0 + 30 * 30_000, 10, 130_000)).await;
+    host.wait_for_count("alerts", "received", 40, WAIT);
+    // And rolled back: the first build takes the state over again.
+    sluice(&["rollback", "alerts", "--nats", url]);
+    host.wait_for("Worker swapped version.", 2, WAIT);
+    nats.publish_stored(generations(t0 + 40 * 30_000, 60, 20_000)).await;
+    stream_at_least(&nats, "ALERTS", 2, &host).await;
+    host.wait_for_count("alerts", "received", 60, WAIT);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let alerts: Vec<Value> = nats.stream_messages("ALERTS").await.iter().map(json).collect();
+    let states: Vec<&str> = alerts.iter().map(|a| a["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["firing", "resolved"], "one incident, announced once and resolved once: {alerts:#?}");
+    assert_eq!(alerts[1]["firing_since"], alerts[0]["changed_at"]);
+    let log = host.terminate();
+    assert_eq!(log.events("No kept sink state; starting empty.").len(), 1, "{log}");
+    assert!(log.events("Input, workers, batching, output or sink changed; restarting the pipeline's workers.").is_empty(), "swapped, not restarted:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_alert_held_back_by_a_silence_is_announced_when_a_swap_takes_the_silence_out() {
     let nats = Nats::start().await;
     let workspace = Workspace::new();

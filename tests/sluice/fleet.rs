@@ -189,6 +189,11 @@ async fn three_hosts_on_one_consumer_take_up_a_deploy_under_load_and_a_rollback_
     assert_ne!(after_deploy, after_rollback);
     assert_eq!(during, after_deploy.union(&after_rollback).cloned().collect(), "the load came out of revision 1, then revision 2");
     let v2 = after_deploy.into_iter().next().unwrap();
+    // The headers are the version ids `deploy` computed and the release keeps.
+    let connection = sluice::nats::connect(url, "test").await.unwrap();
+    let history = sluice::release::store::ReleaseStore::open(&connection).await.unwrap().history("ingest").await.unwrap();
+    let kept: Vec<&str> = history.iter().map(|r| r.manifest.versions["ingest"].as_str()).collect();
+    assert_eq!(kept, [after_rollback.first().unwrap().as_str(), v2.as_str(), after_rollback.first().unwrap().as_str()]);
     for host in hosts {
         let log = host.terminate();
         let swaps: Vec<String> =

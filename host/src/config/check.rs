@@ -23,8 +23,11 @@ const MEMORY_RANGE: (u64, u64) = (1 << 20, 4 << 30);
 const OUTPUTS_RANGE: (i64, i64) = (1, 1_000_000);
 const OUTPUT_BYTES_RANGE: (u64, u64) = (1 << 10, 1 << 30);
 
-pub fn check(path: &Path, raw: raw::File) -> Result<PipelineFile, Vec<Problem>> {
-    let mut checker = Checker { base: path.parent().unwrap_or(Path::new(".")).to_path_buf(), problems: Vec::new() };
+/// Checks a parsed pipeline file at `path`; `from` is the folder it was
+/// moved from, if it was (see [`super::load_moved`]).
+pub fn check(path: &Path, raw: raw::File, from: Option<&Path>) -> Result<PipelineFile, Vec<Problem>> {
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut checker = Checker { base, moved_from: from.map(Path::to_path_buf), problems: Vec::new() };
     let file = checker.file(path, raw);
     if checker.problems.is_empty() { Ok(file) } else { Err(checker.problems) }
 }
@@ -32,10 +35,26 @@ pub fn check(path: &Path, raw: raw::File) -> Result<PipelineFile, Vec<Problem>> 
 struct Checker {
     /// The pipeline file's folder: relative paths in it start here.
     base: PathBuf,
+    /// The folder the file was moved from, with the files it uses.
+    moved_from: Option<PathBuf>,
     problems: Vec<Problem>,
 }
 
 impl Checker {
+    /// Where a file or folder the pipeline file names is: relative to its
+    /// folder, or, for a moved file, an absolute path under or beside the
+    /// folder it came from taken to the same place beside it now.
+    fn located(&self, written: &str) -> PathBuf {
+        let path = self.base.join(written);
+        match &self.moved_from {
+            Some(from) if path.is_absolute() && !path.starts_with(&self.base) => match crate::release::manifest::relative_to(from, &path) {
+                Ok(relative) => self.base.join(relative),
+                Err(_) => path,
+            },
+            _ => path,
+        }
+    }
+
     fn problem<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
         self.problems.push(Problem::at(at.span(), message));
     }
@@ -54,7 +73,7 @@ impl Checker {
             url.get_ref().clone()
         });
         let nats_security = self.nats_security(&raw.nats);
-        let plugin_dir = raw.plugins.dir.as_ref().map(|d| (self.base.join(d.get_ref()), d.clone()));
+        let plugin_dir = raw.plugins.dir.as_ref().map(|d| (self.located(d.get_ref()), d.clone()));
 
         let mut stream_names = HashSet::new();
         let streams: Vec<StreamSpec> = raw
@@ -382,7 +401,7 @@ impl Checker {
         let component = match (&stage.plugin, &stage.component) {
             (Some(plugin), None) => self.plugin(plugin, plugin_dir),
             (None, Some(component)) => {
-                let path = self.base.join(component.get_ref());
+                let path = self.located(component.get_ref());
                 if path.is_file() {
                     Some(path)
                 } else {
@@ -433,7 +452,7 @@ impl Checker {
         };
         let config = toml_to_json(&toml::Value::Table(stage.config.clone().unwrap_or_default())).to_string();
         let files = stage.files.as_ref().map(|dir| {
-            let path = self.base.join(dir.get_ref());
+            let path = self.located(dir.get_ref());
             if !path.is_dir() {
                 self.problem(dir, format!("`files` must be a folder; {:?} is not one (looked for {})", dir.get_ref(), path.display()));
             }

@@ -224,7 +224,9 @@ pub enum BodyFormat {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StageSpec {
     pub name: String,
-    /// The component file.
+    /// The component file. Not part of the version id (its content is), so
+    /// a release laid out elsewhere on a host keeps the deployer's ids.
+    #[serde(skip)]
     pub component: PathBuf,
     /// How long one call into the plugin may run.
     pub time_budget: Duration,
@@ -236,7 +238,9 @@ pub struct StageSpec {
     pub max_output_bytes: usize,
     /// The stage's `config` table as JSON, handed to the plugin's `init`.
     pub config: String,
-    /// A folder granted read-only to the plugin at [`FILES_MOUNT`].
+    /// A folder granted read-only to the plugin at [`FILES_MOUNT`]; its
+    /// files' names and contents are part of the version id, not its place.
+    #[serde(skip)]
     pub files: Option<PathBuf>,
     /// Names of environment variables passed to the plugin.
     pub env: Vec<String>,
@@ -263,17 +267,29 @@ const SECRET_EXPECTED: &str = "a secret is read from the environment or a file, 
 
 /// Reads and checks a pipeline file.
 pub fn load(path: &Path) -> anyhow::Result<PipelineFile> {
+    load_moved(path, None)
+}
+
+/// Reads and checks a pipeline file that was moved from the folder `from`
+/// with the files it uses (a release laid out on a host): a path it names
+/// absolutely, below or beside `from`, is read from the same place relative
+/// to the file's new folder, as the release carried it.
+pub fn load_moved(path: &Path, from: Option<&Path>) -> anyhow::Result<PipelineFile> {
     let source = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read pipeline file {}: {e}", path.display()))?;
-    parse(path, &source).map_err(anyhow::Error::from)
+    parse_moved(path, &source, from).map_err(anyhow::Error::from)
 }
 
 /// Checks the text of a pipeline file; `path` locates it (relative paths in it
 /// are resolved against its folder) and names it in problems.
 pub fn parse(path: &Path, source: &str) -> Result<PipelineFile, Problems> {
+    parse_moved(path, source, None)
+}
+
+fn parse_moved(path: &Path, source: &str, from: Option<&Path>) -> Result<PipelineFile, Problems> {
     let raw: raw::File = toml::from_str(source).map_err(|e| {
         // A secret written where it must not be is not shown back.
         let problem = Problem { span: e.span(), secret: e.message().contains(SECRET_EXPECTED), ..Problem::whole(e.message().trim_end()) };
         Problems::new(path, source, vec![problem])
     })?;
-    check::check(path, raw).map_err(|problems| Problems::new(path, source, problems))
+    check::check(path, raw, from).map_err(|problems| Problems::new(path, source, problems))
 }

@@ -27,10 +27,19 @@ pub struct Follower {
     seen: u64,
 }
 
-/// A revision on disk: its pipeline file, ready to load.
+/// A revision on disk: its pipeline file, ready to load with
+/// [`Laid::load`].
 pub struct Laid {
     pub revision: u64,
     pub file: PathBuf,
+    /// The folder it was deployed from (absolute paths in it are taken from there).
+    pub origin: Option<PathBuf>,
+}
+
+impl Laid {
+    pub fn load(&self) -> Result<crate::config::PipelineFile> {
+        crate::config::load_moved(&self.file, self.origin.as_deref())
+    }
 }
 
 impl Follower {
@@ -158,7 +167,8 @@ async fn lay_out(store: &ReleaseStore, dir: &Path, revision: &Revision) -> Resul
         Some(content) => Ok(content.clone()),
         None => bail!("{} was not fetched", artifact.path),
     })?;
-    Ok(Laid { revision: revision.revision, file })
+    let origin = Some(&revision.manifest.origin).filter(|o| !o.is_empty()).map(PathBuf::from);
+    Ok(Laid { revision: revision.revision, file, origin })
 }
 
 #[cfg(test)]

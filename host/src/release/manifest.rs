@@ -25,6 +25,10 @@ pub struct Manifest {
     /// The pipeline file's name and text, as deployed.
     pub file_name: String,
     pub text: String,
+    /// The folder the pipeline file was deployed from, on the deploying
+    /// machine: the text's absolute paths below or beside it name artifacts.
+    #[serde(default)]
+    pub origin: String,
     /// Every file the pipeline file uses, by path relative to its folder.
     pub artifacts: Vec<Artifact>,
     /// Each pipeline's version id, as `validate` computed it on the deploying machine.
@@ -54,7 +58,7 @@ pub struct Carried {
 /// and every file below each granted folder. Paths must lie below the
 /// pipeline file's folder or beside it (through `..`), never absolute.
 pub fn carried(file: &PipelineFile) -> Result<Vec<Carried>> {
-    let base = file.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let base = origin(file)?;
     let mut paths: Vec<PathBuf> = Vec::new();
     for stage in file.pipelines.iter().flat_map(|p| &p.stages) {
         paths.push(stage.component.clone());
@@ -64,7 +68,7 @@ pub fn carried(file: &PipelineFile) -> Result<Vec<Carried>> {
     }
     let mut carried: BTreeMap<String, Carried> = BTreeMap::new();
     for path in paths {
-        let relative = relative_to(&base, &path)?;
+        let relative = relative_to(&base, &std::path::absolute(&path).with_context(|| format!("cannot locate {}", path.display()))?)?;
         if carried.contains_key(&relative) {
             continue;
         }
@@ -88,9 +92,15 @@ fn walk(folder: &Path, into: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// The pipeline file's folder, absolute.
+pub fn origin(file: &PipelineFile) -> Result<PathBuf> {
+    let base = file.path.parent().unwrap_or(Path::new("."));
+    std::path::absolute(if base.as_os_str().is_empty() { Path::new(".") } else { base }).context("cannot locate the pipeline file's folder")
+}
+
 /// `path` relative to `base`, both made lexically clean; `..` where `path`
 /// lies beside `base`.
-fn relative_to(base: &Path, path: &Path) -> Result<String> {
+pub fn relative_to(base: &Path, path: &Path) -> Result<String> {
     let clean = |p: &Path| -> Vec<String> {
         let mut parts: Vec<String> = Vec::new();
         for component in p.components() {
@@ -163,6 +173,7 @@ mod tests {
             format: FORMAT,
             name: "ingest".into(),
             file_name: "ingest.toml".into(),
+            origin: "/repo/pipelines".into(),
             text: "# the file".into(),
             artifacts: vec![artifact("../target/x.wasm", &wasm), artifact("schemas/a.json", b"{}")],
             versions: BTreeMap::new(),
@@ -179,5 +190,51 @@ mod tests {
         assert_eq!(std::fs::read(folder.join("schemas/a.json")).unwrap(), b"{}");
         let tampered = lay_out(&manifest, root.path(), |_| Ok(b"other".to_vec()));
         assert!(format!("{:#}", tampered.unwrap_err()).contains("does not match its SHA-256"));
+    }
+
+    #[test]
+    fn absolute_paths_of_a_deployed_file_are_read_from_where_the_release_laid_them_out() {
+        let deployer = tempfile::tempdir().unwrap();
+        let (folder, components, lists) = (deployer.path().join("pipelines"), deployer.path().join("components"), deployer.path().join("pipelines/lists"));
+        std::fs::create_dir_all(&components).unwrap();
+        std::fs::create_dir_all(&lists).unwrap();
+        std::fs::write(components.join("x.wasm"), b"\0asm as deployed").unwrap();
+        std::fs::write(lists.join("words.txt"), b"as deployed").unwrap();
+        let text = format!(
+            "[[pipeline]]\nname = \"p\"\ninput = {{ subject = \"in.>\", mode = \"core\" }}\ndead_letter = \"dlq\"\n[[pipeline.stage]]\nname = \"s\"\ncomponent = {:?}\nfiles = {:?}\n",
+            folder.join("../components/x.wasm").to_str().unwrap(),
+            lists.to_str().unwrap()
+        );
+        let path = folder.join("p.toml");
+        std::fs::write(&path, &text).unwrap();
+        let file = crate::config::load(&path).unwrap();
+        let carried = carried(&file).unwrap();
+        let paths: Vec<&str> = carried.iter().map(|c| c.artifact.path.as_str()).collect();
+        assert_eq!(paths, ["../components/x.wasm", "lists/words.txt"]);
+
+        let manifest = Manifest {
+            format: FORMAT,
+            name: "p".into(),
+            file_name: "p.toml".into(),
+            origin: origin(&file).unwrap().to_string_lossy().into_owned(),
+            text,
+            artifacts: carried.iter().map(|c| c.artifact.clone()).collect(),
+            versions: BTreeMap::new(),
+            message: String::new(),
+            user: String::new(),
+            host: String::new(),
+            time: String::new(),
+        };
+        let host = tempfile::tempdir().unwrap();
+        let laid = lay_out(&manifest, host.path(), |a| Ok(carried.iter().find(|c| c.artifact.path == a.path).unwrap().content.clone())).unwrap();
+        // The deployer's copies change after the deploy: the host reads the release's.
+        std::fs::write(components.join("x.wasm"), b"\0asm changed since").unwrap();
+        let moved = crate::config::load_moved(&laid, Some(Path::new(&manifest.origin))).unwrap();
+        let stage = &moved.pipelines[0].stages[0];
+        assert!(stage.component.starts_with(host.path()), "{}", stage.component.display());
+        assert_eq!(std::fs::read(&stage.component).unwrap(), b"\0asm as deployed");
+        assert_eq!(std::fs::read(stage.files.as_ref().unwrap().join("words.txt")).unwrap(), b"as deployed");
+        // Unmoved, the same text names the deployer's files.
+        assert!(crate::config::load(&laid).unwrap().pipelines[0].stages[0].component.starts_with(deployer.path()));
     }
 }

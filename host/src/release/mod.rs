@@ -65,6 +65,7 @@ pub async fn deploy(
         name: name.to_string(),
         file_name,
         text,
+        origin: manifest::origin(file)?.to_string_lossy().into_owned(),
         artifacts: carried.into_iter().map(|c| c.artifact).collect(),
         versions: versions.into_iter().collect(),
         message: deployer.message,

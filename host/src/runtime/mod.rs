@@ -16,7 +16,7 @@ mod worker;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,7 +85,7 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
             let url = options.nats_url.clone().context("`sluice run --release` needs the NATS server the release is kept in: give --nats URL")?;
             let connection = nats::connect_with(&url, "sluice", &options.nats_security.clone().unwrap_or_default()).await?;
             let (follower, laid) = Follower::start(&connection, name).await?;
-            let file = config::load(&laid.file).with_context(|| format!("revision {} of release `{name}`", laid.revision))?;
+            let file = laid.load().with_context(|| format!("revision {} of release `{name}`", laid.revision))?;
             let versions = file
                 .pipelines
                 .iter()
@@ -117,7 +117,7 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
             _ = &mut shutdown => break,
             Some(path) = async { watcher.as_mut()?.changed().await } => {
                 tracing::info!(changed = %path.display(), "A watched file changed; preparing a new version.");
-                let reloaded = host.reload(&host.path.clone(), false).await;
+                let reloaded = host.reload(config::load(&host.path), false).await;
                 if let (Some(file), Some(watcher)) = (reloaded.file, watcher.as_mut()) {
                     watcher.watch(watched_files(&file), granted_folders(&file)).unwrap_or_else(|e| tracing::warn!(error = format!("{e:#}"), "Cannot watch the new files."));
                 }
@@ -133,7 +133,7 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
                 match next {
                     Ok(laid) => {
                         tracing::info!(%release, revision = laid.revision, "A new revision of the release landed; preparing it.");
-                        let reloaded = host.reload(&laid.file, true).await;
+                        let reloaded = host.reload(laid.load(), true).await;
                         if reloaded.refused.is_empty() {
                             host.path = laid.file;
                             board.running(laid.revision, host.versions()).await;
@@ -263,12 +263,12 @@ impl Host {
         Ok(())
     }
 
-    /// Reads the file at `path` and brings every pipeline to what it says.
+    /// Brings every pipeline to what the file just read says.
     /// Anything that fails leaves the running version of that pipeline
     /// alone; with `whole`, a file any of whose pipelines fails to prepare
     /// changes nothing at all (a release is taken up whole or not at all).
-    async fn reload(&mut self, path: &Path, whole: bool) -> Reloaded {
-        let file = match config::load(path) {
+    async fn reload(&mut self, loaded: Result<PipelineFile>, whole: bool) -> Reloaded {
+        let file = match loaded {
             Ok(file) => file,
             Err(error) => {
                 tracing::error!(error = %error, "The changed pipeline file has problems; every running version stays.");
