@@ -7,7 +7,7 @@
 //!   tests, xtask and plugins, warnings refused), build the plugins, run the
 //!   plugins' unit tests and then every test of the host.
 //! - `cargo xtask bench`: set up, build in release mode, run the throughput
-//!   benchmark (`--alerts`: the alert pipeline's).
+//!   benchmark (`--alerts`: the alert pipeline's; `--releases`: fleet deploys').
 //! - `cargo xtask plugins`: build the plugins only.
 //!
 //! Set-up installs what the project needs and the toolchain lacks: the
@@ -51,10 +51,17 @@ fn main() -> Result<()> {
         "bench" => {
             setup()?;
             build_plugins()?;
-            // `--alerts` picks the alert pipeline's benchmark.
-            let bench = if rest.iter().any(|a| a == "--alerts") { "alerts" } else { "throughput" };
+            // `--alerts` picks the alert pipeline's benchmark, `--releases` the fleet deploys'.
+            let picked = |flag: &str| rest.iter().any(|a| a == flag);
+            let bench = if picked("--alerts") {
+                "alerts"
+            } else if picked("--releases") {
+                "releases"
+            } else {
+                "throughput"
+            };
             let mut args = vec!["bench", "--package", "sluice", "--bench", bench, "--"];
-            args.extend(rest.iter().filter(|a| *a != "--alerts").map(String::as_str));
+            args.extend(rest.iter().filter(|a| *a != "--alerts" && *a != "--releases").map(String::as_str));
             cargo(&args)
         }
         _ => bail!("usage: cargo xtask (demo | test | bench | plugins)"),

@@ -112,7 +112,11 @@ impl Follower {
         let (sender, receiver) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
             loop {
-                let next = self.next().await;
+                // A host that stops drops the receiver; what `next` was doing then no longer matters.
+                let next = tokio::select! {
+                    next = self.next() => next,
+                    () = sender.closed() => break,
+                };
                 if sender.send(next).await.is_err() {
                     break;
                 }

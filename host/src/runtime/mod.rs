@@ -162,8 +162,10 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
     }
 
     tracing::info!("Shutting down: no more reading; finishing in-flight batches.");
+    // No more revisions are taken up; the follower stops watching.
+    let following = following.map(|Following { board, .. }| board);
     host.stop_all().await;
-    if let Some(Following { board, .. }) = &following {
+    if let Some(board) = &following {
         board.leave().await;
     }
     host.connection.client.flush().await.context("cannot flush the last messages to NATS")?;
