@@ -328,6 +328,66 @@ async fn a_firing_alert_survives_a_fleet_deploy_of_a_new_alert_plugin_and_its_ro
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn of_two_hosts_one_runs_the_alert_sink_and_the_other_takes_it_over_with_its_state() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let component = workspace.copy_plugin("alert", "alert.wasm");
+    // A short ack_wait: inputs a frozen host had read come back soon.
+    let text = p95_pipeline(component.to_str().unwrap()).replace("durable = \"alerts\" }", "durable = \"alerts\", ack_wait = \"2s\" }");
+    let file = workspace.write_pipeline(&text);
+    let url = nats.url();
+    let (status, log) = Sluice::command(&["deploy", file.to_str().unwrap(), "--name", "alerts", "--nats", url]).wait();
+    assert!(status.success(), "{log}");
+    let host = || Sluice::command(&["run", "--release", "alerts", "--nats", url, "--stats-interval", "1s"]).started(1);
+    let (first, second) = (host(), host());
+    const HOLDS: &str = "This host holds the lease of the pipeline's sink; running it.";
+    let deadline = Instant::now() + WAIT;
+    let (holder, standby) = loop {
+        match (first.log().events(HOLDS).len(), second.log().events(HOLDS).len()) {
+            (1, 0) => break (first, second),
+            (0, 1) => break (second, first),
+            (0, 0) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            held => panic!("expected exactly one host to hold the lease, found {held:?}:\n{}\n{}", first.log(), second.log()),
+        }
+    };
+    standby.wait_for("Another host runs the pipeline's sink; standing by to take over.", 1, WAIT);
+
+    let t0 = DAY + 10 * 60 * MINUTE;
+    nats.publish_stored(generations(t0, 30, 130_000)).await;
+    assert_eq!(json(&stream_at_least(&nats, "ALERTS", 1, &holder).await[0])["state"], "firing");
+    holder.wait_for_count("alerts", "received", 30, WAIT);
+
+    // The holder freezes: its lease runs out and the other host takes the sink over, state and all.
+    let signal = |name: &str, pid: u32| assert!(std::process::Command::new("kill").args([name, &pid.to_string()]).status().unwrap().success());
+    signal("-STOP", holder.pid());
+    standby.wait_for(HOLDS, 1, WAIT);
+    standby.wait_for("Sink state restored.", 1, WAIT);
+    nats.publish_stored(generations(t0 + 30 * 30_000, 10, 130_000)).await;
+    standby.wait_for_count("alerts", "received", 10, WAIT);
+    // Thawed, the old holder finds its lease gone and stops its worker.
+    signal("-CONT", holder.pid());
+    holder.wait_for("This host lost the lease of the pipeline's sink; stopping its worker (another host takes over).", 1, WAIT);
+    holder.wait_for("Another host runs the pipeline's sink; standing by to take over.", 1, WAIT);
+    nats.publish_stored(generations(t0 + 40 * 30_000, 60, 20_000)).await;
+    stream_at_least(&nats, "ALERTS", 2, &standby).await;
+    standby.wait_for_count("alerts", "received", 70, WAIT);
+
+    // The new holder stops: it gives the lease back, and the first host takes over at once.
+    let stopped_at = Instant::now();
+    standby.terminate();
+    holder.wait_for(HOLDS, 2, WAIT);
+    assert!(stopped_at.elapsed() < Duration::from_secs(5), "taken over without waiting for the lease to expire");
+    holder.wait_for("Sink state restored.", 1, WAIT);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let alerts: Vec<Value> = nats.stream_messages("ALERTS").await.iter().map(json).collect();
+    let states: Vec<&str> = alerts.iter().map(|a| a["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["firing", "resolved"], "one incident across three holders, announced once and resolved once: {alerts:#?}");
+    assert_eq!(alerts[1]["firing_since"], alerts[0]["changed_at"]);
+    let log = holder.terminate();
+    assert_eq!(log.events("No kept sink state; starting empty.").len(), 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_alert_held_back_by_a_silence_is_announced_when_a_swap_takes_the_silence_out() {
     let nats = Nats::start().await;
     let workspace = Workspace::new();

@@ -115,6 +115,29 @@ impl Source {
         }
     }
 
+    /// For a reader that must see its input in order (a sink's): if inputs
+    /// were handed to an earlier reader and not settled (a host that stopped,
+    /// crashed or lost its lease with a batch read ahead), waits until
+    /// JetStream hands them out again (`ack_wait` after their delivery), so
+    /// that they come to the new reader before anything newer. Without the
+    /// wait, newer inputs would come first and the older ones would then
+    /// look already counted.
+    pub async fn wait_for_unsettled(&self, pipeline: &str) {
+        let Source::JetStream(consumer) = self else { return };
+        match consumer.get_info().await {
+            Ok(info) if info.num_ack_pending > 0 => {
+                let wait = info.config.ack_wait;
+                tracing::info!(
+                    pipeline, unsettled = info.num_ack_pending, wait = ?wait,
+                    "Inputs handed to an earlier reader are not settled; waiting until they are handed out again, so that the sink sees them first."
+                );
+                tokio::time::sleep(wait).await;
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(pipeline, %error, "Cannot read the consumer's state; reading without waiting for unsettled inputs."),
+        }
+    }
+
     /// A stream of batches for one worker: up to `max_events`, waiting at most
     /// `max_wait` after the first event of a batch.
     pub async fn reader(&self, connection: &Connection, max_events: usize, max_wait: Duration) -> Result<Batches> {

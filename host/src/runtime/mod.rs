@@ -8,6 +8,7 @@
 //! - `watch`: file watching for hot swaps.
 //! - `stats`: counters reported in the log.
 
+mod lease;
 mod messages;
 mod running;
 mod stats;

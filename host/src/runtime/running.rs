@@ -7,6 +7,7 @@ use anyhow::Result;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::lease::{self, Fence};
 use super::stats::Stats;
 use super::worker::Worker;
 use crate::nats::Connection;
@@ -24,12 +25,46 @@ pub struct RunningPipeline {
 impl RunningPipeline {
     pub async fn start(connection: &Connection, version: Arc<PipelineVersion>) -> Result<Self> {
         let spec = &version.spec;
+        let in_order = version.sink.is_some();
         let source = Arc::new(Source::open(connection, spec).await?);
         let publisher = Publisher::new(connection.clone(), spec)?;
         let (versions, _) = watch::channel(version.clone());
         let (shutdown, _) = watch::channel(false);
         let stats = Arc::new(Stats::default());
         let mut workers = JoinSet::new();
+        if in_order {
+            // One worker, on one host at a time: it reads only while this host holds the lease.
+            let (max_events, max_wait) = (spec.max_events, spec.max_wait);
+            let start = {
+                let (connection, source, publisher, stats, versions) = (connection.clone(), source.clone(), publisher.clone(), stats.clone(), versions.clone());
+                move |fence: Fence, stop: watch::Receiver<bool>| {
+                    let worker = Worker {
+                        index: 0,
+                        connection: connection.clone(),
+                        source: source.clone(),
+                        publisher: publisher.clone(),
+                        versions: versions.subscribe(),
+                        stats: stats.clone(),
+                        shutdown: stop,
+                        fence: Some(fence),
+                    };
+                    let pipeline = versions.borrow().spec.name.clone();
+                    let mut stopped = worker.shutdown.clone();
+                    async move {
+                        tokio::select! {
+                            () = worker.source.wait_for_unsettled(&pipeline) => {}
+                            _ = stopped.changed() => return Ok(()),
+                        }
+                        let batches = worker.source.reader(&worker.connection, max_events, max_wait).await?;
+                        worker.run(batches).await
+                    }
+                }
+            };
+            let key = lease::key(&spec.state_bucket, &spec.name);
+            workers.spawn(lease::hold(connection.clone(), spec.name.clone(), key, shutdown.subscribe(), start));
+            tracing::info!(pipeline = %spec.name, version = %version.id, workers = 1, input = %spec.input.subject(), "Pipeline started.");
+            return Ok(Self { stats, versions, shutdown, workers });
+        }
         for index in 0..spec.workers {
             // Subscribed before the pipeline is said to have started: a core
             // event published after that is not missed.
@@ -42,6 +77,7 @@ impl RunningPipeline {
                 versions: versions.subscribe(),
                 stats: stats.clone(),
                 shutdown: shutdown.subscribe(),
+                fence: None,
             };
             workers.spawn(worker.run(batches));
         }

@@ -24,6 +24,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
+use super::lease::Fence;
 use super::messages::{self, Kind, Outbound, Source as Origin, Stamp};
 use super::stats::Stats;
 use crate::config::InputSpec;
@@ -78,6 +79,8 @@ pub struct Worker {
     pub versions: watch::Receiver<Arc<PipelineVersion>>,
     pub stats: Arc<Stats>,
     pub shutdown: watch::Receiver<bool>,
+    /// A sink's worker runs under this host's lease (see `lease`).
+    pub fence: Option<Fence>,
 }
 
 impl Worker {
@@ -98,6 +101,9 @@ impl Worker {
                 biased;
                 _ = self.shutdown.changed() => break,
                 _ = ticker.tick(), if has_sink => {
+                    if self.fenced_out(&name) {
+                        break;
+                    }
                     if self.versions.has_changed().unwrap_or(false) {
                         self.swap(&mut chain);
                     }
@@ -116,13 +122,32 @@ impl Worker {
                 self.swap(&mut chain);
             }
             if has_sink {
+                if self.fenced_out(&name) {
+                    break;
+                }
                 self.handle_in_order(&mut chain, batch, &mut kept).await;
+                if self.fenced_out(&name) {
+                    break;
+                }
             } else {
                 self.handle(&mut chain, batch).await;
             }
         }
         tracing::debug!(pipeline = %name, worker = self.index, "Worker stopped.");
         Ok(())
+    }
+
+    /// Whether this sink's lease ran out (this host was frozen or cut off
+    /// for a while): another host may run the sink now, so this worker
+    /// starts no batch or tick more. A batch under way is finished (its
+    /// outputs are out; its state and acks must follow them). What it has
+    /// read and not started is left unacked, for the holder to be given.
+    fn fenced_out(&self, pipeline: &str) -> bool {
+        let out = self.fence.as_ref().is_some_and(|fence| !fence.holds());
+        if out {
+            tracing::error!(pipeline, worker = self.index, "The lease of the pipeline's sink ran out; this worker stops before its next batch.");
+        }
+        out
     }
 
     /// Takes up the newest version, or keeps the current one if its instances
