@@ -225,7 +225,9 @@ pub fn main() -> ExitCode {
             };
             nats.security().and_then(|nats_security| {
                 let options = RunOptions { source, nats_url: nats.url, nats_security, watch: !no_watch, stats_interval };
-                on_runtime(runtime::run(options, shutdown_signal()))
+                // The signals are listened for before anything starts, so that one
+                // that comes while sluice starts stops it cleanly once it has.
+                on_runtime(async { runtime::run(options, shutdown_signal()).await })
             })
         }
         Command::Validate { files } => validate(&files),
@@ -417,16 +419,20 @@ fn variables(file: &PipelineFile) -> Vec<&str> {
     names
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Listens for SIGINT and SIGTERM from the moment it is called (on the
+/// runtime), and completes on the first. Before, a signal kills the process.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        tracing::error!("Cannot listen for SIGINT/SIGTERM; stop sluice with SIGKILL.");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = interrupt.recv() => tracing::info!("SIGINT received."),
-        _ = terminate.recv() => tracing::info!("SIGTERM received."),
+    let listening = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+    async move {
+        let (Ok(mut interrupt), Ok(mut terminate)) = listening else {
+            tracing::error!("Cannot listen for SIGINT/SIGTERM; stop sluice with SIGKILL.");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received."),
+            _ = terminate.recv() => tracing::info!("SIGTERM received."),
+        }
     }
 }
 

@@ -224,3 +224,19 @@ async fn a_host_stopped_while_a_revision_lands_takes_it_up_once_it_runs_again() 
     assert_eq!(relayed_version(&nats, &mut out, 0).await, 2);
     stopped.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_told_to_stop_while_it_starts_stops_cleanly_and_leaves_no_entry() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let url = nats.url();
+    let (ok, log) = sluice(&["deploy", &relay(&workspace, 1, None), "--name", "relay", "--nats", url]);
+    assert!(ok, "{log}");
+    // Connected, still fetching and preparing the release when SIGTERM comes.
+    let starting = Sluice::command(&["run", "--release", "relay", "--nats", url]).spawn();
+    starting.wait_for("Connected to NATS.", 1, WAIT);
+    let log = starting.terminate();
+    assert!(log.contains("SIGTERM received."), "{log}");
+    let (ok, out) = sluice(&["status", "relay", "--nats", url]);
+    assert!(ok && !out.lines().any(|l| l.contains(" relay ")), "{out}");
+}

@@ -289,7 +289,8 @@ impl Host {
                 Ok(version) => versions.push(version),
                 Err(error) => {
                     tracing::error!(pipeline = %spec.name, error = format!("{error:#}"), "The new version cannot be prepared; the running version stays.");
-                    refused.push(format!("pipeline `{}`: {error:#}", spec.name));
+                    // The error names the pipeline already.
+                    refused.push(format!("{error:#}"));
                 }
             }
         }
