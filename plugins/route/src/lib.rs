@@ -19,16 +19,12 @@
 //! rejected with `missing_property`.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-
-wit_bindgen::generate!({ world: "transform", path: "../../wit" });
-
-use sluice::plugin::types::Rejection;
+use sluice_plugin::{Event, Outcome, Transform};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,29 +68,27 @@ impl Properties<'_> {
     }
 }
 
-thread_local! {
-    static CONFIG: RefCell<Option<Config>> = const { RefCell::new(None) };
+struct Route {
+    config: Config,
 }
 
-struct Route;
+impl Transform for Route {
+    const NAME: &'static str = "route";
+    type Config = Config;
 
-impl Guest for Route {
-    fn init(config: String) -> Result<(), String> {
-        let parsed: Config = serde_json::from_str(&config).map_err(|e| format!("invalid route config: {e}"))?;
-        if parsed.subject.is_empty() || parsed.rules.iter().chain(&parsed.copies).any(|r| r.subject.is_empty()) {
+    fn new(config: Config) -> Result<Self, String> {
+        if config.subject.is_empty() || config.rules.iter().chain(&config.copies).any(|r| r.subject.is_empty()) {
             return Err("every `subject` must be non-empty".into());
         }
-        CONFIG.with(|c| *c.borrow_mut() = Some(parsed));
-        Ok(())
+        Ok(Self { config })
     }
 
-    fn process(batch: Vec<Event>) -> Vec<Outcome> {
-        CONFIG.with(|config| match &*config.borrow() {
-            Some(config) => batch.into_iter().map(|event| route(config, event)).collect(),
-            None => batch.iter().map(|_| reject("malformed", None, "the route stage was not initialised".into())).collect(),
-        })
+    fn process(&mut self, event: Event) -> Outcome {
+        route(&self.config, event)
     }
 }
+
+sluice_plugin::transform!(Route);
 
 fn route(config: &Config, event: Event) -> Outcome {
     let decision = match serde_json::from_slice::<Properties>(&event.body) {
@@ -102,7 +96,7 @@ fn route(config: &Config, event: Event) -> Outcome {
         // Keys with escapes cannot be borrowed; an owned parse handles them.
         Err(_) => match serde_json::from_slice::<HashMap<String, Box<RawValue>>>(&event.body) {
             Ok(owned) => decide(config, &Properties(owned.iter().map(|(k, v)| (Cow::Borrowed(k.as_str()), v.as_ref())).collect())),
-            Err(e) => Err(reject("malformed", None, format!("expected a JSON object: {e}"))),
+            Err(e) => Err(Outcome::reject("malformed", None, format!("expected a JSON object: {e}"))),
         },
     };
     match decision {
@@ -148,11 +142,11 @@ fn fill(template: &str, properties: &Properties) -> Result<String, Outcome> {
         let token = match properties.get(name) {
             Some(Value::String(s)) => s,
             Some(Value::Number(n)) => n.to_string(),
-            Some(_) => return Err(reject("invalid_property", Some(name), format!("`{name}` must be a string or number to route on"))),
-            None => return Err(reject("missing_property", Some(name), format!("`{name}` is needed to choose the subject"))),
+            Some(_) => return Err(Outcome::reject("invalid_property", Some(name), format!("`{name}` must be a string or number to route on"))),
+            None => return Err(Outcome::reject("missing_property", Some(name), format!("`{name}` is needed to choose the subject"))),
         };
         if token.is_empty() || token.contains(|c: char| c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control()) {
-            return Err(reject("invalid_property", Some(name), format!("`{name}` = {token:?} cannot be a subject token")));
+            return Err(Outcome::reject("invalid_property", Some(name), format!("`{name}` = {token:?} cannot be a subject token")));
         }
         subject.push_str(&token);
         rest = &rest[open + close + 1..];
@@ -161,8 +155,42 @@ fn fill(template: &str, properties: &Properties) -> Result<String, Outcome> {
     Ok(subject)
 }
 
-fn reject(code: &str, property: Option<&str>, message: String) -> Outcome {
-    Outcome::Reject(Rejection { code: code.into(), property: property.map(str::to_string), message })
-}
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use sluice_plugin::testing::{Harness, event};
 
-export!(Route);
+    use super::*;
+
+    fn storyforge() -> Harness<Route> {
+        Harness::new(json!({
+            "subject": "analytics.{event}",
+            "rules": [{ "when": { "analytics_opt_out": true }, "subject": "anonymous.{event}" }],
+            "copies": [{ "when": { "event": "safety_setting_changed" }, "subject": "audit.{event}" }],
+            "drop": ["heartbeat"],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn routes_by_rule_copies_and_drops() {
+        let mut route = storyforge();
+        assert_eq!(route.process(event("raw.1", &json!({ "event": "scene_locked" }))), Outcome::Reroute("analytics.scene_locked".into()));
+        let anonymous = route.process(event("raw.1", &json!({ "event": "scene_locked", "analytics_opt_out": true })));
+        assert_eq!(anonymous, Outcome::Reroute("anonymous.scene_locked".into()));
+        let Outcome::Replace(events) = route.process(event("raw.1", &json!({ "event": "safety_setting_changed" }))) else { panic!("copied") };
+        let subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
+        assert_eq!(subjects, ["analytics.safety_setting_changed", "audit.safety_setting_changed"]);
+        assert_eq!(route.process(event("raw.1", &json!({ "event": "heartbeat" }))), Outcome::Drop("event = heartbeat".into()));
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_a_subject_token() {
+        let mut route = storyforge();
+        let refused = route.process(event("raw.1", &json!({ "event": "a.b" })));
+        assert_eq!(refused, Outcome::reject("invalid_property", Some("event"), "`event` = \"a.b\" cannot be a subject token"));
+        let missing = route.process(event("raw.1", &json!({ "n": 1 })));
+        assert_eq!(missing, Outcome::reject("missing_property", Some("event"), "`event` is needed to choose the subject"));
+        assert_eq!(Harness::<Route>::new(json!({ "subject": "" })).err().unwrap(), "every `subject` must be non-empty");
+    }
+}

@@ -10,16 +10,11 @@
 //! config = { require = ["event"], set = { env = "demo" } }
 //! ```
 
-use std::cell::RefCell;
-
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use sluice_plugin::{Event, Outcome, Transform};
 
-wit_bindgen::generate!({ world: "transform", path: "../../wit" });
-
-use sluice::plugin::types::Rejection;
-
-#[derive(Default, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Properties every event must have.
@@ -30,64 +25,65 @@ struct Config {
     set: Map<String, Value>,
 }
 
-thread_local! {
-    static CONFIG: RefCell<Config> = RefCell::default();
+struct Tag {
+    config: Config,
 }
 
-struct Tag;
+impl Transform for Tag {
+    const NAME: &'static str = "tag";
+    type Config = Config;
 
-impl Guest for Tag {
-    fn init(config: String) -> Result<(), String> {
-        let parsed: Config = serde_json::from_str(&config).map_err(|e| format!("invalid tag config: {e}"))?;
-        CONFIG.with(|c| *c.borrow_mut() = parsed);
-        Ok(())
+    fn new(config: Config) -> Result<Self, String> {
+        Ok(Self { config })
     }
 
-    fn process(batch: Vec<Event>) -> Vec<Outcome> {
-        CONFIG.with(|config| {
-            let config = config.borrow();
-            batch.into_iter().map(|event| tag(&config, event)).collect()
-        })
-    }
-}
-
-fn tag(config: &Config, mut event: Event) -> Outcome {
-    let mut object = match serde_json::from_slice::<Value>(&event.body) {
-        Ok(Value::Object(object)) => object,
-        Ok(other) => return reject("malformed", None, format!("expected a JSON object, found {}", kind(&other))),
-        Err(e) => return reject("malformed", None, format!("body is not valid JSON: {e}")),
-    };
-    if let Some(missing) = config.require.iter().find(|p| !object.contains_key(p.as_str())) {
-        return reject("missing_property", Some(missing), format!("required property `{missing}` is absent"));
-    }
-    if config.set.is_empty() {
-        return Outcome::Keep;
-    }
-    for (name, value) in &config.set {
-        object.insert(name.clone(), value.clone());
-    }
-    match serde_json::to_vec(&object) {
-        Ok(body) => {
-            event.body = body;
-            Outcome::Replace(vec![event])
+    fn process(&mut self, mut event: Event) -> Outcome {
+        let mut object = match sluice_plugin::json::object(&event.body) {
+            Ok(object) => object,
+            Err(message) => return Outcome::reject("malformed", None, message),
+        };
+        if let Some(missing) = self.config.require.iter().find(|p| !object.contains_key(p.as_str())) {
+            return Outcome::reject("missing_property", Some(missing), format!("required property `{missing}` is absent"));
         }
-        Err(e) => reject("internal", None, format!("could not serialise the tagged event: {e}")),
+        if self.config.set.is_empty() {
+            return Outcome::Keep;
+        }
+        for (name, value) in &self.config.set {
+            object.insert(name.clone(), value.clone());
+        }
+        match serde_json::to_vec(&object) {
+            Ok(body) => {
+                event.body = body;
+                Outcome::Replace(vec![event])
+            }
+            Err(e) => Outcome::reject("internal", None, format!("could not serialise the tagged event: {e}")),
+        }
     }
 }
 
-fn reject(code: &str, property: Option<&String>, message: String) -> Outcome {
-    Outcome::Reject(Rejection { code: code.into(), property: property.cloned(), message })
-}
+sluice_plugin::transform!(Tag);
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use sluice_plugin::testing::{Harness, body, event};
+
+    use super::*;
+
+    #[test]
+    fn sets_properties_and_requires_others() {
+        let mut tag = Harness::<Tag>::new(json!({ "require": ["event"], "set": { "env": "demo" } })).unwrap();
+        let Outcome::Replace(events) = tag.process(event("in.a", &json!({ "event": "a", "env": "prod" }))) else { panic!("replaced") };
+        assert_eq!(body(&events[0]), json!({ "event": "a", "env": "demo" }));
+        assert_eq!(events[0].subject, "in.a");
+        assert_eq!(tag.process(event("in.a", &json!({ "n": 1 }))), Outcome::reject("missing_property", Some("event"), "required property `event` is absent"));
+    }
+
+    #[test]
+    fn keeps_an_event_it_does_not_change_and_refuses_a_typo_in_its_config() {
+        let mut tag = Harness::<Tag>::new(json!({ "require": ["event"] })).unwrap();
+        assert_eq!(tag.process(event("in.a", &json!({ "event": "a" }))), Outcome::Keep);
+        let refused = Harness::<Tag>::new(json!({ "requires": ["event"] })).err().unwrap();
+        assert!(refused.starts_with("invalid tag config: unknown field `requires`"), "{refused}");
     }
 }
-
-export!(Tag);

@@ -1,0 +1,261 @@
+//! Write a sluice plugin in Rust.
+//!
+//! A transform is a type that implements [`Transform`]: its typed config
+//! (any `Deserialize` type; add `#[serde(deny_unknown_fields)]` so a typo in
+//! the pipeline file is refused), a constructor that may refuse the config
+//! with a message `sluice validate` shows, and what becomes of one event.
+//! [`transform!`] exports it as the component's `transform` world:
+//!
+//! ```
+//! use serde::Deserialize;
+//! use sluice_plugin::{Event, Outcome, Transform};
+//!
+//! #[derive(Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct Config {
+//!     required: Vec<String>,
+//! }
+//!
+//! struct Check {
+//!     config: Config,
+//! }
+//!
+//! impl Transform for Check {
+//!     const NAME: &'static str = "check";
+//!     type Config = Config;
+//!
+//!     fn new(config: Config) -> Result<Self, String> {
+//!         Ok(Self { config })
+//!     }
+//!
+//!     fn process(&mut self, event: Event) -> Outcome {
+//!         let body = match sluice_plugin::json::object(&event.body) {
+//!             Ok(body) => body,
+//!             Err(message) => return Outcome::reject("malformed", None, message),
+//!         };
+//!         match self.config.required.iter().find(|p| !body.contains_key(p.as_str())) {
+//!             Some(missing) => Outcome::reject("missing_property", Some(missing), format!("`{missing}` is required")),
+//!             None => Outcome::Keep,
+//!         }
+//!     }
+//! }
+//!
+//! sluice_plugin::transform!(Check);
+//!
+//! // In a native `cargo test`:
+//! use sluice_plugin::testing::{Harness, event};
+//! let mut check = Harness::<Check>::new(serde_json::json!({ "required": ["event"] })).unwrap();
+//! assert_eq!(check.process(event("in.x", &serde_json::json!({ "event": "a" }))), Outcome::Keep);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2`; the
+//! component is `target/wasm32-wasip2/release/<crate>.wasm`.
+//!
+//! The host's services are plain functions here: [`log`], [`clock`] and
+//! [`counters`]. In a native `cargo test` they talk to [`testing`] instead,
+//! which controls the clock and keeps what was logged and counted, so a
+//! plugin's logic is unit-tested without WebAssembly or NATS.
+
+pub mod json;
+pub mod testing;
+
+pub use sluice_kit::{canonical, sketch, time, uuid};
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "transform",
+        path: "../../wit",
+        default_bindings_module: "sluice_plugin::bindings",
+        pub_export_macro: true,
+        export_macro_name: "export_transform_world",
+        additional_derives: [PartialEq, Eq],
+    });
+}
+
+pub use bindings::sluice::plugin::types::{Event, Outcome, Rejection};
+
+/// A stage that says what becomes of each event: keep it, send it on
+/// another subject, replace it with other events, drop it, or reject it.
+pub trait Transform: Sized {
+    /// The stage's name in messages: `invalid NAME config: ...`.
+    const NAME: &'static str;
+    /// The stage's `config` table from the pipeline file.
+    type Config: serde::de::DeserializeOwned;
+
+    /// Builds the stage from its config, or says what is wrong with it;
+    /// `sluice validate` and `deploy` show the message.
+    fn new(config: Self::Config) -> Result<Self, String>;
+
+    /// What becomes of one event.
+    fn process(&mut self, event: Event) -> Outcome;
+
+    /// One outcome per event of a batch, in order. Override it only to share
+    /// work across a batch.
+    fn process_batch(&mut self, batch: Vec<Event>) -> Vec<Outcome> {
+        batch.into_iter().map(|event| self.process(event)).collect()
+    }
+}
+
+impl Outcome {
+    /// Refuses the event: it goes to the dead-letter subject with `code`
+    /// (machine-readable, e.g. `missing_property`), the property at fault if
+    /// there is one, and a message for a person.
+    pub fn reject(code: &str, property: Option<&str>, message: impl Into<String>) -> Self {
+        Outcome::Reject(Rejection { code: code.into(), property: property.map(str::to_string), message: message.into() })
+    }
+}
+
+/// The host's log: each line is tagged with the pipeline and stage.
+pub mod log {
+    pub use crate::bindings::sluice::plugin::log::Level;
+
+    pub fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let fields: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            crate::bindings::sluice::plugin::log::log(level, message, &fields);
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::log(level, message, fields);
+    }
+
+    pub fn debug(message: &str, fields: &[(&str, &str)]) {
+        log(Level::Debug, message, fields);
+    }
+
+    pub fn info(message: &str, fields: &[(&str, &str)]) {
+        log(Level::Info, message, fields);
+    }
+
+    pub fn warn(message: &str, fields: &[(&str, &str)]) {
+        log(Level::Warn, message, fields);
+    }
+
+    pub fn error(message: &str, fields: &[(&str, &str)]) {
+        log(Level::Error, message, fields);
+    }
+}
+
+/// The only clock a plugin sees; the host drives it (and `sluice test` and
+/// [`testing`] set it).
+pub mod clock {
+    /// Nanoseconds since the Unix epoch.
+    pub fn now_ns() -> u64 {
+        #[cfg(target_arch = "wasm32")]
+        return crate::bindings::sluice::plugin::clock::now();
+        #[cfg(not(target_arch = "wasm32"))]
+        return crate::testing::now_ns();
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms() -> i64 {
+        (now_ns() / 1_000_000) as i64
+    }
+}
+
+/// Named counters, summed by the host per pipeline and stage and logged with
+/// its progress as `plugin_counters`.
+pub mod counters {
+    pub fn add(name: &str, delta: u64) {
+        #[cfg(target_arch = "wasm32")]
+        crate::bindings::sluice::plugin::counters::add(name, delta);
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::count(name, delta);
+    }
+}
+
+/// What [`transform!`] calls; not for plugins.
+#[doc(hidden)]
+pub mod run {
+    use std::cell::RefCell;
+
+    use super::{Event, Outcome, Transform};
+
+    pub fn init<T: Transform>(slot: &RefCell<Option<T>>, config: &str) -> Result<(), String> {
+        let config: T::Config = serde_json::from_str(config).map_err(|e| format!("invalid {} config: {e}", T::NAME))?;
+        *slot.borrow_mut() = Some(T::new(config)?);
+        Ok(())
+    }
+
+    /// Every plugin answers a batch before `init` the same way: each event
+    /// rejected as `not_initialised` (the host always calls `init` first).
+    pub fn process<T: Transform>(slot: &RefCell<Option<T>>, batch: Vec<Event>) -> Vec<Outcome> {
+        match &mut *slot.borrow_mut() {
+            Some(plugin) => plugin.process_batch(batch),
+            None => batch.iter().map(|_| Outcome::reject("not_initialised", None, format!("the {} stage was not initialised", T::NAME))).collect(),
+        }
+    }
+}
+
+/// Exports a [`Transform`] as the component's `transform` world.
+#[macro_export]
+macro_rules! transform {
+    ($plugin:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static PLUGIN: ::std::cell::RefCell<::std::option::Option<$plugin>> = const { ::std::cell::RefCell::new(None) };
+            }
+            struct Export;
+            impl $crate::bindings::Guest for Export {
+                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                    PLUGIN.with(|slot| $crate::run::init::<$plugin>(slot, &config))
+                }
+                fn process(batch: ::std::vec::Vec<$crate::Event>) -> ::std::vec::Vec<$crate::Outcome> {
+                    PLUGIN.with(|slot| $crate::run::process::<$plugin>(slot, batch))
+                }
+            }
+    $crate::bindings::export_transform_world!(Export with_types_in $crate::bindings);
+        };
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use serde_json::json;
+
+    use super::testing::{self, Harness, event};
+    use super::*;
+
+    /// Stamps each event with the clock, counts it and logs it.
+    struct Stamp;
+
+    impl Transform for Stamp {
+        const NAME: &'static str = "stamp";
+        type Config = serde_json::Map<String, serde_json::Value>;
+
+        fn new(config: Self::Config) -> Result<Self, String> {
+            if config.contains_key("refuse") { Err("told to refuse".into()) } else { Ok(Stamp) }
+        }
+
+        fn process(&mut self, event: Event) -> Outcome {
+            counters::add("stamped", 1);
+            log::info("stamping", &[("subject", &event.subject)]);
+            Outcome::Reroute(format!("at.{}", clock::now_ms()))
+        }
+    }
+
+    #[test]
+    fn the_harness_drives_the_clock_and_keeps_what_was_logged_and_counted() {
+        let mut stamp = Harness::<Stamp>::new(json!({})).unwrap();
+        testing::set_clock("2026-11-23T00:00:01Z");
+        assert_eq!(stamp.process(event("in.a", &json!({}))), Outcome::Reroute("at.1795392001000".into()));
+        stamp.process_batch(vec![event("in.b", &json!({})), event("in.c", &json!({}))]);
+        assert_eq!(testing::counters()["stamped"], 3);
+        let logged = testing::take_logged();
+        assert_eq!(logged.len(), 3);
+        assert_eq!((logged[2].level, logged[2].message.as_str(), logged[2].fields[0].1.as_str()), (log::Level::Info, "stamping", "in.c"));
+        assert!(testing::take_logged().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn a_config_is_refused_with_the_stage_name_and_a_batch_before_init_is_rejected_event_by_event() {
+        assert_eq!(Harness::<Stamp>::new(json!({ "refuse": true })).err().unwrap(), "told to refuse");
+        assert!(Harness::<Stamp>::new(json!([1])).err().unwrap().starts_with("invalid stamp config: invalid type"));
+        let never_initialised: RefCell<Option<Stamp>> = RefCell::new(None);
+        let outcomes = run::process(&never_initialised, vec![event("in.a", &json!({})), event("in.b", &json!({}))]);
+        assert_eq!(outcomes, vec![Outcome::reject("not_initialised", None, "the stamp stage was not initialised"); 2]);
+    }
+}

@@ -1,0 +1,113 @@
+//! Running a plugin in a plain `cargo test`, without WebAssembly or NATS.
+//!
+//! Outside WebAssembly, [`crate::log`], [`crate::clock`] and
+//! [`crate::counters`] come here: the clock is whatever the test sets
+//! (0 until then), and what the plugin logs and counts is kept, per thread,
+//! for the test to read. [`Harness`] builds a plugin from a JSON config the
+//! way the host does (`invalid NAME config: ...` included) and runs it (the
+//! crate's front page shows one).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use crate::log::Level;
+use crate::{Event, Outcome, Transform};
+
+/// A line the plugin logged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logged {
+    pub level: Level,
+    pub message: String,
+    pub fields: Vec<(String, String)>,
+}
+
+#[derive(Default)]
+struct Host {
+    now_ns: u64,
+    logged: Vec<Logged>,
+    counters: BTreeMap<String, u64>,
+}
+
+thread_local! {
+    static HOST: RefCell<Host> = RefCell::default();
+}
+
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
+    let fields = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    HOST.with(|host| host.borrow_mut().logged.push(Logged { level, message: message.to_string(), fields }));
+}
+
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn now_ns() -> u64 {
+    HOST.with(|host| host.borrow().now_ns)
+}
+
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn count(name: &str, delta: u64) {
+    HOST.with(|host| *host.borrow_mut().counters.entry(name.to_string()).or_default() += delta);
+}
+
+/// Sets the clock the plugin reads, in nanoseconds since the Unix epoch.
+pub fn set_clock_ns(now_ns: u64) {
+    HOST.with(|host| host.borrow_mut().now_ns = now_ns);
+}
+
+/// Sets the clock from an RFC 3339 time, e.g. `2026-11-23T10:00:00Z`.
+pub fn set_clock(rfc3339: &str) {
+    let ms = crate::time::parse_rfc3339(rfc3339).unwrap_or_else(|e| panic!("not an RFC 3339 time: {rfc3339}: {e}"));
+    set_clock_ns(ms as u64 * 1_000_000);
+}
+
+/// What the plugin logged on this thread so far, and forgets it.
+pub fn take_logged() -> Vec<Logged> {
+    HOST.with(|host| std::mem::take(&mut host.borrow_mut().logged))
+}
+
+/// What the plugin counted on this thread so far.
+pub fn counters() -> BTreeMap<String, u64> {
+    HOST.with(|host| host.borrow().counters.clone())
+}
+
+/// An event on `subject` with `body` as its JSON body.
+pub fn event(subject: &str, body: &serde_json::Value) -> Event {
+    Event { subject: subject.into(), headers: Vec::new(), body: serde_json::to_vec(body).expect("a JSON value serialises") }
+}
+
+/// The body of an event as JSON (for `Outcome::Replace`'s events).
+pub fn body(event: &Event) -> serde_json::Value {
+    serde_json::from_slice(&event.body).expect("the body is JSON")
+}
+
+/// A transform built and run as the host would.
+pub struct Harness<T: Transform> {
+    plugin: T,
+}
+
+impl<T: Transform> Harness<T> {
+    /// Builds the plugin from its config as JSON; the error is the message
+    /// `sluice validate` would show.
+    pub fn new(config: serde_json::Value) -> Result<Self, String> {
+        let slot = RefCell::new(None);
+        crate::run::init::<T>(&slot, &config.to_string())?;
+        Ok(Self { plugin: slot.into_inner().expect("init filled the slot") })
+    }
+
+    pub fn process(&mut self, event: Event) -> Outcome {
+        let mut outcomes = self.process_batch(vec![event]);
+        assert_eq!(outcomes.len(), 1, "one outcome per event");
+        outcomes.remove(0)
+    }
+
+    pub fn process_batch(&mut self, batch: Vec<Event>) -> Vec<Outcome> {
+        let events = batch.len();
+        let outcomes = self.plugin.process_batch(batch);
+        assert_eq!(outcomes.len(), events, "{} must answer each event of a batch once", T::NAME);
+        outcomes
+    }
+
+    /// The plugin itself, to look at its fields.
+    pub fn plugin(&self) -> &T {
+        &self.plugin
+    }
+}
