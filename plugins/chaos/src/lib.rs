@@ -20,12 +20,9 @@
 //! misbehave so.
 
 use serde::Deserialize;
+use sluice_plugin::{Event, Outcome, Transform};
 
-wit_bindgen::generate!({ world: "transform", path: "../../wit" });
-
-use sluice::plugin::types::Rejection;
-
-#[derive(Default, Deserialize)]
+#[derive(Deserialize)]
 struct Config {
     #[serde(default)]
     fail_init: bool,
@@ -41,9 +38,11 @@ struct Body {
 
 struct Chaos;
 
-impl Guest for Chaos {
-    fn init(config: String) -> Result<(), String> {
-        let config: Config = serde_json::from_str(&config).map_err(|e| e.to_string())?;
+impl Transform for Chaos {
+    const NAME: &'static str = "chaos";
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, String> {
         if config.fail_init {
             return Err("init failed because the config asked it to".into());
         }
@@ -55,14 +54,16 @@ impl Guest for Chaos {
             Some("trap") => panic!("chaos asked init to trap"),
             _ => {}
         }
-        sluice::plugin::log::log(sluice::plugin::log::Level::Debug, "chaos ready", &[]);
-        Ok(())
+        sluice_plugin::log::debug("chaos ready", &[]);
+        Ok(Chaos)
     }
 
-    fn process(batch: Vec<Event>) -> Vec<Outcome> {
-        batch.into_iter().map(misbehave).collect()
+    fn process(&mut self, event: Event) -> Outcome {
+        misbehave(event)
     }
 }
+
+sluice_plugin::transform!(Chaos);
 
 fn misbehave(event: Event) -> Outcome {
     let Some(body) = serde_json::from_slice::<Body>(&event.body).ok() else { return Outcome::Keep };
@@ -70,7 +71,7 @@ fn misbehave(event: Event) -> Outcome {
         Some("trap") => panic!("chaos asked for a trap"),
         Some("loop") => spin(),
         Some("alloc") => hoard(),
-        Some("reject") => Outcome::Reject(Rejection { code: "chaos".into(), property: Some("chaos".into()), message: "the event asked to be rejected".into() }),
+        Some("reject") => Outcome::reject("chaos", Some("chaos"), "the event asked to be rejected"),
         Some("drop") => Outcome::Drop("the event asked to be dropped".into()),
         Some("split") => {
             let copy = |suffix: &str| Event { subject: format!("{}.{suffix}", event.subject), ..event.clone() };
@@ -82,7 +83,7 @@ fn misbehave(event: Event) -> Outcome {
         Some("stack") => Outcome::Drop(format!("unreachable: {}", recurse(0))),
         Some("shadow_stack") => Outcome::Drop(format!("unreachable: {}", recurse_in_memory(0))),
         _ => {
-            sluice::plugin::counters::add("passed", 1);
+            sluice_plugin::counters::add("passed", 1);
             Outcome::Keep
         }
     }
@@ -126,5 +127,3 @@ fn hoard() -> ! {
         std::hint::black_box(&hoard);
     }
 }
-
-export!(Chaos);

@@ -15,16 +15,11 @@
 //!
 //! Place it before `redact`: the event id is derived from the full event.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sluice_kit::{time, uuid};
-
-wit_bindgen::generate!({ world: "transform", path: "../../wit" });
-
-use sluice::plugin::types::Rejection;
+use sluice_plugin::{Event, Outcome, Transform, time, uuid};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,39 +41,45 @@ fn default_vendor_property() -> String {
     "model_vendor".into()
 }
 
-thread_local! {
-    static CONFIG: RefCell<Option<Config>> = const { RefCell::new(None) };
+struct Enrich {
+    config: Config,
 }
 
-struct Enrich;
+impl Transform for Enrich {
+    const NAME: &'static str = "enrich";
+    type Config = Config;
 
-impl Guest for Enrich {
-    fn init(config: String) -> Result<(), String> {
-        let config: Config = serde_json::from_str(&config).map_err(|e| format!("invalid enrich config: {e}"))?;
+    fn new(config: Config) -> Result<Self, String> {
         if config.max_clock_skew_ms < 0 {
             return Err("max_clock_skew_ms must not be negative".into());
         }
-        CONFIG.with(|c| *c.borrow_mut() = Some(config));
-        Ok(())
+        Ok(Self { config })
     }
 
-    fn process(batch: Vec<Event>) -> Vec<Outcome> {
-        let now_ms = (sluice::plugin::clock::now() / 1_000_000) as i64;
-        CONFIG.with(|c| {
-            let config = c.borrow();
-            batch
-                .into_iter()
-                .map(|mut event| match config.as_ref().ok_or("the enrich stage was not initialised".to_string()).and_then(|c| enrich(c, &event.body, now_ms)) {
-                    Ok(body) => {
-                        event.body = body;
-                        Outcome::Replace(vec![event])
-                    }
-                    Err(message) => Outcome::Reject(Rejection { code: "malformed".into(), property: None, message }),
-                })
-                .collect()
-        })
+    fn process(&mut self, event: Event) -> Outcome {
+        self.enriched(event, sluice_plugin::clock::now_ms())
+    }
+
+    /// One reading of the clock for the whole batch.
+    fn process_batch(&mut self, batch: Vec<Event>) -> Vec<Outcome> {
+        let now_ms = sluice_plugin::clock::now_ms();
+        batch.into_iter().map(|event| self.enriched(event, now_ms)).collect()
     }
 }
+
+impl Enrich {
+    fn enriched(&self, mut event: Event, now_ms: i64) -> Outcome {
+        match enrich(&self.config, &event.body, now_ms) {
+            Ok(body) => {
+                event.body = body;
+                Outcome::Replace(vec![event])
+            }
+            Err(message) => Outcome::reject("malformed", None, message),
+        }
+    }
+}
+
+sluice_plugin::transform!(Enrich);
 
 /// The enriched body.
 pub fn enrich(config: &Config, body: &[u8], now_ms: i64) -> Result<Vec<u8>, String> {
@@ -111,8 +112,6 @@ pub fn enrich(config: &Config, body: &[u8], now_ms: i64) -> Result<Vec<u8>, Stri
     }
     serde_json::to_vec(&event).map_err(|e| e.to_string())
 }
-
-export!(Enrich);
 
 #[cfg(test)]
 mod tests {

@@ -5,35 +5,26 @@
 
 pub mod format;
 
-use std::cell::RefCell;
-
 use format::{Message, Notifier};
+use sluice_plugin::{Event, Outcome, Transform};
 
-wit_bindgen::generate!({ world: "transform", path: "../../wit" });
+struct Notify(Notifier);
 
-use sluice::plugin::types::Rejection;
+impl Transform for Notify {
+    const NAME: &'static str = "notify";
+    /// `Notifier` reads the config itself (and names the format it is for).
+    type Config = serde_json::Value;
 
-thread_local! {
-    static NOTIFIER: RefCell<Option<Notifier>> = const { RefCell::new(None) };
-}
-
-struct Notify;
-
-impl Guest for Notify {
-    fn init(config: String) -> Result<(), String> {
-        let notifier = Notifier::new(&config, |name| std::env::var(name).ok())?;
-        NOTIFIER.with(|n| *n.borrow_mut() = Some(notifier));
-        Ok(())
+    fn new(config: serde_json::Value) -> Result<Self, String> {
+        Notifier::new(&config.to_string(), |name| std::env::var(name).ok()).map(Notify)
     }
 
-    fn process(batch: Vec<Event>) -> Vec<Outcome> {
-        NOTIFIER.with(|notifier| {
-            let notifier = notifier.borrow();
-            let notifier = notifier.as_ref().expect("the host calls init first");
-            batch.into_iter().map(|event| outcome(notifier, event)).collect()
-        })
+    fn process(&mut self, event: Event) -> Outcome {
+        outcome(&self.0, event)
     }
 }
+
+sluice_plugin::transform!(Notify);
 
 fn outcome(notifier: &Notifier, event: Event) -> Outcome {
     match notifier.message(&event.body) {
@@ -42,10 +33,6 @@ fn outcome(notifier: &Notifier, event: Event) -> Outcome {
             Outcome::Replace(vec![Event { subject: event.subject, headers, body }])
         }
         Message::Skip(reason) => Outcome::Drop(reason),
-        Message::Invalid { property, message } => {
-            Outcome::Reject(Rejection { code: "not_an_alert".into(), property: (!property.is_empty()).then_some(property), message })
-        }
+        Message::Invalid { property, message } => Outcome::reject("not_an_alert", Some(property.as_str()).filter(|p| !p.is_empty()), message),
     }
 }
-
-export!(Notify);

@@ -18,15 +18,10 @@
 mod rules;
 pub mod text;
 
-use std::cell::RefCell;
-
 use serde::Deserialize;
+use sluice_plugin::{Event, Outcome, Transform};
 
 pub use rules::{Redactor, Rules};
-
-wit_bindgen::generate!({ world: "transform", path: "../../wit" });
-
-use sluice::plugin::types::Rejection;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,45 +37,31 @@ fn default_key_env() -> String {
     "STORYFORGE_HASH_KEY".into()
 }
 
-thread_local! {
-    static REDACTOR: RefCell<Option<Redactor>> = const { RefCell::new(None) };
-}
+struct Redact(Redactor);
 
-struct Redact;
+impl Transform for Redact {
+    const NAME: &'static str = "redact";
+    type Config = Config;
 
-impl Guest for Redact {
-    fn init(config: String) -> Result<(), String> {
-        let config: Config = serde_json::from_str(&config).map_err(|e| format!("invalid redact config: {e}"))?;
+    fn new(config: Config) -> Result<Self, String> {
         let key = std::env::var(&config.hash_key_env)
             .map_err(|_| format!("the HMAC key is read from {}, which is not set (grant it with env = [\"{}\"])", config.hash_key_env, config.hash_key_env))?;
         if key.len() < 16 {
             return Err(format!("{} must hold at least 16 bytes; a short key makes prompt hashes guessable", config.hash_key_env));
         }
-        REDACTOR.with(|r| *r.borrow_mut() = Some(Redactor::new(config.rules, key.into_bytes())));
-        Ok(())
+        Ok(Redact(Redactor::new(config.rules, key.into_bytes())))
     }
 
-    fn process(batch: Vec<Event>) -> Vec<Outcome> {
-        REDACTOR.with(|r| match &*r.borrow() {
-            Some(redactor) => batch.into_iter().map(|event| redact(redactor, event)).collect(),
-            None => batch.iter().map(|_| not_initialised()).collect(),
-        })
-    }
-}
-
-fn redact(redactor: &Redactor, mut event: Event) -> Outcome {
-    match redactor.redact(&event.body) {
-        Ok(None) => Outcome::Keep,
-        Ok(Some(body)) => {
-            event.body = body;
-            Outcome::Replace(vec![event])
+    fn process(&mut self, mut event: Event) -> Outcome {
+        match self.0.redact(&event.body) {
+            Ok(None) => Outcome::Keep,
+            Ok(Some(body)) => {
+                event.body = body;
+                Outcome::Replace(vec![event])
+            }
+            Err(message) => Outcome::reject("malformed", None, message),
         }
-        Err(message) => Outcome::Reject(Rejection { code: "malformed".into(), property: None, message }),
     }
 }
 
-fn not_initialised() -> Outcome {
-    Outcome::Reject(Rejection { code: "malformed".into(), property: None, message: "the redact stage was not initialised".into() })
-}
-
-export!(Redact);
+sluice_plugin::transform!(Redact);

@@ -8,7 +8,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::Sha256;
-use sluice_kit::canonical;
+use sluice_plugin::canonical;
 
 use crate::text;
 

@@ -73,7 +73,59 @@ pub mod bindings {
     });
 }
 
+#[doc(hidden)]
+pub mod sink_bindings {
+    wit_bindgen::generate!({
+        world: "sink",
+        path: "../../wit",
+        default_bindings_module: "sluice_plugin::sink_bindings",
+        pub_export_macro: true,
+        export_macro_name: "export_sink_world",
+        // One set of types and imports for both worlds.
+        with: {
+            "sluice:plugin/types@0.1.0": crate::bindings::sluice::plugin::types,
+            "sluice:plugin/log@0.1.0": crate::bindings::sluice::plugin::log,
+            "sluice:plugin/clock@0.1.0": crate::bindings::sluice::plugin::clock,
+            "sluice:plugin/counters@0.1.0": crate::bindings::sluice::plugin::counters,
+        },
+    });
+}
+
 pub use bindings::sluice::plugin::types::{Event, Outcome, Rejection};
+
+/// A stateful last stage that emits events of its own, such as alerts. Its
+/// state is a value of its own type, kept by the SDK: the host stores it
+/// (as JSON) after every batch and tick, hands it to the next version on a
+/// hot swap and back after a restart, so a sink never writes `snapshot` or
+/// `restore` itself. A newer build reads an older build's state as long as
+/// `State` only gains fields with serde defaults; for anything else,
+/// [`Sink::upgrade`] reads the older form.
+pub trait Sink: Sized {
+    /// The stage's name in messages: `invalid NAME config: ...`.
+    const NAME: &'static str;
+    type Config: serde::de::DeserializeOwned;
+    type State: serde::Serialize + serde::de::DeserializeOwned + Default;
+
+    /// Builds the stage from its config, or says what is wrong with it.
+    fn new(config: Self::Config) -> Result<Self, String>;
+
+    /// Takes in a batch, in order; returns the events it causes.
+    fn consume(&mut self, state: &mut Self::State, batch: Vec<Event>) -> Vec<Event>;
+
+    /// Time passed (nanoseconds since the Unix epoch); returns the events
+    /// that causes, e.g. an alert resolving. Nothing, unless overridden.
+    fn tick(&mut self, state: &mut Self::State, now_ns: u64) -> Vec<Event> {
+        let _ = (state, now_ns);
+        Vec::new()
+    }
+
+    /// Reads a state that no longer reads as `State` (an older build's),
+    /// given the JSON it was kept as. Refuses it unless overridden.
+    fn upgrade(kept: &[u8], error: String) -> Result<Self::State, String> {
+        let _ = kept;
+        Err(error)
+    }
+}
 
 /// A stage that says what becomes of each event: keep it, send it on
 /// another subject, replace it with other events, drop it, or reject it.
@@ -186,6 +238,97 @@ pub mod run {
             None => batch.iter().map(|_| Outcome::reject("not_initialised", None, format!("the {} stage was not initialised", T::NAME))).collect(),
         }
     }
+}
+
+/// What [`sink!`] calls; not for plugins.
+#[doc(hidden)]
+pub mod run_sink {
+    use std::cell::RefCell;
+
+    use super::{Event, Sink};
+
+    /// The plugin and its state, once `init` built it.
+    pub struct Slot<S: Sink> {
+        pub plugin: S,
+        pub state: S::State,
+    }
+
+    pub fn init<S: Sink>(slot: &RefCell<Option<Slot<S>>>, config: &str) -> Result<(), String> {
+        let config: S::Config = serde_json::from_str(config).map_err(|e| format!("invalid {} config: {e}", S::NAME))?;
+        *slot.borrow_mut() = Some(Slot { plugin: S::new(config)?, state: S::State::default() });
+        Ok(())
+    }
+
+    /// A sink that was never initialised emits nothing and keeps nothing
+    /// (the host always calls `init` first); it says so in the log.
+    fn with<S: Sink, R: Default>(slot: &RefCell<Option<Slot<S>>>, call: impl FnOnce(&mut Slot<S>) -> R) -> R {
+        match &mut *slot.borrow_mut() {
+            Some(slot) => call(slot),
+            None => {
+                crate::log::error(&format!("the {} stage was not initialised", S::NAME), &[]);
+                R::default()
+            }
+        }
+    }
+
+    pub fn consume<S: Sink>(slot: &RefCell<Option<Slot<S>>>, batch: Vec<Event>) -> Vec<Event> {
+        with(slot, |s| s.plugin.consume(&mut s.state, batch))
+    }
+
+    pub fn tick<S: Sink>(slot: &RefCell<Option<Slot<S>>>, now_ns: u64) -> Vec<Event> {
+        with(slot, |s| s.plugin.tick(&mut s.state, now_ns))
+    }
+
+    pub fn snapshot<S: Sink>(slot: &RefCell<Option<Slot<S>>>) -> Vec<u8> {
+        // Serialising a plain serde value into memory fails only for a map
+        // with non-string keys, which the state's type would always have.
+        with(slot, |s| serde_json::to_vec(&s.state).unwrap_or_else(|e| panic!("the {} state cannot be kept as JSON: {e}", S::NAME)))
+    }
+
+    pub fn restore<S: Sink>(slot: &RefCell<Option<Slot<S>>>, kept: &[u8]) -> Result<(), String> {
+        let state = match serde_json::from_slice::<S::State>(kept) {
+            Ok(state) => state,
+            Err(e) => S::upgrade(kept, format!("cannot restore the {} state: {e}", S::NAME))?,
+        };
+        match &mut *slot.borrow_mut() {
+            Some(slot) => {
+                slot.state = state;
+                Ok(())
+            }
+            None => Err(format!("the {} stage was not initialised", S::NAME)),
+        }
+    }
+}
+
+/// Exports a [`Sink`] as the component's `sink` world.
+#[macro_export]
+macro_rules! sink {
+    ($plugin:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static PLUGIN: ::std::cell::RefCell<::std::option::Option<$crate::run_sink::Slot<$plugin>>> = const { ::std::cell::RefCell::new(None) };
+            }
+            struct Export;
+            impl $crate::sink_bindings::Guest for Export {
+                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                    PLUGIN.with(|slot| $crate::run_sink::init::<$plugin>(slot, &config))
+                }
+                fn consume(batch: ::std::vec::Vec<$crate::Event>) -> ::std::vec::Vec<$crate::Event> {
+                    PLUGIN.with(|slot| $crate::run_sink::consume::<$plugin>(slot, batch))
+                }
+                fn tick(now: u64) -> ::std::vec::Vec<$crate::Event> {
+                    PLUGIN.with(|slot| $crate::run_sink::tick::<$plugin>(slot, now))
+                }
+                fn snapshot() -> ::std::vec::Vec<u8> {
+                    PLUGIN.with(|slot| $crate::run_sink::snapshot::<$plugin>(slot))
+                }
+                fn restore(state: ::std::vec::Vec<u8>) -> ::std::result::Result<(), ::std::string::String> {
+                    PLUGIN.with(|slot| $crate::run_sink::restore::<$plugin>(slot, &state))
+                }
+            }
+    $crate::sink_bindings::export_sink_world!(Export with_types_in $crate::sink_bindings);
+        };
+    };
 }
 
 /// Exports a [`Transform`] as the component's `transform` world.

@@ -111,3 +111,42 @@ impl<T: Transform> Harness<T> {
         &self.plugin
     }
 }
+
+/// A sink built and run as the host would, its state kept by the SDK.
+pub struct SinkHarness<S: crate::Sink> {
+    slot: RefCell<Option<crate::run_sink::Slot<S>>>,
+}
+
+impl<S: crate::Sink> SinkHarness<S> {
+    /// Builds the sink from its config as JSON, with an empty state.
+    pub fn new(config: serde_json::Value) -> Result<Self, String> {
+        let slot = RefCell::new(None);
+        crate::run_sink::init::<S>(&slot, &config.to_string())?;
+        Ok(Self { slot })
+    }
+
+    pub fn consume(&mut self, batch: Vec<Event>) -> Vec<Event> {
+        crate::run_sink::consume(&self.slot, batch)
+    }
+
+    /// Sets the clock to `now_ns` and ticks, as the host does.
+    pub fn tick(&mut self, now_ns: u64) -> Vec<Event> {
+        set_clock_ns(now_ns);
+        crate::run_sink::tick(&self.slot, now_ns)
+    }
+
+    /// The state as the host would keep it.
+    pub fn snapshot(&self) -> Vec<u8> {
+        crate::run_sink::snapshot(&self.slot)
+    }
+
+    /// Takes over a kept state, as after a hot swap or a restart.
+    pub fn restore(&mut self, kept: &[u8]) -> Result<(), String> {
+        crate::run_sink::restore(&self.slot, kept)
+    }
+
+    /// The state itself, to look at.
+    pub fn state(&self) -> std::cell::Ref<'_, S::State> {
+        std::cell::Ref::map(self.slot.borrow(), |slot| &slot.as_ref().expect("built by new").state)
+    }
+}

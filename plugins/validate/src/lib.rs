@@ -14,17 +14,13 @@
 
 mod schema;
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
+use sluice_plugin::{Event, Outcome, Transform};
 
 pub use schema::{Failure, Schema, SchemaSet};
-
-wit_bindgen::generate!({ world: "transform", path: "../../wit" });
-
-use sluice::plugin::types::Rejection;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,15 +45,11 @@ struct Validator {
     reject_unknown: bool,
 }
 
-thread_local! {
-    static VALIDATOR: RefCell<Option<Validator>> = const { RefCell::new(None) };
-}
+impl Transform for Validator {
+    const NAME: &'static str = "validate";
+    type Config = Config;
 
-struct Validate;
-
-impl Guest for Validate {
-    fn init(config: String) -> Result<(), String> {
-        let config: Config = serde_json::from_str(&config).map_err(|e| format!("invalid validate config: {e}"))?;
+    fn new(config: Config) -> Result<Self, String> {
         let reject_unknown = match config.unknown_events.as_str() {
             "reject" => true,
             "keep" => false,
@@ -65,22 +57,16 @@ impl Guest for Validate {
         };
         let files = read_schema_files(&config.schemas)?;
         let schemas = SchemaSet::compile(&files)?;
-        sluice::plugin::log::log(
-            sluice::plugin::log::Level::Debug,
-            "schemas loaded",
-            &[("events".into(), schemas.event_count().to_string()), ("folder".into(), config.schemas.clone())],
-        );
-        VALIDATOR.with(|v| *v.borrow_mut() = Some(Validator { schemas, reject_unknown }));
-        Ok(())
+        sluice_plugin::log::debug("schemas loaded", &[("events", &schemas.event_count().to_string()), ("folder", &config.schemas)]);
+        Ok(Validator { schemas, reject_unknown })
     }
 
-    fn process(batch: Vec<Event>) -> Vec<Outcome> {
-        VALIDATOR.with(|v| match &*v.borrow() {
-            Some(validator) => batch.iter().map(|e| validator.check(&e.body)).collect(),
-            None => batch.iter().map(|_| reject(Failure::new("malformed", None, "the validate stage was not initialised"))).collect(),
-        })
+    fn process(&mut self, event: Event) -> Outcome {
+        self.check(&event.body)
     }
 }
+
+sluice_plugin::transform!(Validator);
 
 impl Validator {
     fn check(&self, body: &[u8]) -> Outcome {
@@ -97,7 +83,7 @@ impl Validator {
 }
 
 fn reject(failure: Failure) -> Outcome {
-    Outcome::Reject(Rejection { code: failure.code.into(), property: failure.property, message: failure.message })
+    Outcome::reject(failure.code, failure.property.as_deref(), failure.message)
 }
 
 /// Every `*.json` file of the folder, by file name.
@@ -116,5 +102,3 @@ fn read_schema_files(dir: &str) -> Result<BTreeMap<String, Value>, String> {
     }
     Ok(files)
 }
-
-export!(Validate);

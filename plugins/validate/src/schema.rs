@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
-use sluice_kit::{time, uuid};
+use sluice_plugin::{time, uuid};
 
 /// Why an event does not pass: a dead-letter code, the property, a message.
 #[derive(Debug, Clone, PartialEq)]
