@@ -34,6 +34,11 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write a new project: `sluice new plugin NAME`.
+    New {
+        #[command(subcommand)]
+        what: New,
+    },
     /// Run every pipeline of a file, or of a release's current revision
     /// (`--release NAME`, following it as new revisions land), until SIGINT
     /// or SIGTERM.
@@ -115,6 +120,28 @@ enum Command {
         message: String,
         #[command(flatten)]
         nats: NatsArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum New {
+    /// A plugin project of its own (outside this repository), with a unit
+    /// test, a pipeline file that uses it and `sluice test` cases, all
+    /// passing as written; `./build.sh` builds the component.
+    Plugin {
+        /// The plugin's (and the crate's) name.
+        name: String,
+        #[arg(long, value_enum, default_value = "transform")]
+        world: crate::scaffold::World,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::scaffold::Lang,
+        /// Where the project's folder is created.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The sluice-plugin SDK (`plugins/sdk` of a sluice checkout); by
+        /// default the one this sluice was built from.
+        #[arg(long, default_value_os_t = crate::scaffold::default_sdk())]
+        sdk: PathBuf,
     },
 }
 
@@ -230,6 +257,10 @@ pub fn main() -> ExitCode {
                 on_runtime(async { runtime::run(options, shutdown_signal()).await })
             })
         }
+        Command::New { what: New::Plugin { name, world, lang, dir, sdk } } => crate::scaffold::new_plugin(&name, world, lang, &dir, &sdk).map(|project| {
+            println!("wrote {}: a {world:?} plugin; now:", project.display());
+            println!("  cd {} && cargo test && ./build.sh && sluice test pipeline.toml", project.display());
+        }),
         Command::Validate { files } => validate(&files),
         Command::Deploy { file, name, message, nats, wait, timeout } => on_runtime(deploy(file, name, message, nats, wait.then_some(timeout))),
         Command::Status { name, nats } => on_runtime(status(name, nats)),

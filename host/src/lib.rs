@@ -23,5 +23,6 @@ pub mod pipeline;
 pub mod plugin;
 pub mod release;
 pub mod runtime;
+pub mod scaffold;
 pub mod subject;
 pub mod test_cases;

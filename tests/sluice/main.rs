@@ -36,6 +36,7 @@ mod outage;
 mod poison;
 mod release;
 mod run;
+mod scaffold;
 mod security;
 mod storyforge;
 #[path = "../support/mod.rs"]
