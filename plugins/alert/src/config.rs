@@ -67,7 +67,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sluice_kit::time;
+use sluice_plugin::time;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

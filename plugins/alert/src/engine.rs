@@ -47,8 +47,8 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use sluice_kit::sketch::Sketch;
-use sluice_kit::time;
+use sluice_plugin::sketch::Sketch;
+use sluice_plugin::time;
 
 use crate::config::{HEARTBEAT, Measure, Rule, Settings, Silence};
 
@@ -81,7 +81,7 @@ pub struct Tally {
 }
 
 /// The state that `snapshot` and `restore` carry.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
     version: u32,
     /// The latest event time, in Unix milliseconds.
@@ -102,6 +102,22 @@ pub struct State {
     last_heartbeat_ns: Option<u64>,
     /// Every tracked window and alert, by rule key and labels.
     series: BTreeMap<String, Series>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            version: SNAPSHOT_VERSION,
+            watermark_ms: None,
+            evaluated_ms: None,
+            watching_since_ms: None,
+            last_sample_ms: None,
+            last_tick_ns: None,
+            events_since_tick: false,
+            last_heartbeat_ns: None,
+            series: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,7 +187,7 @@ impl Engine {
             }
         }
         let by_event = by_event.into_iter().map(|(event, rules)| (event, Rc::from(rules))).collect();
-        Self { settings, by_event, state: State { version: SNAPSHOT_VERSION, ..State::default() } }
+        Self { settings, by_event, state: State::default() }
     }
 
     /// Takes in events (JSON bodies) in order, the wall clock reading
@@ -255,18 +271,33 @@ impl Engine {
         serde_json::to_vec(&self.state).unwrap_or_default()
     }
 
-    /// Takes over a snapshot. Windows of rules that no longer exist are
-    /// dropped; the others carry on, alerts firing or not as they were.
+    /// Takes over a snapshot (see [`Engine::adopt`]).
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let mut state: State = serde_json::from_slice(bytes).map_err(|e| format!("cannot read the alert state: {e}"))?;
+        let state: State = serde_json::from_slice(bytes).map_err(|e| format!("cannot read the alert state: {e}"))?;
+        self.state = self.adopt(state)?;
+        Ok(())
+    }
+
+    /// A kept state, made this engine's: windows of rules that no longer
+    /// exist are dropped; the others carry on, alerts firing or not as they
+    /// were. A state of another format is refused.
+    pub fn adopt(&self, mut state: State) -> Result<State, String> {
         if state.version != SNAPSHOT_VERSION {
             return Err(format!("the alert state is format {}, this plugin reads format {SNAPSHOT_VERSION}", state.version));
         }
         state.series.retain(|_, series| self.settings.rules.iter().any(|rule| rule.key == series.rule));
         // A state from before counts existed: they start watching now.
         state.watching_since_ms = state.watching_since_ms.or(state.evaluated_ms);
-        self.state = state;
-        Ok(())
+        Ok(state)
+    }
+
+    /// Runs `work` with `state` as the engine's state, for a caller that
+    /// keeps the state itself (the plugin SDK does).
+    pub fn with_state<T>(&mut self, state: &mut State, work: impl FnOnce(&mut Self) -> T) -> T {
+        std::mem::swap(&mut self.state, state);
+        let done = work(self);
+        std::mem::swap(&mut self.state, state);
+        done
     }
 
     /// How many steps of all windows are held: the state's size, in effect.
@@ -624,7 +655,7 @@ fn series_key(rule: &str, labels: &BTreeMap<String, String>) -> String {
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
-    use sluice_kit::time;
+    use sluice_plugin::time;
 
     use super::{AlertState, Engine, Tally};
     use crate::config::Settings;

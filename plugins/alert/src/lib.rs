@@ -13,31 +13,28 @@
 pub mod config;
 pub mod engine;
 
-use std::cell::RefCell;
+use engine::{Alert, Engine, State, Tally};
+use sluice_plugin::log::{self, Level};
+use sluice_plugin::{Event, Sink, clock, counters};
 
-use engine::{Alert, Engine, Tally};
-
-wit_bindgen::generate!({ world: "sink", path: "../../wit" });
-
-use sluice::plugin::{clock, counters, log};
-
-thread_local! {
-    static ENGINE: RefCell<Option<Engine>> = const { RefCell::new(None) };
+struct AlertSink {
+    engine: Engine,
 }
 
-struct AlertSink;
+impl Sink for AlertSink {
+    const NAME: &'static str = "alert";
+    /// `config::Settings` reads the config itself, with its own messages.
+    type Config = serde_json::Value;
+    type State = State;
 
-impl Guest for AlertSink {
-    fn init(config: String) -> Result<(), String> {
-        let settings = config::Settings::parse(&config)?;
-        ENGINE.with(|engine| *engine.borrow_mut() = Some(Engine::new(settings)));
-        Ok(())
+    fn new(config: serde_json::Value) -> Result<Self, String> {
+        Ok(Self { engine: Engine::new(config::Settings::parse(&config.to_string())?) })
     }
 
-    fn consume(batch: Vec<Event>) -> Vec<Event> {
-        let now_ms = (clock::now() / 1_000_000) as i64;
+    fn consume(&mut self, state: &mut State, batch: Vec<Event>) -> Vec<Event> {
+        let now_ms = clock::now_ms();
         let mut tally = Tally::default();
-        let alerts = with_engine(|engine| engine.consume(batch.iter().map(|e| e.body.as_slice()), now_ms, &mut tally));
+        let alerts = self.engine.with_state(state, |engine| engine.consume(batch.iter().map(|e| e.body.as_slice()), now_ms, &mut tally));
         for (name, count) in [
             ("sampled", tally.sampled),
             ("late", tally.late),
@@ -53,22 +50,16 @@ impl Guest for AlertSink {
         events(alerts)
     }
 
-    fn tick(now: u64) -> Vec<Event> {
-        events(with_engine(|engine| engine.tick(now)))
+    fn tick(&mut self, state: &mut State, now_ns: u64) -> Vec<Event> {
+        events(self.engine.with_state(state, |engine| engine.tick(now_ns)))
     }
 
-    fn snapshot() -> Vec<u8> {
-        with_engine(|engine| engine.snapshot())
-    }
-
-    fn restore(state: Vec<u8>) -> Result<(), String> {
-        with_engine(|engine| engine.restore(&state))
+    fn restored(&mut self, state: State) -> Result<State, String> {
+        self.engine.adopt(state)
     }
 }
 
-fn with_engine<T>(f: impl FnOnce(&mut Engine) -> T) -> T {
-    ENGINE.with(|engine| f(engine.borrow_mut().as_mut().expect("the host calls init first")))
-}
+sluice_plugin::sink!(AlertSink);
 
 fn events(alerts: Vec<Alert>) -> Vec<Event> {
     alerts
@@ -76,13 +67,11 @@ fn events(alerts: Vec<Alert>) -> Vec<Event> {
         .map(|alert| {
             if let Some(summary) = alert.body.get("summary").and_then(|s| s.as_str()) {
                 // A heartbeat a minute is not news.
-                let level = if alert.body.get("heartbeat").is_some() { log::Level::Debug } else { log::Level::Info };
-                log::log(level, summary, &[("subject".into(), alert.subject.clone())]);
+                let level = if alert.body.get("heartbeat").is_some() { Level::Debug } else { Level::Info };
+                log::log(level, summary, &[("subject", &alert.subject)]);
             }
             let headers = vec![("Content-Type".into(), "application/json".into())];
             Event { subject: alert.subject, headers, body: alert.body.to_string().into_bytes() }
         })
         .collect()
 }
-
-export!(AlertSink);

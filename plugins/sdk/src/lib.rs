@@ -125,6 +125,13 @@ pub trait Sink: Sized {
         let _ = kept;
         Err(error)
     }
+
+    /// A kept state, read, before this build takes it over: check it or
+    /// adapt it to the config (drop what a rule taken out of the config
+    /// kept, say). Taken as it is unless overridden.
+    fn restored(&mut self, state: Self::State) -> Result<Self::State, String> {
+        Ok(state)
+    }
 }
 
 /// A stage that says what becomes of each event: keep it, send it on
@@ -292,7 +299,7 @@ pub mod run_sink {
         };
         match &mut *slot.borrow_mut() {
             Some(slot) => {
-                slot.state = state;
+                slot.state = slot.plugin.restored(state)?;
                 Ok(())
             }
             None => Err(format!("the {} stage was not initialised", S::NAME)),
