@@ -1,6 +1,8 @@
-//! The `sluice` command line: `run` a pipeline file, `validate` it, `test`
-//! it on its cases; `deploy` it as a release over NATS, list a release's
-//! `releases` and `rollback` one.
+//! The `sluice` command line: `run` a pipeline file (or follow a release),
+//! `validate` it, `test` it on its cases; `new plugin` to start a plugin
+//! project; `deploy` a file as a release over NATS, see where the fleet
+//! stands (`status`), list a release's revisions (`releases`, `--prune`)
+//! and `rollback` one.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

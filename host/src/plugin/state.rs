@@ -1,6 +1,8 @@
-//! What one plugin instance's store holds: its WASI context (no files, no
-//! network, no environment), its memory cap, a small stderr buffer that keeps
-//! a panic message for the host's error, and the stage it belongs to.
+//! What one plugin instance's store holds: its WASI context (no network;
+//! no files or environment beyond what its stage grants: a folder, read-only,
+//! at `/files`, and the variables it names), its memory cap, a small stderr
+//! buffer that keeps a panic message for the host's error, and the stage it
+//! belongs to.
 
 use std::path::PathBuf;
 use std::sync::Arc;
