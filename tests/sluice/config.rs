@@ -16,7 +16,8 @@ fn validate_reports_every_problem_with_its_line() {
     let mut failures = Vec::new();
     for case in &cases {
         let relative = case.strip_prefix(root()).unwrap();
-        let (status, log) = Sluice::command(&["validate", relative.to_str().unwrap()]).wait();
+        // At the default log level, as a platform engineer runs it.
+        let (status, log) = Sluice::command(&["validate", relative.to_str().unwrap()]).env("SLUICE_LOG", "info,async_nats=warn").wait();
         let expected_path = case.with_extension("err");
         let actual = format!("exit: {}\n{log}\n", status.code().unwrap_or(-1));
         if bless {
@@ -85,4 +86,39 @@ fn every_bundled_pipeline_validates() {
         "{log}"
     );
     assert_eq!(unset("pipelines/demo.toml"), "", "{log}");
+}
+
+#[test]
+fn compiled_components_are_kept_on_disk_checked_and_compiled_again_when_damaged() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("compiled");
+    let validate = || {
+        let (status, log) = Sluice::command(&["validate", "pipelines/storyforge.toml"]).env("SLUICE_CACHE_DIR", dir.to_str().unwrap()).wait();
+        assert!(status.success(), "{log}");
+        (log.events("Component compiled.").len(), log.events("Compiled component read from the cache.").len(), log)
+    };
+    let (compiled, read, log) = validate();
+    assert!(compiled >= 4 && read == 0, "{log}");
+    let files = || -> Vec<std::path::PathBuf> { std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect() };
+    assert_eq!(files().len(), compiled, "one file per component");
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700, "the folder is this user's alone");
+
+    let (again, read, log) = validate();
+    assert_eq!((again, read), (0, compiled), "{log}");
+
+    // A damaged file is not used: it is compiled again and replaced.
+    let damaged = &files()[0];
+    let bytes = std::fs::read(damaged).unwrap();
+    std::fs::write(damaged, &bytes[..bytes.len() / 2]).unwrap();
+    let (recompiled, read, log) = validate();
+    assert_eq!((recompiled, read), (1, compiled - 1), "{log}");
+    assert_eq!(log.events("A compiled component in the cache cannot be used; compiling it again.").len(), 1, "{log}");
+    assert_eq!(std::fs::read(damaged).unwrap(), bytes, "the same code is kept again");
+
+    // A folder others may write is not read from.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (compiled_again, read, log) = validate();
+    assert_eq!((compiled_again, read), (compiled, 0), "{log}");
+    assert!(log.contains("The compiled-code cache folder is not this user's alone; not using it."), "{log}");
 }

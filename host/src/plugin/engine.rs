@@ -18,6 +18,7 @@ use wasmtime::{Config, Engine};
 use super::WasmtimeResult;
 use super::bindings::sink::SinkPre;
 use super::bindings::transform::{Transform, TransformPre};
+use super::disk_cache::DiskCache;
 use super::state::StageState;
 
 /// How often the epoch advances; time budgets are counted in these ticks.
@@ -34,6 +35,8 @@ pub struct PluginEngine {
     engine: Engine,
     linker: Linker<StageState>,
     cache: Mutex<HashMap<[u8; 32], Component>>,
+    /// Compiled code kept across runs.
+    disk: Option<DiskCache>,
     ticker: Option<JoinHandle<()>>,
     stop_ticker: Arc<AtomicBool>,
 }
@@ -63,7 +66,8 @@ impl PluginEngine {
                 })
                 .context("cannot start the epoch ticker thread")?
         };
-        Ok(Self { engine, linker, cache: Mutex::default(), ticker: Some(ticker), stop_ticker })
+        let disk = DiskCache::open(&engine);
+        Ok(Self { engine, linker, cache: Mutex::default(), disk, ticker: Some(ticker), stop_ticker })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -87,9 +91,19 @@ impl PluginEngine {
         if !bytes.starts_with(b"\0asm") {
             anyhow::bail!("the file is not WebAssembly (it does not start with the `\\0asm` magic number)");
         }
+        if let Some(component) = self.disk.as_ref().and_then(|disk| disk.load(&self.engine, &digest)) {
+            tracing::debug!(digest = %crate::pipeline::hex(&digest), "Compiled component read from the cache.");
+            self.cache.lock().expect("component cache lock").insert(digest, component.clone());
+            return Ok(Loaded { component, digest });
+        }
+        let started = std::time::Instant::now();
         let component = Component::new(&self.engine, bytes)
             .anyhow()
             .context("not a valid WebAssembly component (a core module must be made a component, e.g. by building for wasm32-wasip2)")?;
+        tracing::debug!(digest = %crate::pipeline::hex(&digest), bytes = bytes.len(), took = ?started.elapsed(), "Component compiled.");
+        if let Some(disk) = &self.disk {
+            disk.store(&digest, &component);
+        }
         self.cache.lock().expect("component cache lock").insert(digest, component.clone());
         Ok(Loaded { component, digest })
     }

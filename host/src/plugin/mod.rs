@@ -2,12 +2,14 @@
 //!
 //! - `bindings`: the code generated from `wit/` (the only `bindgen!`).
 //! - `engine`: the shared engine, linker, epoch ticker and component cache.
+//! - `disk_cache`: compiled components kept on disk across runs.
 //! - `state`: what one instance's store holds, and its memory cap.
 //! - `instance`: one running instance, of a transform or of a sink (with its
 //!   snapshot and restore), and the faults a call can end in.
 //! - `imports`: the host side of `log`, `clock` and `counters`.
 
 pub mod bindings;
+pub mod disk_cache;
 pub mod engine;
 pub mod imports;
 pub mod instance;
