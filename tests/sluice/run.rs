@@ -304,3 +304,23 @@ async fn with_no_url_sluice_starts_its_own_nats_server_and_stops_it_on_exit() {
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the managed nats-server stopped with sluice");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_runs_on_a_nats_account_without_jetstream_its_state_and_lease_in_memory() {
+    // Account `plain` has no JetStream: no key-value bucket for the sink's state or its lease.
+    let nats = Nats::start_with_config("accounts { plain: { users: [{ user: plain, password: plain }] } }\nno_auth_user: plain\n").await;
+    let workspace = Workspace::new();
+    let tally = Pipeline::core("tally", "in.>").set("workers = 1").set("tick = \"200ms\"").stage("tally", "tally", "{ subject_prefix = \"counts\" }");
+    let file = workspace.write_pipeline(PipelineFile::new().pipeline(tally).toml());
+    let sluice = Sluice::run(&file, nats.url(), 1);
+    sluice.wait_for("Worker started.", 1, WAIT);
+    let mut summaries = Collector::subscribe(&nats, "counts.>").await;
+    for n in 0..3 {
+        nats.client.publish(format!("in.{n}"), event(n, serde_json::json!({})).into()).await.unwrap();
+    }
+    nats.client.flush().await.unwrap();
+    let summary = json(&summaries.take(1, WAIT).await[0]);
+    assert_eq!(summary["counts"].as_object().unwrap().len(), 3, "{summary}");
+    let log = sluice.terminate();
+    assert_eq!(log.events_saying("Cannot keep the lease of the pipeline's sink in NATS").len(), 1, "{log}");
+}

@@ -59,6 +59,11 @@ impl Fence {
     }
 }
 
+/// A time no run reaches (a century on).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
 /// The lease's key for a pipeline whose sink keeps its state in `bucket`.
 pub fn key(bucket: &str, pipeline: &str) -> String {
     format!("{bucket}.{pipeline}")
@@ -74,7 +79,17 @@ where
     W: Future<Output = Result<()>> + Send + 'static,
 {
     let config = kv::Config { bucket: LEASES.into(), history: 1, max_age: TTL, ..Default::default() };
-    let bucket = connection.key_value(config).await?;
+    let bucket = match connection.key_value(config).await {
+        Ok(bucket) => bucket,
+        Err(error) => {
+            // As the sink's state, which then lives in memory only: the pipeline runs, unguarded.
+            tracing::error!(
+                %pipeline, error = format!("{error:#}"),
+                "Cannot keep the lease of the pipeline's sink in NATS (is JetStream on?); running it here without one: a second host running it would keep a state of its own."
+            );
+            return start(Fence::until(far_future()), shutdown).await;
+        }
+    };
     let me = format!("{}-{}", crate::release::host_name(), std::process::id());
     loop {
         let Some(mut revision) = acquire(&bucket, &pipeline, &key, &me, &mut shutdown).await else { return Ok(()) };
