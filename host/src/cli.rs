@@ -133,8 +133,11 @@ enum New {
     Plugin {
         /// The plugin's (and the crate's) name.
         name: String,
+        /// A transform (says what becomes of each event) or a sink (keeps
+        /// state, ends its pipeline, emits events of its own).
         #[arg(long, value_enum, default_value = "transform")]
         world: crate::scaffold::World,
+        /// Rust; python and js are not written yet.
         #[arg(long, value_enum, default_value = "rust")]
         lang: crate::scaffold::Lang,
         /// Where the project's folder is created.
