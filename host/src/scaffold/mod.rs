@@ -1,8 +1,9 @@
 //! `sluice new plugin NAME`: a plugin project of its own, outside this
 //! repository, that builds with one command (`./build.sh`), has a unit test
 //! that runs natively (`cargo test`), and a pipeline file with `sluice test`
-//! cases that pass as written. Rust only so far: the project depends on the
-//! `sluice-plugin` SDK by path.
+//! cases that pass as written. A Rust project depends on the `sluice-plugin`
+//! SDK by path; a Python or JavaScript one gets a copy of its language's SDK
+//! layer and of the WIT, as this binary was built with them.
 
 use std::path::{Path, PathBuf};
 
@@ -30,37 +31,73 @@ pub fn default_sdk() -> PathBuf {
 
 /// Writes the project `dir/name`; returns its folder.
 pub fn new_plugin(name: &str, world: World, lang: Lang, dir: &Path, sdk: &Path) -> Result<PathBuf> {
-    if lang != Lang::Rust {
-        bail!("plugins in {lang:?} are not supported by `sluice new` yet; use --lang rust");
-    }
     check_name(name)?;
-    let sdk = std::path::absolute(sdk).context("cannot locate the SDK")?;
-    if !sdk.join("Cargo.toml").is_file() {
-        bail!("the sluice-plugin SDK is not at {} (give --sdk PATH to plugins/sdk of a sluice checkout)", sdk.display());
+    if lang != Lang::Rust && world == World::Sink {
+        bail!("a sink in {} is not supported yet: the {} SDK writes transforms; write a sink with --lang rust", lang.title(), lang.title());
     }
     let project = dir.join(name);
     if project.exists() {
         bail!("{} exists already; choose another name or --dir", project.display());
     }
     let crate_file = name.replace('-', "_");
-    let (lib, cases) = match world {
-        World::Transform => (include_str!("transform.rs.txt"), include_str!("transform.tests.toml")),
-        World::Sink => (include_str!("sink.rs.txt"), include_str!("sink.tests.toml")),
+    let sdk = match lang {
+        Lang::Rust => {
+            let sdk = std::path::absolute(sdk).context("cannot locate the SDK")?;
+            if !sdk.join("Cargo.toml").is_file() {
+                bail!("the sluice-plugin SDK is not at {} (give --sdk PATH to plugins/sdk of a sluice checkout)", sdk.display());
+            }
+            sdk.to_string_lossy().into_owned()
+        }
+        Lang::Python | Lang::Js => String::new(),
     };
-    let fill = |template: &str| template.replace("{{name}}", name).replace("{{crate_file}}", &crate_file).replace("{{sdk}}", &sdk.to_string_lossy());
+    let fill = |template: &str| template.replace("{{name}}", name).replace("{{crate_file}}", &crate_file).replace("{{sdk}}", &sdk);
+    let cases = match world {
+        World::Transform => include_str!("transform.tests.toml"),
+        World::Sink => include_str!("sink.tests.toml"),
+    };
     let pipeline = match world {
         World::Transform => include_str!("transform.pipeline.toml"),
         World::Sink => include_str!("sink.pipeline.toml"),
     };
-    let files = [
-        ("Cargo.toml".to_string(), fill(include_str!("Cargo.toml.txt"))),
-        ("src/lib.rs".to_string(), fill(lib)),
-        ("build.sh".to_string(), fill(include_str!("build.sh"))),
-        ("pipeline.toml".to_string(), fill(pipeline)),
-        (format!("pipeline.tests/{crate_file}.toml"), fill(cases)),
-        ("README.md".to_string(), fill(include_str!("README.md.txt"))),
-        (".gitignore".to_string(), "/target\n/*.wasm\n".to_string()),
-    ];
+    let mut files = vec![("pipeline.toml", fill(pipeline)), ("pipeline.tests/cases.toml", fill(cases))];
+    match lang {
+        Lang::Rust => {
+            let lib = if world == World::Transform { include_str!("transform.rs.txt") } else { include_str!("sink.rs.txt") };
+            files.extend([
+                ("Cargo.toml", fill(include_str!("Cargo.toml.txt"))),
+                ("src/lib.rs", fill(lib)),
+                ("build.sh", fill(include_str!("build.sh"))),
+                ("README.md", fill(include_str!("README.md.txt"))),
+                (".gitignore", "/target\n/*.wasm\n".to_string()),
+            ]);
+        }
+        // The SDK and the WIT are copied in, as this binary has them, so the
+        // project builds on its own.
+        Lang::Python => files.extend([
+            ("app.py", fill(include_str!("transform.py.txt"))),
+            ("test_app.py", fill(include_str!("test_app.py.txt"))),
+            ("build.sh", fill(include_str!("build.py.sh"))),
+            ("README.md", fill(include_str!("README.py.md.txt"))),
+            ("sluice_plugin/__init__.py", include_str!("../../../plugins/sdk/python/sluice_plugin/__init__.py").to_string()),
+            ("sluice_plugin/testing.py", include_str!("../../../plugins/sdk/python/sluice_plugin/testing.py").to_string()),
+            ("wit/sluice.wit", include_str!("../../../wit/sluice.wit").to_string()),
+            (".gitignore", "/*.wasm\n__pycache__/\n".to_string()),
+        ]),
+        Lang::Js => files.extend([
+            ("app.js", fill(include_str!("transform.js.txt"))),
+            ("app.test.js", fill(include_str!("test_app.js.txt"))),
+            ("build.sh", fill(include_str!("build.js.sh"))),
+            ("README.md", fill(include_str!("README.js.md.txt"))),
+            ("package.json", fill(include_str!("package.json.txt"))),
+            ("sluice/sluice-plugin.js", include_str!("../../../plugins/sdk/js/sluice-plugin.js").to_string()),
+            ("sluice/sluice-testing.js", include_str!("../../../plugins/sdk/js/sluice-testing.js").to_string()),
+            ("sluice/sluice-component.js", include_str!("../../../plugins/sdk/js/sluice-component.js").to_string()),
+            ("sluice/tools/package.json", include_str!("../../../plugins/sdk/js/tools/package.json").to_string()),
+            ("sluice/tools/package-lock.json", include_str!("../../../plugins/sdk/js/tools/package-lock.json").to_string()),
+            ("wit/sluice.wit", include_str!("../../../wit/sluice.wit").to_string()),
+            (".gitignore", "/*.wasm\n/node_modules/\n".to_string()),
+        ]),
+    }
     for (path, text) in files {
         let path = project.join(path);
         std::fs::create_dir_all(path.parent().expect("a file in the project")).with_context(|| format!("cannot create {}", project.display()))?;
@@ -68,6 +105,25 @@ pub fn new_plugin(name: &str, world: World, lang: Lang, dir: &Path, sdk: &Path) 
     }
     make_executable(&project.join("build.sh"))?;
     Ok(project)
+}
+
+/// How a project in `lang` runs its unit tests.
+pub fn unit_test_command(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Rust => "cargo test",
+        Lang::Python => "python3 -m unittest",
+        Lang::Js => "node --test",
+    }
+}
+
+impl Lang {
+    pub fn title(self) -> &'static str {
+        match self {
+            Lang::Rust => "Rust",
+            Lang::Python => "Python",
+            Lang::Js => "JavaScript",
+        }
+    }
 }
 
 fn check_name(name: &str) -> Result<()> {

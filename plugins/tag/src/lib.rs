@@ -79,6 +79,17 @@ mod tests {
         assert_eq!(tag.process(event("in.a", &json!({ "n": 1 }))), Outcome::reject("missing_property", Some("event"), "required property `event` is absent"));
     }
 
+    /// The Python and JavaScript `tag` (plugins/tag-py, plugins/tag-js) assert the same bytes.
+    #[test]
+    fn writes_json_keys_sorted_with_floats_in_their_shortest_form() {
+        let mut tag = Harness::<Tag>::new(json!({ "set": { "z": 1.0 } })).unwrap();
+        let body = r#"{"b":1.0,"a":18446744073709551615,"c":1e300,"d":0.00001,"e":"\u00e9\n","f":-0.0,"g":36893488147419103232,"h":[1.5,-3]}"#;
+        let input = Event { subject: "in.a".into(), headers: Vec::new(), body: body.as_bytes().to_vec() };
+        let Outcome::Replace(events) = tag.process(input) else { panic!("replaced") };
+        let expected = r#"{"a":18446744073709551615,"b":1.0,"c":1e+300,"d":0.00001,"e":"é\n","f":-0.0,"g":3.6893488147419103e+19,"h":[1.5,-3],"z":1.0}"#;
+        assert_eq!(String::from_utf8(events[0].body.clone()).unwrap(), expected);
+    }
+
     #[test]
     fn keeps_an_event_it_does_not_change_and_refuses_a_typo_in_its_config() {
         let mut tag = Harness::<Tag>::new(json!({ "require": ["event"] })).unwrap();
