@@ -52,3 +52,16 @@ test("an exception rejects only its own event", () => {
   assert.deepEqual(fine, sluice.reroute("out.1"));
   assert.deepEqual(array, sluice.reject("malformed", undefined, "expected a JSON object, found an array"));
 });
+
+test("an outcome the host could not take rejects its event", () => {
+  class Careless {
+    static name = "careless";
+    process(event) {
+      return event.subject === "in.a" ? sluice.reroute(7) : undefined;
+    }
+  }
+  const careless = testing.harness(Careless, {});
+  const [first, second] = careless.processBatch([testing.event("in.a", {}), testing.event("in.b", {})]);
+  assert.deepEqual(first, sluice.reject("exception", undefined, "TypeError: careless.process returned reroute(a number), not a string"));
+  assert.deepEqual(second, sluice.reject("exception", undefined, "TypeError: careless.process returned null, not an outcome"));
+});

@@ -51,6 +51,21 @@ class TagTest(unittest.TestCase):
         self.assertEqual(outcomes[1], sluice.reroute("out.1"))
         self.assertEqual(outcomes[2], sluice.reject("malformed", None, "expected a JSON object, found an array"))
 
+    def test_an_outcome_the_host_could_not_take_rejects_its_event(self):
+        class Careless(sluice.Transform):
+            name = "careless"
+
+            def __init__(self, config):
+                pass
+
+            def process(self, event):
+                return sluice.reroute(7) if event.subject == "in.a" else None
+
+        careless = testing.Harness(Careless, {})
+        first, second = careless.process_batch([testing.event("in.a", {}), testing.event("in.b", {})])
+        self.assertEqual(first, sluice.reject("exception", None, "TypeError: Careless.process returned reroute(int), not a subject"))
+        self.assertEqual(second, sluice.reject("exception", None, "TypeError: Careless.process returned NoneType, not an outcome"))
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -19,6 +19,9 @@
 //!   thousands over NATS: one outcome each, nothing held up.
 //! - `outage`: nats-server killed and restarted, or paused past `ack_wait`,
 //!   under load: nothing lost or repeated, no restart of the host.
+//! - `polyglot`: plugins in Python and JavaScript beside Rust: the same
+//!   bytes from the same logic over NATS, a pipeline of three languages, and
+//!   the reason of an exception that escapes a component without the SDK.
 //! - `poison`: events too large for a whole dead letter, outputs NATS refuses,
 //!   events handed out too often: one dead letter each, nothing held up.
 //! - `security`: servers that ask for a token, a password, an NKey, a
@@ -34,6 +37,7 @@ mod fleet;
 mod hostile;
 mod outage;
 mod poison;
+mod polyglot;
 mod release;
 mod run;
 mod scaffold;

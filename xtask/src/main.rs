@@ -139,22 +139,28 @@ fn setup_components() -> Result<()> {
     Ok(())
 }
 
-/// The plugins written in other languages: folder, component, and the SDK
-/// layer it is built with.
-const SCRIPT_PLUGINS: [(&str, &str, &str); 2] = [("tag-py", "tag_py.wasm", "plugins/sdk/python"), ("tag-js", "tag_js.wasm", "plugins/sdk/js")];
+/// The plugins written in other languages, and the test suite's: folder,
+/// component, and the SDK layer whose `build.sh` builds it.
+const SCRIPT_PLUGINS: [(&str, &str, &str); 4] = [
+    ("plugins/tag-py", "tag_py", "plugins/sdk/python"),
+    ("plugins/tag-js", "tag_js", "plugins/sdk/js"),
+    ("tests/plugins/raises-py", "raises_py", "plugins/sdk/python"),
+    ("tests/plugins/throws-js", "throws_js", "plugins/sdk/js"),
+];
 
 /// The Rust plugins with cargo, then the Python and JavaScript ones with
-/// their own `build.sh` (which installs its pinned tool into target/tools on
-/// first use), unless their component is newer than everything it is built from.
+/// their language's `build.sh` (which installs its pinned tool into
+/// target/tools on first use), unless their component is newer than
+/// everything it is built from.
 fn build_plugins() -> Result<()> {
     run(Command::new("cargo").current_dir(root().join("plugins")).args(["build", "--release", "--quiet"]))?;
     let out = root().join("target/wasm32-wasip2/release");
     for (folder, component, sdk) in SCRIPT_PLUGINS {
-        let sources = [root().join("plugins").join(folder), root().join(sdk), root().join("wit")];
-        if newer_than_all(&out.join(component), &sources) {
+        let sources = [root().join(folder), root().join(sdk), root().join("wit")];
+        if newer_than_all(&out.join(format!("{component}.wasm")), &sources) {
             continue;
         }
-        run(Command::new(root().join("plugins").join(folder).join("build.sh")).env("SLUICE_TOOLS", root().join("target/tools")))?;
+        run(Command::new(root().join(sdk).join("build.sh")).arg(root().join(folder)).arg(component).env("SLUICE_TOOLS", root().join("target/tools")))?;
     }
     Ok(())
 }

@@ -210,8 +210,8 @@ fn classify(store: &Store<StageState>, budget: Duration, error: wasmtime::Error)
     if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
         return Fault::Timeout(budget);
     }
-    // The trap itself, without the wasm backtrace that wraps it; then what
-    // the plugin last said on stderr, which for a Rust plugin is its panic.
+    // The trap itself, without the wasm backtrace that wraps it; then the
+    // reason the plugin gave on stderr: a panic, a traceback, a JS error.
     let trap = error.downcast_ref::<Trap>().map_or_else(|| error.root_cause().to_string(), Trap::to_string);
     let detail = match state.last_words() {
         Some(line) => format!("{trap}; the plugin's last words: {line}"),

@@ -484,10 +484,25 @@ export function guarded(plugin, event) {
   } catch (e) {
     return e instanceof Rejected ? e.outcome : reject("exception", undefined, describe(e));
   }
-  if (outcome === null || typeof outcome !== "object" || !OUTCOMES.has(outcome.tag)) {
-    return reject("exception", undefined, `TypeError: ${plugin.constructor.name}.process returned ${kind(outcome)}, not an outcome`);
+  const wrong = wrongOutcome(outcome);
+  if (wrong) {
+    return reject("exception", undefined, `TypeError: ${plugin.constructor.name}.process returned ${wrong}`);
   }
   return outcome;
+}
+
+/** What is wrong with an outcome the host could not take, if anything. */
+function wrongOutcome(outcome) {
+  if (outcome === null || typeof outcome !== "object" || !OUTCOMES.has(outcome.tag)) return `${kind(outcome)}, not an outcome`;
+  const { tag, val } = outcome;
+  if ((tag === "reroute" || tag === "drop") && typeof val !== "string") return `${tag}(${kind(val)}), not a string`;
+  if (tag === "replace" && !(Array.isArray(val) && val.every((e) => e instanceof Event && typeof e.subject === "string"))) {
+    return "replace(...) with something that is not an Event";
+  }
+  if (tag === "reject" && !(typeof val.code === "string" && typeof val.message === "string" && (val.property === undefined || typeof val.property === "string"))) {
+    return "reject(...) whose code, property or message is not a string";
+  }
+  return undefined;
 }
 
 /** One outcome per event, in order: the plugin's `processBatch` if it has

@@ -408,9 +408,27 @@ def _guarded(plugin: Transform, event: Event) -> Outcome:
         return rejected.outcome
     except Exception as e:  # one event's failure is that event's alone
         return Reject("exception", None, describe(e))
-    if not isinstance(outcome, (Keep, Reroute, Replace, Drop, Reject)):
-        return Reject("exception", None, f"TypeError: {type(plugin).__name__}.process returned {type(outcome).__name__}, not an outcome")
+    wrong = _wrong(outcome)
+    if wrong:
+        return Reject("exception", None, f"TypeError: {type(plugin).__name__}.process returned {wrong}")
     return outcome
+
+
+def _wrong(outcome: Any) -> str | None:
+    """What is wrong with an outcome the host could not take, if anything."""
+    if isinstance(outcome, Keep):
+        return None
+    if isinstance(outcome, Reroute):
+        return None if isinstance(outcome.subject, str) else f"reroute({type(outcome.subject).__name__}), not a subject"
+    if isinstance(outcome, Drop):
+        return None if isinstance(outcome.reason, str) else f"drop({type(outcome.reason).__name__}), not a reason"
+    if isinstance(outcome, Replace):
+        bad = next((e for e in outcome.events if not isinstance(e, Event) or not isinstance(e.subject, str)), None)
+        return None if bad is None else f"replace(...) with {type(bad).__name__}, not an Event"
+    if isinstance(outcome, Reject):
+        texts = (outcome.code, outcome.message) + (() if outcome.property is None else (outcome.property,))
+        return None if all(isinstance(t, str) for t in texts) else "reject(...) whose code, property or message is not a string"
+    return f"{type(outcome).__name__}, not an outcome"
 
 
 def describe(e: BaseException) -> str:
