@@ -5,6 +5,9 @@
 //! per second, latency percentiles and events lost for each.
 //!
 //! Run with `cargo xtask bench` (or `cargo xtask bench -- --events 100000`).
+//! `--languages` runs the same `tag` logic in Rust, Python and JavaScript
+//! (plugins/tag, tag-py, tag-js) over core NATS instead, with the CPU time
+//! per event and the peak resident memory of each sluice process.
 //! It is a measurement, not a test: it asserts nothing about speed.
 
 #[path = "../support/mod.rs"]
@@ -34,6 +37,9 @@ struct Measured {
     elapsed: Duration,
     latencies_us: Vec<u64>,
     slow_consumer_events: Option<u64>,
+    /// CPU seconds sluice spent while the run lasted, and its peak RSS.
+    cpu_s: Option<f64>,
+    peak_rss_mib: Option<f64>,
 }
 
 fn main() {
@@ -41,14 +47,18 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let results = runtime.block_on(async {
         let mut results = Vec::new();
-        let runs = [
-            (Transport::Core, Subject::Relay),
-            (Transport::Core, Subject::Sluice),
-            (Transport::JetStream, Subject::Relay),
-            (Transport::JetStream, Subject::Sluice),
-            (Transport::JetStream, Subject::StoryForge),
-        ];
-        for (transport, subject) in runs {
+        let runs: &[(Transport, Subject)] = if std::env::args().any(|a| a == "--languages") {
+            &[(Transport::Core, Subject::Sluice), (Transport::Core, Subject::Tag("tag_py")), (Transport::Core, Subject::Tag("tag_js"))]
+        } else {
+            &[
+                (Transport::Core, Subject::Relay),
+                (Transport::Core, Subject::Sluice),
+                (Transport::JetStream, Subject::Relay),
+                (Transport::JetStream, Subject::Sluice),
+                (Transport::JetStream, Subject::StoryForge),
+            ]
+        };
+        for &(transport, subject) in runs {
             let server = ManagedServer::start().await.expect("nats-server");
             results.push(measure(&server.url, transport, subject, events).await);
             server.stop().await;
@@ -70,6 +80,8 @@ enum Subject {
     Sluice,
     /// `pipelines/storyforge.toml` on the bundled day of StoryForge events.
     StoryForge,
+    /// tag+route with `tag` in another language: this component for it.
+    Tag(&'static str),
 }
 
 async fn measure(url: &str, transport: Transport, subject: Subject, events: usize) -> Measured {
@@ -95,11 +107,13 @@ async fn measure(url: &str, transport: Transport, subject: Subject, events: usiz
     let mut sluice = None;
     let mut relay = None;
     match subject {
-        Subject::Sluice => sluice = Some(start_sluice(&write_pipeline(workspace.path(), transport), url)),
+        Subject::Sluice => sluice = Some(start_sluice(&write_pipeline(workspace.path(), transport, "tag"), url)),
+        Subject::Tag(component) => sluice = Some(start_sluice(&write_pipeline(workspace.path(), transport, component), url)),
         Subject::StoryForge => sluice = Some(start_sluice(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/storyforge.toml"), url)),
         Subject::Relay => relay = Some(tokio::spawn(relay_task(client.clone(), transport))),
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let cpu_before = sluice.as_ref().and_then(|(s, _)| cpu_seconds(s.pid()));
 
     let bodies: Vec<bytes::Bytes> = match subject {
         Subject::StoryForge => storyforge_day(),
@@ -147,6 +161,9 @@ async fn measure(url: &str, transport: Transport, subject: Subject, events: usiz
     }
     publisher.await.unwrap();
 
+    let pid = sluice.as_ref().map(|(s, _)| s.pid());
+    let cpu_s = pid.and_then(cpu_seconds).zip(cpu_before).map(|(after, before)| after - before);
+    let peak_rss_mib = pid.and_then(peak_rss_mib);
     let slow_consumer_events = sluice.map(stop_sluice);
     if let Some(relay) = relay {
         relay.abort();
@@ -158,13 +175,30 @@ async fn measure(url: &str, transport: Transport, subject: Subject, events: usiz
             Transport::JetStream => "jetstream",
         },
         match subject {
-            Subject::Relay => "pass-through relay",
-            Subject::Sluice => "sluice tag+route",
-            Subject::StoryForge => "sluice storyforge.toml",
+            Subject::Relay => "pass-through relay".to_string(),
+            Subject::Sluice => "sluice tag+route".into(),
+            Subject::StoryForge => "sluice storyforge.toml".into(),
+            Subject::Tag(component) => format!("sluice {component}+route"),
         }
     );
     eprintln!("bench: {name}: {} of {events} received", seen.len());
-    Measured { name, sent: events, received: seen.len(), duplicates, elapsed: last - started, latencies_us, slow_consumer_events }
+    Measured { name, sent: events, received: seen.len(), duplicates, elapsed: last - started, latencies_us, slow_consumer_events, cpu_s, peak_rss_mib }
+}
+
+/// User and system CPU seconds of a process so far, from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which is in parentheses): utime is the 12th, stime the 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// A process's peak resident memory (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// The baseline: take each message from the input and publish it, unchanged, on the output.
@@ -205,14 +239,14 @@ async fn relay_task(client: async_nats::Client, transport: Transport) {
 }
 
 /// The tag+route pipeline for a transport, written into `dir`.
-fn write_pipeline(dir: &Path, transport: Transport) -> std::path::PathBuf {
+fn write_pipeline(dir: &Path, transport: Transport, tag: &str) -> std::path::PathBuf {
     let bench = match transport {
         Transport::Core => Pipeline::core("bench", "in.>"),
         Transport::JetStream => Pipeline::jetstream("bench", "in.>", "IN").set("output = { jetstream = true }"),
     };
     let bench = bench
         .set("batch = { max_events = 256, max_wait = \"2ms\" }")
-        .stage("tag", "tag", r#"{ require = ["event", "user_id"], set = { pipeline = "bench" } }"#)
+        .stage("tag", tag, r#"{ require = ["event", "user_id"], set = { pipeline = "bench" } }"#)
         .route("out.{event}");
     let file = dir.join("bench.toml");
     std::fs::write(&file, PipelineFile::new().pipeline(bench).toml()).unwrap();
@@ -276,16 +310,18 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 fn print_table(events: usize, results: &[Measured]) {
     println!("\n{events} events of {} bytes, NATS to NATS, on {} cores\n", body(0).len(), std::thread::available_parallelism().map_or(1, |n| n.get()));
-    println!("| run | events/s | p50 ms | p90 ms | p99 ms | max ms | lost | duplicates | slow-consumer reports |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| run | events/s | sluice CPU µs/event | sluice peak RSS MiB | p50 ms | p90 ms | p99 ms | max ms | lost | duplicates | slow-consumer reports |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in results {
         let mut sorted = r.latencies_us.clone();
         sorted.sort_unstable();
         let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
         println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.received as f64 / r.elapsed.as_secs_f64().max(1e-9),
+            r.cpu_s.map_or("n/a".to_string(), |s| format!("{:.1}", s * 1e6 / r.received.max(1) as f64)),
+            r.peak_rss_mib.map_or("n/a".to_string(), |m| format!("{m:.0}")),
             ms(percentile(&sorted, 0.50)),
             ms(percentile(&sorted, 0.90)),
             ms(percentile(&sorted, 0.99)),

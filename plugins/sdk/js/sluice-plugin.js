@@ -122,9 +122,12 @@ export const float = (value) => new Float(value);
 
 const I64_MIN = -(2n ** 63n);
 const U64_MAX = 2n ** 64n - 1n;
-// A body that has no digit before `.`, `e` or `E`, and no run of 16 digits,
-// has only numbers that plain JSON.parse reads exactly.
-const NEEDS_CARE = /\d[.eE]|\d{16}/;
+// Plain JSON.parse reads a number exactly, and as the Rust plugins do,
+// unless it is a whole float (`1.0`, `1e5`, `-0`) or an integer of 16
+// digits or more. A body with neither after `:`, `,` or `[` (a number's place; the
+// test may also hit a string, which only costs the slower path) skips the
+// reviver, which costs a call per value.
+const NEEDS_CARE = /[:,[]\s*(?:-0(?![.0-9eE])|-?(?:\d+\.0+(?![0-9])|\d+(?:\.\d+)?[eE]|\d{16}))/;
 
 /** A JSON document (bytes or text), read as the host and the Rust plugins
  * read it. */
@@ -278,9 +281,9 @@ function write(value, out) {
     });
     out.push("]");
   } else {
-    const keys = Object.keys(value)
-      .filter((k) => value[k] !== undefined)
-      .sort(byCodePoint);
+    const keys = Object.keys(value).filter((k) => value[k] !== undefined);
+    keys.sort();
+    if (keys.some((k) => SURROGATE.test(k))) keys.sort(byCodePoint);
     out.push("{");
     keys.forEach((key, i) => {
       if (i) out.push(",");
@@ -291,8 +294,10 @@ function write(value, out) {
   }
 }
 
-// Rust orders keys by their UTF-8 bytes, which is code point order; `<` on
-// strings compares UTF-16 units, which differs past U+FFFF.
+// Rust orders keys by their UTF-8 bytes, which is code point order; the
+// default sort compares UTF-16 units, which differs only for keys with
+// characters past U+FFFF (surrogate pairs).
+const SURROGATE = /[\uD800-\uDFFF]/;
 function byCodePoint(a, b) {
   if (a === b) return 0;
   const x = [...a];
