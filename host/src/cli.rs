@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config;
 use crate::config::PipelineFile;
 use crate::pipeline::{Environment, PipelineVersion};
-use crate::plugin::{Clock, PluginEngine};
+use crate::plugin::{Clock, ConfigRefused, PluginEngine, config_path};
 use crate::runtime::{self, RunOptions};
 use crate::test_cases;
 
@@ -308,11 +308,33 @@ fn checked(engine: &PluginEngine, path: &std::path::Path) -> Result<(PipelineFil
     // Every pipeline is prepared, so that one run reports each that fails.
     let (prepared, refused): (Vec<_>, Vec<_>) = file.pipelines.iter().map(|spec| PipelineVersion::prepare(engine, spec, &clock, &env)).partition(Result::is_ok);
     if !refused.is_empty() {
-        let refused: Vec<String> = refused.into_iter().filter_map(Result::err).map(|error| format!("{error:#}")).collect();
-        anyhow::bail!(refused.join("\n"));
+        let source = std::fs::read_to_string(path).unwrap_or_default();
+        let problems = refused.into_iter().filter_map(Result::err).flat_map(|error| refusal_problems(&source, &error)).collect();
+        return Err(config::Problems::new(path, &source, problems).into());
     }
     let versions = prepared.into_iter().flatten().map(|version| (version.spec.name.clone(), version.id.clone())).collect();
     Ok((file, versions))
+}
+
+/// What a pipeline that could not be prepared shows: a plugin's refusal of
+/// its config, problem by problem at the line of each key, or the error as
+/// it is.
+fn refusal_problems(source: &str, error: &anyhow::Error) -> Vec<config::Problem> {
+    let Some(refused) = error.chain().find_map(|cause| cause.downcast_ref::<ConfigRefused>()) else {
+        return vec![config::Problem::whole(format!("{error:#}"))];
+    };
+    let problems = refused.problems.iter().map(|problem| {
+        let place = match problem.path.is_empty() {
+            true => String::new(),
+            false => format!("config `{}`: ", config_path(&problem.path)),
+        };
+        let message = format!("pipeline `{}`: stage `{}`: {place}{}", refused.pipeline, refused.stage, problem.message);
+        match config::locate::stage_config(source, &refused.pipeline, &refused.stage, &problem.path) {
+            Some(span) => config::Problem::at(span, message),
+            None => config::Problem::whole(message),
+        }
+    });
+    problems.collect()
 }
 
 fn validate(files: &[PathBuf]) -> Result<()> {

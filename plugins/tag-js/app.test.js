@@ -21,8 +21,11 @@ test("sets properties and requires others", () => {
 test("keeps an event it does not change and refuses a typo in its config", () => {
   const tag = testing.harness(Tag, { require: ["event"] });
   assert.deepEqual(tag.process(testing.event("in.a", { event: "a" })), sluice.keep());
-  assert.throws(() => testing.harness(Tag, { requires: ["event"] }), { message: "invalid tag config: unknown field `requires`, expected `require` or `set`" });
-  assert.throws(() => testing.harness(Tag, { require: ["event", 7] }), { message: "invalid tag config: expected a string at `require[1]`, found a number" });
+  assert.throws(() => testing.harness(Tag, { requires: ["event"] }), {
+    name: "ConfigError",
+    problems: [{ path: ["requires"], message: "unknown field `requires`, expected `require` or `set`" }],
+  });
+  assert.throws(() => testing.harness(Tag, { require: ["event", 7] }), { message: "`require[1]`: expected a string, found a number" });
 });
 
 // The Rust and Python `tag` (plugins/tag, plugins/tag-py) assert the same bytes.

@@ -22,10 +22,12 @@ class TagTest(unittest.TestCase):
     def test_keeps_an_event_it_does_not_change_and_refuses_a_typo_in_its_config(self):
         tag = testing.Harness(app.Tag, {"require": ["event"]})
         self.assertEqual(tag.process(testing.event("in.a", {"event": "a"})), sluice.keep())
-        with self.assertRaisesRegex(ValueError, r"^invalid tag config: unknown field `requires`, expected `require` or `set`$"):
+        with self.assertRaises(sluice.ConfigError) as refused:
             testing.Harness(app.Tag, {"requires": ["event"]})
-        with self.assertRaisesRegex(ValueError, r"^invalid tag config: expected a string at `require\[1\]`, found a number$"):
+        self.assertEqual(refused.exception.problems, [(["requires"], "unknown field `requires`, expected `require` or `set`")])
+        with self.assertRaises(sluice.ConfigError) as refused:
             testing.Harness(app.Tag, {"require": ["event", 7]})
+        self.assertEqual(str(refused.exception), "`require[1]`: expected a string, found a number")
 
     # The Rust and JavaScript `tag` (plugins/tag, plugins/tag-js) assert the same bytes.
     def test_writes_json_as_the_rust_plugins_do(self):

@@ -8,6 +8,8 @@
 //!   of the wrong world.
 //! - `config`: `sluice validate` on every `tests/config/*.toml`, compared with
 //!   the `.err` file beside it (`SLUICE_BLESS=1` rewrites them).
+//! - `contract`: a plugin on `sluice:plugin@0.1.0` beside plugins on `@0.2.0`
+//!   in one pipeline over NATS; `validate` at the line of a refused key.
 //! - `release`: `sluice deploy`, `releases` and `rollback` over NATS.
 //! - `run`: the `sluice` binary against a real nats-server: routing, dead
 //!   letters, bad input, poison events, queue groups, refusing bad config.
@@ -32,6 +34,7 @@
 mod alerts;
 mod chain;
 mod config;
+mod contract;
 mod crash;
 mod fleet;
 mod hostile;

@@ -6,6 +6,7 @@
 //! expected. Only a file with no problems becomes a [`PipelineFile`].
 
 mod check;
+pub mod locate;
 mod problem;
 mod raw;
 pub mod units;

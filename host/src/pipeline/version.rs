@@ -11,12 +11,10 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 
 use crate::config::{PipelineSpec, StageSpec};
-use crate::plugin::bindings::sink::SinkPre;
-use crate::plugin::bindings::transform::TransformPre;
-use crate::plugin::{Clock, Counters, Grants, PluginEngine, SinkInstance, StageContext, StageState, TransformInstance};
+use crate::plugin::{Clock, Counters, Grants, PluginEngine, SinkInstance, SinkPre, StageContext, TransformInstance, TransformPre};
 
 /// One stage, compiled and linked as a transform or a sink, ready to instantiate.
-pub struct PreparedStage<Pre = TransformPre<StageState>> {
+pub struct PreparedStage<Pre = TransformPre> {
     pub spec: StageSpec,
     pub context: Arc<StageContext>,
     engine: Engine,
@@ -24,7 +22,7 @@ pub struct PreparedStage<Pre = TransformPre<StageState>> {
 }
 
 /// The sink that ends a pipeline, if it has one.
-pub type PreparedSink = PreparedStage<SinkPre<StageState>>;
+pub type PreparedSink = PreparedStage<SinkPre>;
 
 impl PreparedStage {
     /// A new instance, initialised with the stage's config.
@@ -152,8 +150,8 @@ enum Linked {
 }
 
 enum Pre {
-    Transform(TransformPre<StageState>),
-    Sink(SinkPre<StageState>),
+    Transform(TransformPre),
+    Sink(SinkPre),
 }
 
 /// Prepares one stage; the digest covers its component and everything it was

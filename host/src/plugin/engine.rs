@@ -16,9 +16,9 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 use super::WasmtimeResult;
-use super::bindings::sink::SinkPre;
-use super::bindings::transform::{Transform, TransformPre};
+use super::bindings::{sink, transform, v0_1};
 use super::disk_cache::DiskCache;
+use super::instance::{SinkPre, TransformPre};
 use super::state::StageState;
 
 /// How often the epoch advances; time budgets are counted in these ticks.
@@ -50,8 +50,12 @@ impl PluginEngine {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).anyhow().context("cannot link WASI")?;
-        // Both worlds import the same host interfaces; adding them once serves both.
-        Transform::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).anyhow().context("cannot link the host imports")?;
+        // Both worlds import the same host interfaces; adding them once serves
+        // both. Each contract version's are other instances to the linker.
+        transform::Transform::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).anyhow().context("cannot link the host imports")?;
+        v0_1::transform::Transform::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .anyhow()
+            .context("cannot link the host imports of sluice:plugin@0.1.0")?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker = {
@@ -108,24 +112,38 @@ impl PluginEngine {
         Ok(Loaded { component, digest })
     }
 
-    /// Links a component as a `transform` stage, checking that it is one.
-    pub fn transform_pre(&self, component: &Component) -> Result<TransformPre<StageState>> {
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .anyhow()
-            .context("the component imports something sluice does not provide (plugins may use WASI and sluice:plugin imports only)")?;
-        TransformPre::new(pre).anyhow().context("the component does not export the sluice:plugin/transform world (init, process)")
+    /// Links a component as a `transform` stage of either contract version,
+    /// checking that it is one.
+    pub fn transform_pre(&self, component: &Component) -> Result<TransformPre> {
+        let pre = self.instance_pre(component)?;
+        match transform::TransformPre::new(pre.clone()) {
+            Ok(current) => Ok(TransformPre::Current(current)),
+            Err(not_current) => match v0_1::transform::TransformPre::new(pre) {
+                Ok(older) => Ok(TransformPre::V0_1(older)),
+                Err(_) => Err(anyhow::Error::from(not_current).context("the component does not export the sluice:plugin/transform world (init, process)")),
+            },
+        }
     }
 
-    /// Links a component as a `sink` stage, checking that it is one.
-    pub fn sink_pre(&self, component: &Component) -> Result<SinkPre<StageState>> {
-        let pre = self
-            .linker
+    /// Links a component as a `sink` stage of either contract version,
+    /// checking that it is one.
+    pub fn sink_pre(&self, component: &Component) -> Result<SinkPre> {
+        let pre = self.instance_pre(component)?;
+        match sink::SinkPre::new(pre.clone()) {
+            Ok(current) => Ok(SinkPre::Current(current)),
+            Err(not_current) => match v0_1::sink::SinkPre::new(pre) {
+                Ok(older) => Ok(SinkPre::V0_1(older)),
+                Err(_) => Err(anyhow::Error::from(not_current)
+                    .context("the component does not export the sluice:plugin/sink world (init, consume, tick, snapshot, restore)")),
+            },
+        }
+    }
+
+    fn instance_pre(&self, component: &Component) -> Result<wasmtime::component::InstancePre<StageState>> {
+        self.linker
             .instantiate_pre(component)
             .anyhow()
-            .context("the component imports something sluice does not provide (plugins may use WASI and sluice:plugin imports only)")?;
-        SinkPre::new(pre).anyhow().context("the component does not export the sluice:plugin/sink world (init, consume, tick, snapshot, restore)")
+            .context("the component imports something sluice does not provide (plugins may use WASI and sluice:plugin imports only)")
     }
 }
 

@@ -1,6 +1,9 @@
 //! Live instances of stages, transform or sink: each has its own store,
 //! memory cap and time budget. A call that traps, runs out of time or out of memory comes back as a
 //! [`Fault`]; the instance is then spent and the caller makes a new one.
+//!
+//! A component speaks one version of the contract (`sluice:plugin@0.2.0` or
+//! `@0.1.0`); the linked forms here hide which, so a pipeline mixes them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +12,7 @@ use anyhow::{Context, Result};
 use wasmtime::{Engine, Store, Trap};
 
 use super::WasmtimeResult;
-use super::bindings::sink::{Sink, SinkPre};
-use super::bindings::transform::{Transform, TransformPre};
-use super::bindings::{Event, Outcome};
+use super::bindings::{ConfigProblem, Event, Outcome, sink, transform, v0_1};
 use super::engine::EPOCH_TICK;
 use super::state::{StageContext, StageState};
 use crate::config::StageSpec;
@@ -56,6 +57,81 @@ impl std::fmt::Display for Fault {
         }
     }
 }
+
+/// A component linked as a transform, ready to instantiate.
+pub enum TransformPre {
+    Current(transform::TransformPre<StageState>),
+    V0_1(v0_1::transform::TransformPre<StageState>),
+}
+
+/// A component linked as a sink, ready to instantiate.
+pub enum SinkPre {
+    Current(sink::SinkPre<StageState>),
+    V0_1(v0_1::sink::SinkPre<StageState>),
+}
+
+impl TransformPre {
+    /// The version of the contract the component was built against.
+    pub fn contract(&self) -> &'static str {
+        match self {
+            TransformPre::Current(_) => CURRENT_CONTRACT,
+            TransformPre::V0_1(_) => "sluice:plugin@0.1.0",
+        }
+    }
+}
+
+impl SinkPre {
+    pub fn contract(&self) -> &'static str {
+        match self {
+            SinkPre::Current(_) => CURRENT_CONTRACT,
+            SinkPre::V0_1(_) => "sluice:plugin@0.1.0",
+        }
+    }
+}
+
+pub const CURRENT_CONTRACT: &str = "sluice:plugin@0.2.0";
+
+/// A plugin's `init` refused the stage's config: the problems it named,
+/// each with where in the config it is (a plugin on `@0.1.0` names one,
+/// without a place).
+#[derive(Debug, Clone)]
+pub struct ConfigRefused {
+    pub pipeline: String,
+    pub stage: String,
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl ConfigRefused {
+    fn new(stage: &StageContext, mut problems: Vec<ConfigProblem>) -> Self {
+        if problems.is_empty() {
+            problems.push(ConfigProblem { path: Vec::new(), message: "refused without saying why".into() });
+        }
+        Self { pipeline: stage.pipeline.to_string(), stage: stage.name.to_string(), problems }
+    }
+}
+
+/// A config path as written in messages: `rules[0].window`.
+pub fn config_path(path: &[String]) -> String {
+    sluice_kit::config_path::write(path)
+}
+
+impl std::fmt::Display for ConfigRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the plugin's init refused its config: ")?;
+        for (n, problem) in self.problems.iter().enumerate() {
+            if n > 0 {
+                write!(f, "; ")?;
+            }
+            match problem.path.is_empty() {
+                true => write!(f, "{}", problem.message)?,
+                false => write!(f, "`{}`: {}", config_path(&problem.path), problem.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigRefused {}
 
 /// A store under a stage's limits: what both kinds of instance run in.
 struct Sandbox {
@@ -103,28 +179,54 @@ impl Sandbox {
         call(&mut self.store).map_err(|e| classify(&self.store, self.time_budget, e))
     }
 
-    /// Calls `init`; its refusal or its fault stops the instance from starting.
-    fn init(&mut self, call: impl FnOnce(&mut Store<StageState>) -> wasmtime::Result<Result<(), String>>) -> Result<()> {
+    /// Calls `init`; its refusal ([`ConfigRefused`]) or its fault stops the
+    /// instance from starting.
+    fn init(&mut self, call: impl FnOnce(&mut Store<StageState>) -> wasmtime::Result<Result<(), Vec<ConfigProblem>>>) -> Result<()> {
         match self.call(call) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => anyhow::bail!("the plugin's init refused its config: {message}"),
+            Ok(Err(problems)) => Err(ConfigRefused::new(&self.store.data().stage, problems).into()),
             Err(fault) => anyhow::bail!("the plugin's init failed: {fault}"),
         }
     }
 }
 
+/// A 0.1.0 plugin's refusal, one message for the config as a whole.
+fn one_problem(refusal: Result<(), String>) -> Result<(), Vec<ConfigProblem>> {
+    refusal.map_err(|message| vec![ConfigProblem { path: Vec::new(), message }])
+}
+
+enum TransformBindings {
+    Current(transform::Transform),
+    V0_1(v0_1::transform::Transform),
+}
+
+enum SinkBindings {
+    Current(sink::Sink),
+    V0_1(v0_1::sink::Sink),
+}
+
 /// One instance of a `transform` stage.
 pub struct TransformInstance {
     sandbox: Sandbox,
-    bindings: Transform,
+    bindings: TransformBindings,
 }
 
 impl TransformInstance {
     /// Instantiates the stage and calls its `init` with `config`.
-    pub fn start(engine: &Engine, pre: &TransformPre<StageState>, stage: Arc<StageContext>, spec: &StageSpec) -> Result<Self> {
+    pub fn start(engine: &Engine, pre: &TransformPre, stage: Arc<StageContext>, spec: &StageSpec) -> Result<Self> {
         let mut sandbox = Sandbox::new(engine, stage, spec)?;
-        let bindings = pre.instantiate(&mut sandbox.store).anyhow().context("cannot instantiate the component")?;
-        sandbox.init(|store| bindings.call_init(store, &spec.config))?;
+        let bindings = match pre {
+            TransformPre::Current(pre) => {
+                let bindings = pre.instantiate(&mut sandbox.store).anyhow().context("cannot instantiate the component")?;
+                sandbox.init(|store| bindings.call_init(store, &spec.config))?;
+                TransformBindings::Current(bindings)
+            }
+            TransformPre::V0_1(pre) => {
+                let bindings = pre.instantiate(&mut sandbox.store).anyhow().context("cannot instantiate the component")?;
+                sandbox.init(|store| bindings.call_init(store, &spec.config).map(one_problem))?;
+                TransformBindings::V0_1(bindings)
+            }
+        };
         Ok(Self { sandbox, bindings })
     }
 
@@ -133,7 +235,10 @@ impl TransformInstance {
     /// the batch is retried event by event to find the one that floods).
     pub fn process(&mut self, batch: &[Event]) -> Result<Vec<Outcome>, Fault> {
         let bindings = &self.bindings;
-        let outcomes = self.sandbox.call(|store| bindings.call_process(store, batch))?;
+        let outcomes = self.sandbox.call(|store| match bindings {
+            TransformBindings::Current(b) => b.call_process(store, batch),
+            TransformBindings::V0_1(b) => b.call_process(store, batch),
+        })?;
         if outcomes.len() != batch.len() {
             return Err(Fault::Contract(format!("process returned {} outcomes for {} events", outcomes.len(), batch.len())));
         }
@@ -153,21 +258,41 @@ impl TransformInstance {
 /// events of its own, and hands its state over through snapshots.
 pub struct SinkInstance {
     sandbox: Sandbox,
-    bindings: Sink,
+    bindings: SinkBindings,
+}
+
+/// Calls the same export of a sink of either version.
+macro_rules! call_sink {
+    ($bindings:expr, $store:expr, $call:ident $(, $arg:expr)*) => {
+        match $bindings {
+            SinkBindings::Current(b) => b.$call($store $(, $arg)*),
+            SinkBindings::V0_1(b) => b.$call($store $(, $arg)*),
+        }
+    };
 }
 
 impl SinkInstance {
     /// Instantiates the stage and calls its `init` with `config`.
-    pub fn start(engine: &Engine, pre: &SinkPre<StageState>, stage: Arc<StageContext>, spec: &StageSpec) -> Result<Self> {
+    pub fn start(engine: &Engine, pre: &SinkPre, stage: Arc<StageContext>, spec: &StageSpec) -> Result<Self> {
         let mut sandbox = Sandbox::new(engine, stage, spec)?;
-        let bindings = pre.instantiate(&mut sandbox.store).anyhow().context("cannot instantiate the component")?;
-        sandbox.init(|store| bindings.call_init(store, &spec.config))?;
+        let bindings = match pre {
+            SinkPre::Current(pre) => {
+                let bindings = pre.instantiate(&mut sandbox.store).anyhow().context("cannot instantiate the component")?;
+                sandbox.init(|store| bindings.call_init(store, &spec.config))?;
+                SinkBindings::Current(bindings)
+            }
+            SinkPre::V0_1(pre) => {
+                let bindings = pre.instantiate(&mut sandbox.store).anyhow().context("cannot instantiate the component")?;
+                sandbox.init(|store| bindings.call_init(store, &spec.config).map(one_problem))?;
+                SinkBindings::V0_1(bindings)
+            }
+        };
         Ok(Self { sandbox, bindings })
     }
 
     pub fn consume(&mut self, batch: &[Event]) -> Result<Vec<Event>, Fault> {
         let bindings = &self.bindings;
-        let emitted = self.sandbox.call(|store| bindings.call_consume(store, batch))?;
+        let emitted = self.sandbox.call(|store| call_sink!(bindings, store, call_consume, batch))?;
         self.sandbox.within_limits(emitted.iter(), batch.len())?;
         Ok(emitted)
     }
@@ -175,20 +300,20 @@ impl SinkInstance {
     /// Time has passed: `now` in nanoseconds since the Unix epoch.
     pub fn tick(&mut self, now: u64) -> Result<Vec<Event>, Fault> {
         let bindings = &self.bindings;
-        let emitted = self.sandbox.call(|store| bindings.call_tick(store, now))?;
+        let emitted = self.sandbox.call(|store| call_sink!(bindings, store, call_tick, now))?;
         self.sandbox.within_limits(emitted.iter(), 1)?;
         Ok(emitted)
     }
 
     pub fn snapshot(&mut self) -> Result<Vec<u8>, Fault> {
         let bindings = &self.bindings;
-        self.sandbox.call(|store| bindings.call_snapshot(store))
+        self.sandbox.call(|store| call_sink!(bindings, store, call_snapshot))
     }
 
     /// Takes over a state a `snapshot` produced.
     pub fn restore(&mut self, state: &[u8]) -> Result<()> {
         let bindings = &self.bindings;
-        match self.sandbox.call(|store| bindings.call_restore(store, state)) {
+        match self.sandbox.call(|store| call_sink!(bindings, store, call_restore, state)) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => anyhow::bail!("the plugin refused the state it was handed: {message}"),
             Err(fault) => anyhow::bail!("the plugin's restore failed: {fault}"),

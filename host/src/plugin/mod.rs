@@ -1,11 +1,13 @@
 //! Plugins: WebAssembly components loaded into wasmtime.
 //!
-//! - `bindings`: the code generated from `wit/` (the only `bindgen!`).
+//! - `bindings`: the code generated from `wit/`, for the current contract and
+//!   for `@0.1.0` (the only `bindgen!`s).
 //! - `engine`: the shared engine, linker, epoch ticker and component cache.
 //! - `disk_cache`: compiled components kept on disk across runs.
 //! - `state`: what one instance's store holds, and its memory cap.
 //! - `instance`: one running instance, of a transform or of a sink (with its
-//!   snapshot and restore), and the faults a call can end in.
+//!   snapshot and restore) of either contract version, the faults a call can
+//!   end in, and an `init`'s refusal of its config.
 //! - `imports`: the host side of `log`, `clock` and `counters`.
 
 pub mod bindings;
@@ -15,10 +17,10 @@ pub mod imports;
 pub mod instance;
 pub mod state;
 
-pub use bindings::{Event, Outcome, Rejection};
+pub use bindings::{ConfigProblem, Event, Outcome, Rejection};
 pub use engine::{Loaded, PluginEngine};
 pub use imports::{Clock, Counters};
-pub use instance::{Fault, SinkInstance, TransformInstance};
+pub use instance::{CURRENT_CONTRACT, ConfigRefused, Fault, SinkInstance, SinkPre, TransformInstance, TransformPre, config_path};
 pub use state::{Grants, StageContext, StageState};
 
 /// wasmtime's error type is its own; this brings its results into `anyhow`

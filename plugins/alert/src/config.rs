@@ -67,7 +67,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sluice_plugin::time;
+use sluice_plugin::{ConfigError, time};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -326,51 +326,57 @@ impl Silence {
 }
 
 impl Settings {
-    pub fn parse(json: &str) -> Result<Self, String> {
-        let config: Config = serde_json::from_str(json).map_err(|e| format!("invalid alert config: {e}"))?;
-        Self::check(config)
+    /// Reads the config; each problem is refused at its key (a rule's or a
+    /// silence's at its table in the pipeline file).
+    pub fn parse(json: &str) -> Result<Self, ConfigError> {
+        Self::check(sluice_plugin::config::read(json)?)
     }
 
-    fn check(mut config: Config) -> Result<Self, String> {
-        let late_ms = duration_ms(&config.late_allowance).map_err(|e| format!("late_allowance: {e}"))?;
-        let resolution_ms = duration_ms(&config.resolution).map_err(|e| format!("resolution: {e}"))?;
+    fn check(mut config: Config) -> Result<Self, ConfigError> {
+        let late_ms = duration_ms(&config.late_allowance).map_err(|e| ConfigError::at("late_allowance", e))?;
+        let resolution_ms = duration_ms(&config.resolution).map_err(|e| ConfigError::at("resolution", e))?;
         if resolution_ms < 1000 {
-            return Err(format!("resolution: {:?} is shorter than one second", config.resolution));
+            return Err(ConfigError::at("resolution", format!("{:?} is shorter than one second", config.resolution)));
         }
         if !(0.0001..=0.1).contains(&config.accuracy) {
-            return Err(format!("accuracy: {} is outside 0.0001..=0.1", config.accuracy));
+            return Err(ConfigError::at("accuracy", format!("{} is outside 0.0001..=0.1", config.accuracy)));
         }
         if config.rule.is_empty() {
             return Err("no rules: add at least one [[...config.rule]]".into());
         }
         let defaults = Defaults {
-            repeat_ms: config.repeat.as_deref().map(duration_ms).transpose().map_err(|e| format!("repeat: {e}"))?,
-            hold_ms: steps("for", config.hold.as_deref(), resolution_ms, 0)?,
-            keep_firing_ms: steps("keep_firing_for", config.keep_firing_for.as_deref(), resolution_ms, 0)?,
+            repeat_ms: config.repeat.as_deref().map(duration_ms).transpose().map_err(|e| ConfigError::at("repeat", e))?,
+            hold_ms: steps("for", config.hold.as_deref(), resolution_ms, 0).map_err(|e| ConfigError::at("for", e))?,
+            keep_firing_ms: steps("keep_firing_for", config.keep_firing_for.as_deref(), resolution_ms, 0).map_err(|e| ConfigError::at("keep_firing_for", e))?,
         };
         let mut rules: Vec<Rule> = Vec::with_capacity(config.rule.len());
-        for raw in std::mem::take(&mut config.rule) {
+        for (n, raw) in std::mem::take(&mut config.rule).into_iter().enumerate() {
             let name = rule_key(&raw.id, raw.check.as_deref());
-            let rule = check_rule(raw, name.clone(), &config, resolution_ms, &defaults).map_err(|e| format!("rule `{name}`: {e}"))?;
+            let at = format!("rule[{n}]");
+            let rule =
+                check_rule(raw, name.clone(), &config, resolution_ms, &defaults).map_err(|e| ConfigError::new(format!("rule `{name}`: {e}")).within(&at))?;
             if rules.iter().any(|r| r.key == rule.key) {
-                return Err(format!("rule `{name}` is declared twice (give each rule of one id its own `check`)"));
+                return Err(ConfigError::at(&at, format!("rule `{name}` is declared twice (give each rule of one id its own `check`)")));
             }
             rules.push(rule);
         }
         let heartbeat = match config.heartbeat.take() {
             None => None,
             Some(text) => {
-                let ms = duration_ms(&text).map_err(|e| format!("heartbeat: {e}"))?;
+                let ms = duration_ms(&text).map_err(|e| ConfigError::at("heartbeat", e))?;
                 if ms < 1000 {
-                    return Err(format!("heartbeat: {text:?} is shorter than one second"));
+                    return Err(ConfigError::at("heartbeat", format!("{text:?} is shorter than one second")));
                 }
                 if rules.iter().any(|rule| rule.id == HEARTBEAT) {
-                    return Err(format!("a rule is called `{HEARTBEAT}`: its alerts would share the heartbeat's subject; rename it"));
+                    return Err(format!("a rule is called `{HEARTBEAT}`: its alerts would share the heartbeat's subject; rename it").into());
                 }
                 Some(Heartbeat { every_ms: ms, every: text })
             }
         };
-        let silences = std::mem::take(&mut config.silence).into_iter().map(|silence| Silence::check(silence, &rules)).collect::<Result<_, _>>()?;
+        let silences = std::mem::take(&mut config.silence).into_iter().enumerate();
+        let silences = silences
+            .map(|(n, silence)| Silence::check(silence, &rules).map_err(|e| ConfigError::new(e).within(&format!("silence[{n}]"))))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             subject_prefix: config.subject_prefix,
             stage: config.stage,
@@ -552,8 +558,13 @@ mod tests {
         assert!(duration_ms("3 weeks").is_err());
     }
 
+    /// The settings, or the refusal as the host's log writes it.
+    fn parse(json: &str) -> Result<Settings, String> {
+        Settings::parse(json).map_err(|e| e.to_string())
+    }
+
     fn settings(rule: &str) -> Result<Settings, String> {
-        Settings::parse(&format!(r#"{{ "stage": "beta", "rule": [{rule}] }}"#))
+        parse(&format!(r#"{{ "stage": "beta", "rule": [{rule}] }}"#))
     }
 
     #[test]
@@ -562,9 +573,9 @@ mod tests {
                        "quantile": { "field": "latency_ms", "q": 0.95 }, "above": { "beta": 110000, "launch": 90000 } }"#;
         let settings = settings(rule).unwrap();
         assert_eq!(settings.rules[0].condition, Condition::Above(110_000.0));
-        let launch = Settings::parse(&format!(r#"{{ "stage": "launch", "rule": [{rule}] }}"#)).unwrap();
+        let launch = parse(&format!(r#"{{ "stage": "launch", "rule": [{rule}] }}"#)).unwrap();
         assert_eq!(launch.rules[0].condition, Condition::Above(90_000.0));
-        let error = Settings::parse(&format!(r#"{{ "stage": "ga", "rule": [{rule}] }}"#)).unwrap_err();
+        let error = parse(&format!(r#"{{ "stage": "ga", "rule": [{rule}] }}"#)).unwrap_err();
         assert!(error.contains("rule `p95`") && error.contains("no threshold for stage \"ga\""), "{error}");
     }
 
@@ -589,22 +600,22 @@ mod tests {
         }
         let twice = format!(r#"{{ {base}, "window": "15m", "mean": "x", "below": 1 }}, {{ {base}, "window": "15m", "mean": "x", "below": 1 }}"#);
         assert!(settings(&twice).unwrap_err().contains("declared twice"));
-        assert!(Settings::parse(r#"{ "rule": [] }"#).unwrap_err().contains("no rules"));
-        assert!(Settings::parse(r#"{ "rules": [] }"#).unwrap_err().contains("unknown field `rules`"));
+        assert!(parse(r#"{ "rule": [] }"#).unwrap_err().contains("no rules"));
+        assert!(parse(r#"{ "rules": [] }"#).unwrap_err().contains("unknown field `rules`"));
         let beat = |every: &str, id: &str| {
-            Settings::parse(&format!(
+            parse(&format!(
                 r#"{{ "heartbeat": "{every}", "rule": [{{ "id": "{id}", "owner": "o", "severity": "s", "samples": ["e"], "window": "1m", "mean": "x", "below": 1 }}] }}"#
             ))
         };
         assert_eq!(beat("1m", "r").unwrap().heartbeat, Some(Heartbeat { every_ms: 60_000, every: "1m".to_string() }));
-        assert!(beat("500ms", "r").unwrap_err().contains("heartbeat: \"500ms\" is shorter than one second"));
+        assert!(beat("500ms", "r").unwrap_err().contains("`heartbeat`: \"500ms\" is shorter than one second"));
         assert!(beat("1m", "heartbeat").unwrap_err().contains("a rule is called `heartbeat`"));
     }
 
     #[test]
     fn broken_silences_are_refused_with_what_is_wrong() {
         let rule = r#"{ "id": "r", "check": "c", "owner": "o", "severity": "s", "samples": ["e"], "window": "15m", "mean": "x", "below": 1 }"#;
-        let with = |silence: &str| Settings::parse(&format!(r#"{{ "rule": [{rule}], "silence": [{silence}] }}"#));
+        let with = |silence: &str| parse(&format!(r#"{{ "rule": [{rule}], "silence": [{silence}] }}"#));
         assert!(with(r#"{ "rule": "r", "until": "2026-11-24T06:00:00Z", "reason": "x" }"#).is_ok(), "a rule's id");
         assert!(with(r#"{ "rule": "r/c", "until": "2026-11-24T06:00:00Z", "reason": "x" }"#).is_ok(), "a rule's id/check");
         let cases = [
@@ -629,7 +640,7 @@ mod tests {
                         "group_by": "experiment_assignments", "quantile": { "field": "x", "q": 0.95 }, "above": 1 }"#;
         let silence =
             r#"{ "rule": "guardrail", "labels": { "variant": "B" }, "from": "2026-11-24T06:00:00Z", "until": "2026-11-24T07:00:00Z", "reason": "withdrawn" }"#;
-        let settings = Settings::parse(&format!(r#"{{ "rule": [{rule}], "silence": [{silence}] }}"#)).unwrap();
+        let settings = parse(&format!(r#"{{ "rule": [{rule}], "silence": [{silence}] }}"#)).unwrap();
         let rule = &settings.rules[0];
         let at = |text: &str| time::parse_rfc3339(text).unwrap();
         let variant = |v: &str| BTreeMap::from([("experiment".to_string(), "pricing".to_string()), ("variant".to_string(), v.to_string())]);

@@ -15,7 +15,7 @@ pub mod engine;
 
 use engine::{Alert, Engine, State, Tally};
 use sluice_plugin::log::{self, Level};
-use sluice_plugin::{Event, Sink, clock, counters};
+use sluice_plugin::{ConfigError, Event, Sink, clock, counters};
 
 struct AlertSink {
     engine: Engine,
@@ -27,7 +27,7 @@ impl Sink for AlertSink {
     type Config = serde_json::Value;
     type State = State;
 
-    fn new(config: serde_json::Value) -> Result<Self, String> {
+    fn new(config: serde_json::Value) -> Result<Self, ConfigError> {
         Ok(Self { engine: Engine::new(config::Settings::parse(&config.to_string())?) })
     }
 

@@ -20,7 +20,7 @@
 //! misbehave so.
 
 use serde::Deserialize;
-use sluice_plugin::{Event, Outcome, Transform};
+use sluice_plugin::{ConfigError, Event, Outcome, Transform};
 
 #[derive(Deserialize)]
 struct Config {
@@ -42,15 +42,15 @@ impl Transform for Chaos {
     const NAME: &'static str = "chaos";
     type Config = Config;
 
-    fn new(config: Config) -> Result<Self, String> {
+    fn new(config: Config) -> Result<Self, ConfigError> {
         if config.fail_init {
             return Err("init failed because the config asked it to".into());
         }
         match config.init.as_deref() {
             Some("loop") => spin(),
             Some("alloc") => hoard(),
-            Some("stack") => return Err(format!("unreachable: {}", recurse(0))),
-            Some("shadow_stack") => return Err(format!("unreachable: {}", recurse_in_memory(0))),
+            Some("stack") => return Err(format!("unreachable: {}", recurse(0)).into()),
+            Some("shadow_stack") => return Err(format!("unreachable: {}", recurse_in_memory(0)).into()),
             Some("trap") => panic!("chaos asked init to trap"),
             _ => {}
         }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sluice_plugin::{Event, Outcome, Transform, time, uuid};
+use sluice_plugin::{ConfigError, Event, Outcome, Transform, time, uuid};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,9 +49,9 @@ impl Transform for Enrich {
     const NAME: &'static str = "enrich";
     type Config = Config;
 
-    fn new(config: Config) -> Result<Self, String> {
+    fn new(config: Config) -> Result<Self, ConfigError> {
         if config.max_clock_skew_ms < 0 {
-            return Err("max_clock_skew_ms must not be negative".into());
+            return Err(ConfigError::at("max_clock_skew_ms", "must not be negative"));
         }
         Ok(Self { config })
     }

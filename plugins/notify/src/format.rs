@@ -36,6 +36,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use sluice_plugin::ConfigError;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,27 +95,28 @@ pub enum Message {
 
 impl Notifier {
     /// Reads the stage config; `env` looks up a granted variable.
-    pub fn new(config: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let config: Config = serde_json::from_str(config).map_err(|e| format!("invalid notify config: {e}"))?;
+    pub fn new(config: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let config: Config = sluice_plugin::config::read(config)?;
         let format = match config.format.as_str() {
             "slack" => Format::Alerts(Tool::Slack),
             "heartbeat" => Format::Heartbeat,
             "pagerduty" => {
                 let name = &config.routing_key_env;
                 let routing_key = env(name).filter(|key| !key.trim().is_empty()).ok_or_else(|| {
-                    format!("the PagerDuty routing key is read from {name}, which is not set (grant it to the stage with env = [\"{name}\"])")
+                    let message = format!("the PagerDuty routing key is read from {name}, which is not set (grant it to the stage with env = [\"{name}\"])");
+                    ConfigError::at("routing_key_env", message)
                 })?;
                 let mut severity: BTreeMap<String, String> =
                     [("page", "critical"), ("incident", "error")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
                 for (ours, theirs) in config.severity {
                     if !PAGERDUTY_SEVERITIES.contains(&theirs.as_str()) {
-                        return Err(format!("severity.{ours} = {theirs:?}: PagerDuty takes one of {PAGERDUTY_SEVERITIES:?}"));
+                        return Err(ConfigError::at(&format!("severity.{ours}"), format!("{theirs:?}: PagerDuty takes one of {PAGERDUTY_SEVERITIES:?}")));
                     }
                     severity.insert(ours, theirs);
                 }
                 Format::Alerts(Tool::PagerDuty { routing_key, source: config.source, severity })
             }
-            other => return Err(format!("format {other:?} is not one of \"slack\", \"pagerduty\", \"heartbeat\"")),
+            other => return Err(ConfigError::at("format", format!("{other:?} is not one of \"slack\", \"pagerduty\", \"heartbeat\""))),
         };
         Ok(Self { format, only: config.only })
     }
@@ -311,12 +313,13 @@ mod tests {
 
     #[test]
     fn a_broken_config_says_what_is_wrong() {
-        let error = Notifier::new(r#"{ "format": "pagerduty" }"#, no_env).unwrap_err();
-        assert!(error.contains("PAGERDUTY_ROUTING_KEY, which is not set"), "{error}");
+        let refused = |config: &str, env: &dyn Fn(&str) -> Option<String>| Notifier::new(config, env).map(|_| ()).expect_err("refused").to_string();
+        let error = refused(r#"{ "format": "pagerduty" }"#, &no_env);
+        assert!(error.starts_with("`routing_key_env`: ") && error.contains("PAGERDUTY_ROUTING_KEY, which is not set"), "{error}");
         let key = |_: &str| Some("k".to_string());
-        let error = Notifier::new(r#"{ "format": "pagerduty", "severity": { "page": "urgent" } }"#, key).unwrap_err();
-        assert!(error.contains("severity.page = \"urgent\""), "{error}");
-        assert!(Notifier::new(r#"{ "format": "teams" }"#, no_env).unwrap_err().contains("not one of"));
-        assert!(Notifier::new(r#"{ "format": "slack", "channel": "alerts" }"#, no_env).unwrap_err().contains("unknown field `channel`"));
+        let error = refused(r#"{ "format": "pagerduty", "severity": { "page": "urgent" } }"#, &key);
+        assert!(error.starts_with("`severity.page`: \"urgent\""), "{error}");
+        assert!(refused(r#"{ "format": "teams" }"#, &no_env).contains("not one of"));
+        assert!(refused(r#"{ "format": "slack", "channel": "alerts" }"#, &no_env).contains("unknown field `channel`"));
     }
 }

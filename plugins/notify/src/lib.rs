@@ -6,7 +6,7 @@
 pub mod format;
 
 use format::{Message, Notifier};
-use sluice_plugin::{Event, Outcome, Transform};
+use sluice_plugin::{ConfigError, Event, Outcome, Transform};
 
 struct Notify(Notifier);
 
@@ -15,7 +15,7 @@ impl Transform for Notify {
     /// `Notifier` reads the config itself (and names the format it is for).
     type Config = serde_json::Value;
 
-    fn new(config: serde_json::Value) -> Result<Self, String> {
+    fn new(config: serde_json::Value) -> Result<Self, ConfigError> {
         Notifier::new(&config.to_string(), |name| std::env::var(name).ok()).map(Notify)
     }
 

@@ -19,7 +19,7 @@ mod rules;
 pub mod text;
 
 use serde::Deserialize;
-use sluice_plugin::{Event, Outcome, Transform};
+use sluice_plugin::{ConfigError, Event, Outcome, Transform};
 
 pub use rules::{Redactor, Rules};
 
@@ -43,11 +43,14 @@ impl Transform for Redact {
     const NAME: &'static str = "redact";
     type Config = Config;
 
-    fn new(config: Config) -> Result<Self, String> {
-        let key = std::env::var(&config.hash_key_env)
-            .map_err(|_| format!("the HMAC key is read from {}, which is not set (grant it with env = [\"{}\"])", config.hash_key_env, config.hash_key_env))?;
+    fn new(config: Config) -> Result<Self, ConfigError> {
+        let key = std::env::var(&config.hash_key_env).map_err(|_| {
+            let message = format!("the HMAC key is read from {}, which is not set (grant it with env = [\"{}\"])", config.hash_key_env, config.hash_key_env);
+            ConfigError::at("hash_key_env", message)
+        })?;
         if key.len() < 16 {
-            return Err(format!("{} must hold at least 16 bytes; a short key makes prompt hashes guessable", config.hash_key_env));
+            let message = format!("{} must hold at least 16 bytes; a short key makes prompt hashes guessable", config.hash_key_env);
+            return Err(ConfigError::at("hash_key_env", message));
         }
         Ok(Redact(Redactor::new(config.rules, key.into_bytes())))
     }

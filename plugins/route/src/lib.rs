@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use sluice_plugin::{Event, Outcome, Transform};
+use sluice_plugin::{ConfigError, Event, Outcome, Transform};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,9 +76,12 @@ impl Transform for Route {
     const NAME: &'static str = "route";
     type Config = Config;
 
-    fn new(config: Config) -> Result<Self, String> {
-        if config.subject.is_empty() || config.rules.iter().chain(&config.copies).any(|r| r.subject.is_empty()) {
-            return Err("every `subject` must be non-empty".into());
+    fn new(config: Config) -> Result<Self, ConfigError> {
+        let empty = |list: &str, rules: &[_]| rules.iter().position(|r: &Rule| r.subject.is_empty()).map(|n| format!("{list}[{n}].subject"));
+        let empty =
+            config.subject.is_empty().then(|| "subject".to_string()).or_else(|| empty("rules", &config.rules)).or_else(|| empty("copies", &config.copies));
+        if let Some(at) = empty {
+            return Err(ConfigError::at(&at, "a subject must not be empty"));
         }
         Ok(Self { config })
     }
@@ -191,6 +194,8 @@ mod tests {
         assert_eq!(refused, Outcome::reject("invalid_property", Some("event"), "`event` = \"a.b\" cannot be a subject token"));
         let missing = route.process(event("raw.1", &json!({ "n": 1 })));
         assert_eq!(missing, Outcome::reject("missing_property", Some("event"), "`event` is needed to choose the subject"));
-        assert_eq!(Harness::<Route>::new(json!({ "subject": "" })).err().unwrap(), "every `subject` must be non-empty");
+        assert_eq!(Harness::<Route>::new(json!({ "subject": "" })).err().unwrap().to_string(), "`subject`: a subject must not be empty");
+        let rule = json!({ "subject": "out", "rules": [{ "when": { "event": "a" }, "subject": "a" }, { "when": { "event": "b" }, "subject": "" }] });
+        assert_eq!(Harness::<Route>::new(rule).err().unwrap().to_string(), "`rules[1].subject`: a subject must not be empty");
     }
 }

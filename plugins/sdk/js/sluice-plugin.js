@@ -29,9 +29,11 @@
 // a project whose `build.sh` does that.
 //
 // What the SDK does for every plugin:
-// - `init` reads the config and builds the class; any exception becomes the
-//   error `sluice validate` shows: "invalid check config: unknown field
-//   `requir`, expected `require`".
+// - `init` reads the config and builds the class; a problem with the config
+//   (`throw new sluice.ConfigError(message, "rules[0].window")`, or any other
+//   exception) becomes the error `sluice validate` shows at the line of the
+//   key at fault: "config `requir`: unknown field `requir`, expected
+//   `require`".
 // - `process` gives each event to the class's `process`. An exception thrown
 //   there rejects that event alone, with the code `exception`, the error and
 //   the line that threw it; `throw new sluice.Rejected(code, property,
@@ -396,10 +398,10 @@ export const t = {
   integer: reader("an integer", (v) => (typeof v === "number" && Number.isInteger(v)) || typeof v === "bigint"),
   any: reader("a value", () => true),
   list: (item) =>
-    reader("a list", Array.isArray, (v, path) => v.map((x, i) => item.read(x, `${path}[${i}]`))),
+    reader("a list", Array.isArray, (v, path) => v.map((x, i) => item.read(x, [...path, String(i)]))),
   table: (item) =>
     reader("a table", (v) => kind(v) === "an object", (v, path) =>
-      Object.fromEntries(Object.entries(v).map(([k, x]) => [k, item.read(x, path ? `${path}.${k}` : k)])),
+      Object.fromEntries(Object.entries(v).map(([k, x]) => [k, item.read(x, [...path, k])])),
     ),
   /** A table with these fields, unknown ones refused. */
   fields: (fields) => reader("a table", (v) => kind(v) === "an object", (v, path) => readFields(fields, v, path)),
@@ -409,7 +411,7 @@ function reader(expected, fits, build = (v) => v) {
   const made = {
     required: true,
     read(value, path) {
-      if (!fits(value)) throw new Error(`expected ${expected}${at(path)}, found ${kind(value)}`);
+      if (!fits(value)) throw new ConfigError(`expected ${expected}, found ${kind(value)}`, path);
       return build(value, path);
     },
     /** The field may be left out; it then takes this value. */
@@ -420,21 +422,61 @@ function reader(expected, fits, build = (v) => v) {
   return made;
 }
 
-const at = (path) => (path ? ` at \`${path}\`` : "");
+/** Thrown from a plugin's constructor to refuse its config: `at` says where
+ * (`"rules[0].window"`: keys joined by `.`, list items by `[index]`, or a
+ * list of keys), or nothing for the config as a whole. `problems` holds
+ * `{ path, message }` records, the path a list of keys. */
+export class ConfigError extends Error {
+  constructor(message, at = []) {
+    super(message);
+    this.name = "ConfigError";
+    this.problems = [{ path: Array.isArray(at) ? at : parsePath(at), message }];
+    this.message = this.toString();
+  }
+
+  /** The same problems, found in the part of a larger config at `at`. */
+  within(at) {
+    const prefix = parsePath(at);
+    this.problems = this.problems.map(({ path, message }) => ({ path: [...prefix, ...path], message }));
+    this.message = this.toString();
+    return this;
+  }
+
+  toString() {
+    return this.problems.map(({ path, message }) => (path.length ? `\`${writtenPath(path)}\`: ${message}` : message)).join("; ");
+  }
+}
+
+function parsePath(at) {
+  const path = [];
+  const part = /\["((?:[^"\\]|\\.)*)"\]|\[(\d+)\]|([^.[]+)/g;
+  for (const [, quoted, index, key] of at.matchAll(part)) path.push(quoted !== undefined ? JSON.parse(`"${quoted}"`) : (index ?? key));
+  return path;
+}
+
+function writtenPath(path) {
+  let text = "";
+  for (const key of path) {
+    if (/^\d+$/.test(key)) text += `[${key}]`;
+    else if (/^[A-Za-z0-9_-]+$/.test(key)) text += text ? `.${key}` : key;
+    else text += `[${JSON.stringify(key)}]`;
+  }
+  return text;
+}
 
 function readFields(fields, value, path) {
   const unknown = Object.keys(value).find((k) => !Object.hasOwn(fields, k));
   if (unknown !== undefined) {
     const known = Object.keys(fields).map((k) => `\`${k}\``);
-    throw new Error(`unknown field \`${unknown}\`${at(path)}, expected ${known.length ? known.join(" or ") : "no fields"}`);
+    throw new ConfigError(`unknown field \`${unknown}\`, expected ${known.length ? known.join(" or ") : "no fields"}`, [...path, unknown]);
   }
   const read = {};
   for (const [name, field] of Object.entries(fields)) {
-    const where = path ? `${path}.${name}` : name;
+    const where = [...path, name];
     if (Object.hasOwn(value, name)) {
       read[name] = field.read(value[name], where);
     } else if (field.required) {
-      throw new Error(`missing field \`${name}\`${at(path)}`);
+      throw new ConfigError(`missing field \`${name}\``, path);
     } else {
       read[name] = structuredClone(field.fallback);
     }
@@ -462,20 +504,15 @@ export function describe(e) {
   return text;
 }
 
-/** The plugin built from its config (parsed JSON), or an Error saying what is
- * wrong with it. */
+/** The plugin built from its config (parsed JSON), or a ConfigError saying
+ * what is wrong with it, and where. */
 export function build(Plugin, config) {
-  const name = Plugin.name;
-  let read;
-  try {
-    read = Plugin.config === undefined ? config : t.fields(Plugin.config).read(config, "");
-  } catch (e) {
-    throw new Error(`invalid ${name} config: ${e.message}`);
-  }
+  const read = Plugin.config === undefined ? config : t.fields(Plugin.config).read(config, []);
   try {
     return new Plugin(read);
   } catch (e) {
-    throw new Error(`invalid ${name} config: ${e instanceof Error ? e.message || describe(e) : String(e)}`);
+    if (e instanceof ConfigError) throw e;
+    throw new ConfigError(e instanceof Error ? e.message || describe(e) : String(e));
   }
 }
 
@@ -529,7 +566,7 @@ export function transform(Plugin) {
         built = build(Plugin, parse(config));
       } catch (e) {
         // componentize-js turns a thrown value into the error result.
-        throw e instanceof Error ? e.message : String(e);
+        throw e instanceof ConfigError ? e.problems : [{ path: [], message: describe(e) }];
       }
     },
     process(batch) {

@@ -3,12 +3,13 @@
 //! A transform is a type that implements [`Transform`]: its typed config
 //! (any `Deserialize` type; add `#[serde(deny_unknown_fields)]` so a typo in
 //! the pipeline file is refused), a constructor that may refuse the config
-//! with a message `sluice validate` shows, and what becomes of one event.
+//! with a [`ConfigError`] `sluice validate` shows at the line of the key at
+//! fault, and what becomes of one event.
 //! [`transform!`] exports it as the component's `transform` world:
 //!
 //! ```
 //! use serde::Deserialize;
-//! use sluice_plugin::{Event, Outcome, Transform};
+//! use sluice_plugin::{ConfigError, Event, Outcome, Transform};
 //!
 //! #[derive(Deserialize)]
 //! #[serde(deny_unknown_fields)]
@@ -24,7 +25,10 @@
 //!     const NAME: &'static str = "check";
 //!     type Config = Config;
 //!
-//!     fn new(config: Config) -> Result<Self, String> {
+//!     fn new(config: Config) -> Result<Self, ConfigError> {
+//!         if config.required.is_empty() {
+//!             return Err(ConfigError::at("required", "name at least one property"));
+//!         }
 //!         Ok(Self { config })
 //!     }
 //!
@@ -56,8 +60,11 @@
 //! which controls the clock and keeps what was logged and counted, so a
 //! plugin's logic is unit-tested without WebAssembly or NATS.
 
+pub mod config;
 pub mod json;
 pub mod testing;
+
+pub use config::ConfigError;
 
 pub use sluice_kit::{canonical, sketch, time, uuid};
 
@@ -83,15 +90,15 @@ pub mod sink_bindings {
         export_macro_name: "export_sink_world",
         // One set of types and imports for both worlds.
         with: {
-            "sluice:plugin/types@0.1.0": crate::bindings::sluice::plugin::types,
-            "sluice:plugin/log@0.1.0": crate::bindings::sluice::plugin::log,
-            "sluice:plugin/clock@0.1.0": crate::bindings::sluice::plugin::clock,
-            "sluice:plugin/counters@0.1.0": crate::bindings::sluice::plugin::counters,
+            "sluice:plugin/types@0.2.0": crate::bindings::sluice::plugin::types,
+            "sluice:plugin/log@0.2.0": crate::bindings::sluice::plugin::log,
+            "sluice:plugin/clock@0.2.0": crate::bindings::sluice::plugin::clock,
+            "sluice:plugin/counters@0.2.0": crate::bindings::sluice::plugin::counters,
         },
     });
 }
 
-pub use bindings::sluice::plugin::types::{Event, Outcome, Rejection};
+pub use bindings::sluice::plugin::types::{ConfigProblem, Event, Outcome, Rejection};
 
 /// A stateful last stage that emits events of its own, such as alerts. Its
 /// state is a value of its own type, kept by the SDK: the host stores it
@@ -107,7 +114,7 @@ pub trait Sink: Sized {
     type State: serde::Serialize + serde::de::DeserializeOwned + Default;
 
     /// Builds the stage from its config, or says what is wrong with it.
-    fn new(config: Self::Config) -> Result<Self, String>;
+    fn new(config: Self::Config) -> Result<Self, ConfigError>;
 
     /// Takes in a batch, in order; returns the events it causes.
     fn consume(&mut self, state: &mut Self::State, batch: Vec<Event>) -> Vec<Event>;
@@ -143,8 +150,8 @@ pub trait Transform: Sized {
     type Config: serde::de::DeserializeOwned;
 
     /// Builds the stage from its config, or says what is wrong with it;
-    /// `sluice validate` and `deploy` show the message.
-    fn new(config: Self::Config) -> Result<Self, String>;
+    /// `sluice validate` and `deploy` show each problem at its key.
+    fn new(config: Self::Config) -> Result<Self, ConfigError>;
 
     /// What becomes of one event.
     fn process(&mut self, event: Event) -> Outcome;
@@ -229,11 +236,10 @@ pub mod counters {
 pub mod run {
     use std::cell::RefCell;
 
-    use super::{Event, Outcome, Transform};
+    use super::{ConfigError, Event, Outcome, Transform};
 
-    pub fn init<T: Transform>(slot: &RefCell<Option<T>>, config: &str) -> Result<(), String> {
-        let config: T::Config = serde_json::from_str(config).map_err(|e| format!("invalid {} config: {e}", T::NAME))?;
-        *slot.borrow_mut() = Some(T::new(config)?);
+    pub fn init<T: Transform>(slot: &RefCell<Option<T>>, config: &str) -> Result<(), ConfigError> {
+        *slot.borrow_mut() = Some(T::new(crate::config::read(config)?)?);
         Ok(())
     }
 
@@ -252,7 +258,7 @@ pub mod run {
 pub mod run_sink {
     use std::cell::RefCell;
 
-    use super::{Event, Sink};
+    use super::{ConfigError, Event, Sink};
 
     /// The plugin and its state, once `init` built it.
     pub struct Slot<S: Sink> {
@@ -260,9 +266,8 @@ pub mod run_sink {
         pub state: S::State,
     }
 
-    pub fn init<S: Sink>(slot: &RefCell<Option<Slot<S>>>, config: &str) -> Result<(), String> {
-        let config: S::Config = serde_json::from_str(config).map_err(|e| format!("invalid {} config: {e}", S::NAME))?;
-        *slot.borrow_mut() = Some(Slot { plugin: S::new(config)?, state: S::State::default() });
+    pub fn init<S: Sink>(slot: &RefCell<Option<Slot<S>>>, config: &str) -> Result<(), ConfigError> {
+        *slot.borrow_mut() = Some(Slot { plugin: S::new(crate::config::read(config)?)?, state: S::State::default() });
         Ok(())
     }
 
@@ -317,8 +322,8 @@ macro_rules! sink {
             }
             struct Export;
             impl $crate::sink_bindings::Guest for Export {
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
-                    PLUGIN.with(|slot| $crate::run_sink::init::<$plugin>(slot, &config))
+                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::vec::Vec<$crate::ConfigProblem>> {
+                    PLUGIN.with(|slot| $crate::run_sink::init::<$plugin>(slot, &config)).map_err($crate::config::problems)
                 }
                 fn consume(batch: ::std::vec::Vec<$crate::Event>) -> ::std::vec::Vec<$crate::Event> {
                     PLUGIN.with(|slot| $crate::run_sink::consume::<$plugin>(slot, batch))
@@ -348,8 +353,8 @@ macro_rules! transform {
             }
             struct Export;
             impl $crate::bindings::Guest for Export {
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
-                    PLUGIN.with(|slot| $crate::run::init::<$plugin>(slot, &config))
+                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::vec::Vec<$crate::ConfigProblem>> {
+                    PLUGIN.with(|slot| $crate::run::init::<$plugin>(slot, &config)).map_err($crate::config::problems)
                 }
                 fn process(batch: ::std::vec::Vec<$crate::Event>) -> ::std::vec::Vec<$crate::Outcome> {
                     PLUGIN.with(|slot| $crate::run::process::<$plugin>(slot, batch))
@@ -376,8 +381,8 @@ mod tests {
         const NAME: &'static str = "stamp";
         type Config = serde_json::Map<String, serde_json::Value>;
 
-        fn new(config: Self::Config) -> Result<Self, String> {
-            if config.contains_key("refuse") { Err("told to refuse".into()) } else { Ok(Stamp) }
+        fn new(config: Self::Config) -> Result<Self, ConfigError> {
+            if config.contains_key("refuse") { Err(ConfigError::at("refuse", "told to refuse")) } else { Ok(Stamp) }
         }
 
         fn process(&mut self, event: Event) -> Outcome {
@@ -401,9 +406,10 @@ mod tests {
     }
 
     #[test]
-    fn a_config_is_refused_with_the_stage_name_and_a_batch_before_init_is_rejected_event_by_event() {
-        assert_eq!(Harness::<Stamp>::new(json!({ "refuse": true })).err().unwrap(), "told to refuse");
-        assert!(Harness::<Stamp>::new(json!([1])).err().unwrap().starts_with("invalid stamp config: invalid type"));
+    fn a_config_is_refused_at_its_key_and_a_batch_before_init_is_rejected_event_by_event() {
+        let refused = Harness::<Stamp>::new(json!({ "refuse": true })).err().unwrap();
+        assert_eq!(refused.problems(), [ConfigProblem { path: vec!["refuse".into()], message: "told to refuse".into() }]);
+        assert!(Harness::<Stamp>::new(json!([1])).err().unwrap().to_string().starts_with("invalid type: sequence, expected a map"));
         let never_initialised: RefCell<Option<Stamp>> = RefCell::new(None);
         let outcomes = run::process(&never_initialised, vec![event("in.a", &json!({})), event("in.b", &json!({}))]);
         assert_eq!(outcomes, vec![Outcome::reject("not_initialised", None, "the stamp stage was not initialised"); 2]);

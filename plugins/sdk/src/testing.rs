@@ -85,9 +85,9 @@ pub struct Harness<T: Transform> {
 }
 
 impl<T: Transform> Harness<T> {
-    /// Builds the plugin from its config as JSON; the error is the message
-    /// `sluice validate` would show.
-    pub fn new(config: serde_json::Value) -> Result<Self, String> {
+    /// Builds the plugin from its config as JSON; the error holds the
+    /// problems `sluice validate` would show, each at its key.
+    pub fn new(config: serde_json::Value) -> Result<Self, crate::ConfigError> {
         let slot = RefCell::new(None);
         crate::run::init::<T>(&slot, &config.to_string())?;
         Ok(Self { plugin: slot.into_inner().expect("init filled the slot") })
@@ -119,7 +119,7 @@ pub struct SinkHarness<S: crate::Sink> {
 
 impl<S: crate::Sink> SinkHarness<S> {
     /// Builds the sink from its config as JSON, with an empty state.
-    pub fn new(config: serde_json::Value) -> Result<Self, String> {
+    pub fn new(config: serde_json::Value) -> Result<Self, crate::ConfigError> {
         let slot = RefCell::new(None);
         crate::run_sink::init::<S>(&slot, &config.to_string())?;
         Ok(Self { slot })

@@ -12,7 +12,7 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sluice_plugin::{Event, Outcome, Transform};
+use sluice_plugin::{ConfigError, Event, Outcome, Transform};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,7 +33,7 @@ impl Transform for Tag {
     const NAME: &'static str = "tag";
     type Config = Config;
 
-    fn new(config: Config) -> Result<Self, String> {
+    fn new(config: Config) -> Result<Self, ConfigError> {
         Ok(Self { config })
     }
 
@@ -94,7 +94,7 @@ mod tests {
     fn keeps_an_event_it_does_not_change_and_refuses_a_typo_in_its_config() {
         let mut tag = Harness::<Tag>::new(json!({ "require": ["event"] })).unwrap();
         assert_eq!(tag.process(event("in.a", &json!({ "event": "a" }))), Outcome::Keep);
-        let refused = Harness::<Tag>::new(json!({ "requires": ["event"] })).err().unwrap();
-        assert!(refused.starts_with("invalid tag config: unknown field `requires`"), "{refused}");
+        let refused = Harness::<Tag>::new(json!({ "requires": ["event"] })).err().unwrap().to_string();
+        assert!(refused.starts_with("`requires`: unknown field `requires`"), "{refused}");
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sluice_plugin::{Event, Sink};
+use sluice_plugin::{ConfigError, Event, Sink};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,7 +35,7 @@ impl Sink for Tally {
     type Config = Config;
     type State = State;
 
-    fn new(config: Config) -> Result<Self, String> {
+    fn new(config: Config) -> Result<Self, ConfigError> {
         Ok(Self { summary: format!("{}.summary", config.subject_prefix) })
     }
 

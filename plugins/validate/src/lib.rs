@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
-use sluice_plugin::{Event, Outcome, Transform};
+use sluice_plugin::{ConfigError, Event, Outcome, Transform};
 
 pub use schema::{Failure, Schema, SchemaSet};
 
@@ -49,14 +49,14 @@ impl Transform for Validator {
     const NAME: &'static str = "validate";
     type Config = Config;
 
-    fn new(config: Config) -> Result<Self, String> {
+    fn new(config: Config) -> Result<Self, ConfigError> {
         let reject_unknown = match config.unknown_events.as_str() {
             "reject" => true,
             "keep" => false,
-            other => return Err(format!("unknown_events must be \"reject\" or \"keep\", found {other:?}")),
+            other => return Err(ConfigError::at("unknown_events", format!("must be \"reject\" or \"keep\", found {other:?}"))),
         };
-        let files = read_schema_files(&config.schemas)?;
-        let schemas = SchemaSet::compile(&files)?;
+        let files = read_schema_files(&config.schemas).map_err(|e| ConfigError::at("schemas", e))?;
+        let schemas = SchemaSet::compile(&files).map_err(|e| ConfigError::at("schemas", e))?;
         sluice_plugin::log::debug("schemas loaded", &[("events", &schemas.event_count().to_string()), ("folder", &config.schemas)]);
         Ok(Validator { schemas, reject_unknown })
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
 
 use crate::plugin::bindings::transform::sluice::plugin::clock;
+use crate::plugin::bindings::v0_1::transform::sluice::plugin::clock as clock_0_1;
 use crate::plugin::state::StageState;
 
 #[derive(Clone, Debug)]
@@ -69,6 +70,12 @@ impl HostMonotonicClock for Clock {
 }
 
 impl clock::Host for StageState {
+    fn now(&mut self) -> u64 {
+        self.stage.clock.now_ns()
+    }
+}
+
+impl clock_0_1::Host for StageState {
     fn now(&mut self) -> u64 {
         self.stage.clock.now_ns()
     }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use crate::plugin::bindings::transform::sluice::plugin::counters;
+use crate::plugin::bindings::v0_1::transform::sluice::plugin::counters as counters_0_1;
 use crate::plugin::state::StageState;
 
 /// A plugin may not create more counters than this, nor longer names: a
@@ -31,6 +32,12 @@ impl Counters {
 }
 
 impl counters::Host for StageState {
+    fn add(&mut self, name: String, delta: u64) {
+        self.stage.counters.add(&name, delta);
+    }
+}
+
+impl counters_0_1::Host for StageState {
     fn add(&mut self, name: String, delta: u64) {
         self.stage.counters.add(&name, delta);
     }

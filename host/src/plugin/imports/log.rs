@@ -2,6 +2,7 @@
 //! tagged with the pipeline and stage they came from.
 
 use crate::plugin::bindings::transform::sluice::plugin::log::{self, Level};
+use crate::plugin::bindings::v0_1::transform::sluice::plugin::log as log_0_1;
 use crate::plugin::state::StageState;
 
 /// Longest message (and fields, together) kept from one log call.
@@ -26,6 +27,19 @@ impl log::Host for StageState {
             Level::Warn => tracing::warn!(pipeline, stage, fields, "{message}"),
             Level::Error => tracing::error!(pipeline, stage, fields, "{message}"),
         }
+    }
+}
+
+impl log_0_1::Host for StageState {
+    fn log(&mut self, level: log_0_1::Level, message: String, fields: Vec<(String, String)>) {
+        let level = match level {
+            log_0_1::Level::Trace => Level::Trace,
+            log_0_1::Level::Debug => Level::Debug,
+            log_0_1::Level::Info => Level::Info,
+            log_0_1::Level::Warn => Level::Warn,
+            log_0_1::Level::Error => Level::Error,
+        };
+        log::Host::log(self, level, message, fields);
     }
 }
 

@@ -1,6 +1,6 @@
 //! What the host offers every plugin: a log, a clock and counters. Each import
-//! is a small module implementing the generated `Host` trait on
-//! [`StageState`](super::state::StageState).
+//! is a small module implementing the generated `Host` traits, of the current
+//! package and of `@0.1.0`, on [`StageState`](super::state::StageState).
 
 pub mod clock;
 pub mod counters;

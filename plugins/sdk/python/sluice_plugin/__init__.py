@@ -33,9 +33,11 @@ whose ``build.sh`` does that.
 
 What the SDK does for every plugin:
 
-- ``init`` builds the config and the class; any exception becomes the error
-  ``sluice validate`` shows: ``invalid check config: unknown field `requir`,
-  expected `require```.
+- ``init`` builds the config and the class; a problem with the config
+  (``raise sluice.ConfigError(message, at="rules[0].window")``, or any other
+  exception) becomes the error ``sluice validate`` shows at the line of the
+  key at fault: ``config `requir`: unknown field `requir`, expected
+  `require```.
 - ``process`` gives each event to ``Transform.process``. An exception raised
   there rejects that event alone, with the code ``exception`` and the
   exception, its message and the line that raised it; ``raise
@@ -66,6 +68,7 @@ __all__ = [
     "Event",
     "Transform",
     "Rejected",
+    "ConfigError",
     "Keep",
     "Reroute",
     "Replace",
@@ -193,6 +196,62 @@ def drop(reason: str) -> Drop:
 
 def reject(code: str, property: str | None, message: str) -> Reject:
     return Reject(code, property, message)
+
+
+class ConfigError(ValueError):
+    """Raised from a plugin's ``__init__`` to refuse its config: ``at`` says
+    where (``"rules[0].window"``; keys joined by ``.``, list items by
+    ``[index]``), or nothing for the config as a whole. ``problems`` holds
+    ``(path, message)`` pairs, the path a list of keys."""
+
+    def __init__(self, message: str, at: str | list[str] = ""):
+        path = at if isinstance(at, list) else _parse_path(at)
+        self.problems: list[tuple[list[str], str]] = [(path, message)]
+        super().__init__(message)
+
+    def within(self, at: str) -> ConfigError:
+        """The same problems, found in the part of a larger config at ``at``."""
+        prefix = _parse_path(at)
+        self.problems = [(prefix + path, message) for path, message in self.problems]
+        return self
+
+    def __str__(self) -> str:
+        return "; ".join(f"`{_written(path)}`: {message}" if path else message for path, message in self.problems)
+
+
+def _parse_path(at: str) -> list[str]:
+    path, rest = [], at
+    while rest:
+        if rest.startswith('["'):
+            end = rest.find('"]', 2)
+            end = len(rest) if end < 0 else end
+            path.append(rest[2:end])
+            rest = rest[end + 2 :]
+        elif rest.startswith("["):
+            end = rest.find("]")
+            end = len(rest) if end < 0 else end
+            path.append(rest[1:end])
+            rest = rest[end + 1 :]
+        else:
+            ends = [i for i in (rest.find("."), rest.find("[")) if i >= 0]
+            end = min(ends) if ends else len(rest)
+            if end:
+                path.append(rest[:end])
+            rest = rest[end:]
+        rest = rest[1:] if rest.startswith(".") else rest
+    return path
+
+
+def _written(path: list[str]) -> str:
+    text = ""
+    for key in path:
+        if key.isdigit() and key.isascii():
+            text += f"[{key}]"
+        elif key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key):
+            text += f".{key}" if text else key
+        else:
+            text += "[" + json.dumps(key) + "]"
+    return text
 
 
 class Rejected(Exception):
@@ -443,39 +502,38 @@ def describe(e: BaseException) -> str:
 
 
 def build(plugin: type[Transform], config: Any) -> Transform:
-    """The plugin built from its config (parsed JSON), or ValueError saying
-    what is wrong with it."""
-    try:
-        typed = read_config(plugin.Config, config, "")
-    except ValueError as e:
-        raise ValueError(f"invalid {plugin.name} config: {e}") from None
+    """The plugin built from its config (parsed JSON), or ConfigError saying
+    what is wrong with it, and where."""
+    typed = read_config(plugin.Config, config, [])
     try:
         return plugin(typed)
+    except ConfigError:
+        raise
     except Exception as e:
-        raise ValueError(f"invalid {plugin.name} config: {e}" if str(e) else f"invalid {plugin.name} config: {describe(e)}") from None
+        raise ConfigError(str(e) if str(e) else describe(e)) from None
 
 
-def read_config(shape: Any, value: Any, path: str) -> Any:
+def read_config(shape: Any, value: Any, path: list[str]) -> Any:
     """Checks ``value`` against a type (a dataclass, a builtin, ``list[T]``,
-    ``dict[str, T]``, ``Optional[T]``, ``Any``) and builds it."""
-    at = f" at `{path}`" if path else ""
+    ``dict[str, T]``, ``Optional[T]``, ``Any``) and builds it; ConfigError
+    at the key of a value of the wrong shape."""
     if shape is Any or shape is object:
         return value
     if dataclasses.is_dataclass(shape):
         if not isinstance(value, dict):
-            raise ValueError(f"expected a table{at}, found {kind(value)}")
+            raise ConfigError(f"expected a table, found {kind(value)}", path)
         fields = {f.name: f for f in dataclasses.fields(shape)}
         hints = typing.get_type_hints(shape)
         unknown = [k for k in value if k not in fields]
         if unknown:
             known = " or ".join(f"`{k}`" for k in fields) or "no fields"
-            raise ValueError(f"unknown field `{unknown[0]}`{at}, expected {known}")
+            raise ConfigError(f"unknown field `{unknown[0]}`, expected {known}", path + [unknown[0]])
         given = {}
         for name, f in fields.items():
             if name in value:
-                given[name] = read_config(hints.get(name, Any), value[name], f"{path}.{name}" if path else name)
+                given[name] = read_config(hints.get(name, Any), value[name], path + [name])
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ValueError(f"missing field `{name}`{at}")
+                raise ConfigError(f"missing field `{name}`", path)
         return shape(**given)
     origin, args = typing.get_origin(shape), typing.get_args(shape)
     if origin is typing.Union:
@@ -487,21 +545,21 @@ def read_config(shape: Any, value: Any, path: str) -> Any:
         return value
     if origin is list or shape is list:
         if not isinstance(value, list):
-            raise ValueError(f"expected a list{at}, found {kind(value)}")
+            raise ConfigError(f"expected a list, found {kind(value)}", path)
         item = args[0] if args else Any
-        return [read_config(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [read_config(item, v, path + [str(i)]) for i, v in enumerate(value)]
     if origin is dict or shape is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"expected a table{at}, found {kind(value)}")
+            raise ConfigError(f"expected a table, found {kind(value)}", path)
         item = args[1] if len(args) == 2 else Any
-        return {k: read_config(item, v, f"{path}.{k}" if path else k) for k, v in value.items()}
+        return {k: read_config(item, v, path + [k]) for k, v in value.items()}
     expected = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
     if shape in expected:
         fits = isinstance(value, shape) and not (shape is int and isinstance(value, bool))
         if shape is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         if not fits:
-            raise ValueError(f"expected {expected[shape]}{at}, found {kind(value)}")
+            raise ConfigError(f"expected {expected[shape]}, found {kind(value)}", path)
         return value
     return value
 
@@ -514,8 +572,10 @@ def transform(plugin: type[Transform]) -> type:
         def init(self, config: str) -> None:
             try:
                 built = build(plugin, loads(config))
+            except ConfigError as e:
+                raise _err(e.problems) from None
             except Exception as e:
-                raise _err(str(e)) from None
+                raise _err([([], describe(e))]) from None
             _instances[plugin] = built
 
         def process(self, batch: list) -> list:
@@ -539,10 +599,11 @@ def transform(plugin: type[Transform]) -> type:
 _instances: dict[type, Transform] = {}
 
 
-def _err(message: str) -> Exception:
+def _err(problems: list[tuple[list[str], str]]) -> Exception:
     from componentize_py_types import Err  # type: ignore[import-not-found]
+    from wit_world.imports import types  # type: ignore[import-not-found]
 
-    return Err(message)
+    return Err([types.ConfigProblem(list(path), message) for path, message in problems])
 
 
 def _to_wit(outcome: Outcome) -> Any:

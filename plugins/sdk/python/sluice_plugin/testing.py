@@ -36,8 +36,8 @@ class Logged:
 
 
 class Harness:
-    """A plugin built as the host builds it (``ValueError`` with the message
-    ``sluice validate`` would show if the config is refused), whose events
+    """A plugin built as the host builds it (``sluice.ConfigError`` with the
+    problems ``sluice validate`` would show if the config is refused), whose events
     go through the same per-event guard: an exception rejects its event."""
 
     def __init__(self, plugin: type[sluice.Transform], config: Any):
