@@ -15,7 +15,7 @@ fn engine() -> &'static PluginEngine {
 }
 
 /// A version of the single pipeline in `toml` (with `{plugin:NAME}` expanded).
-fn prepare(toml: &str) -> anyhow::Result<Arc<PipelineVersion>> {
+pub(crate) fn prepare(toml: &str) -> anyhow::Result<Arc<PipelineVersion>> {
     let file = config::parse(Path::new("test.toml"), &expand(toml))?;
     PipelineVersion::prepare(engine(), &file.pipelines[0], &Clock::manual(1_700_000_000_000_000_000), &Environment::process())
 }

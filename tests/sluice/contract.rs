@@ -3,9 +3,14 @@
 //! runs beside plugins on `@0.2.0` over a real nats-server, its log, clock
 //! and counter imports served as before; and `sluice validate` shows a 0.2.0
 //! plugin's refusal at the line of the key at fault, a 0.1.0 one's at the
-//! stage's `config`, as the message it gave.
+//! stage's `config`, as the message it gave. A sink's state carries over a
+//! hot swap from its 0.1.0 build (`tests/plugins/tally-0.1`) to its SDK build
+//! on 0.2.0 (`plugins/tally`), and back.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sluice::pipeline::Chain;
+use sluice::plugin::Event;
 
 use crate::support::{Collector, Nats, Pipeline, PipelineFile, Sluice, Workspace, json};
 
@@ -68,4 +73,40 @@ fn validate_points_at_the_key_a_0_2_0_plugin_refuses_and_at_the_config_a_0_1_0_p
     let older = format!("{}:{line}:3: pipeline `older`: stage `stamp`: `property` must not be empty", file.display());
     assert!(log.contains(&older), "expected {older:?} in\n{log}");
     assert!(log.contains("2 problems in"), "{log}");
+}
+
+/// A counting pipeline ending in the sink `component`.
+fn tally(component: &str) -> Chain {
+    let toml = format!(
+        "[[pipeline]]\nname = \"count\"\ninput = {{ subject = \"in.>\", mode = \"core\" }}\ndead_letter = \"dlq\"\nworkers = 1\n\
+         [[pipeline.stage]]\nname = \"tally\"\ncomponent = \"{{plugin:{component}}}\"\nconfig = {{ subject_prefix = \"counts\" }}\n"
+    );
+    Chain::start(crate::chain::prepare(&toml).expect("version")).expect("chain")
+}
+
+fn on(subject: &str) -> Event {
+    Event { subject: subject.into(), headers: vec![], body: b"{}".to_vec() }
+}
+
+/// The counts of the one summary a tick emitted.
+fn counts(events: &[Event]) -> serde_json::Value {
+    assert_eq!(events.len(), 1, "one summary per tick");
+    serde_json::from_slice::<serde_json::Value>(&events[0].body).unwrap()["counts"].clone()
+}
+
+#[test]
+fn a_sinks_state_carries_over_a_swap_from_its_0_1_0_build_to_its_0_2_0_build_and_back() {
+    let mut older = tally("tally_0_1");
+    older.process(&[on("in.a"), on("in.a"), on("in.b")]).expect("batch");
+    older.commit();
+    let mut newer = tally("tally");
+    newer.take_over(older.hand_over()).expect("the 0.2.0 build takes the 0.1.0 state");
+    newer.process(&[on("in.a")]).expect("batch");
+    newer.commit();
+    // Rolled back: the 0.1.0 build takes the state the 0.2.0 one kept.
+    let mut again = tally("tally_0_1");
+    again.take_over(newer.hand_over()).expect("the 0.1.0 build takes the 0.2.0 state");
+    again.process(&[on("in.c")]).expect("batch");
+    assert_eq!(counts(&again.tick(1).expect("tick")), serde_json::json!({ "in.a": 3, "in.b": 1, "in.c": 1 }));
+    assert!(again.tick(2).expect("tick").is_empty(), "a 0.1.0 sink's tick is served");
 }
