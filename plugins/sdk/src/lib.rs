@@ -104,14 +104,23 @@ pub use bindings::sluice::plugin::types::{ConfigProblem, Event, Outcome, Rejecti
 /// state is a value of its own type, kept by the SDK: the host stores it
 /// (as JSON) after every batch and tick, hands it to the next version on a
 /// hot swap and back after a restart, so a sink never writes `snapshot` or
-/// `restore` itself. A newer build reads an older build's state as long as
-/// `State` only gains fields with serde defaults; for anything else,
-/// [`Sink::upgrade`] reads the older form.
+/// `restore` itself.
+///
+/// The state's form is versioned by [`Sink::STATE_VERSION`]. While `State`
+/// only gains fields with serde defaults, leave it: builds read each
+/// other's state, older and newer. When a change would not read an older
+/// state (a field renamed, a type changed), raise it and read the older
+/// forms in [`Sink::upgrade`], which is handed each older state with its
+/// version. Version 1 is kept as the bare JSON of `State`; a later one as
+/// `{"sluice_state_version": N, "state": ...}`.
 pub trait Sink: Sized {
     /// The stage's name in messages: `invalid NAME config: ...`.
     const NAME: &'static str;
     type Config: serde::de::DeserializeOwned;
     type State: serde::Serialize + serde::de::DeserializeOwned + Default;
+    /// The version of `State`'s form; raise it for a change an older state
+    /// would not read as.
+    const STATE_VERSION: u32 = 1;
 
     /// Builds the stage from its config, or says what is wrong with it.
     fn new(config: Self::Config) -> Result<Self, ConfigError>;
@@ -126,11 +135,13 @@ pub trait Sink: Sized {
         Vec::new()
     }
 
-    /// Reads a state that no longer reads as `State` (an older build's),
-    /// given the JSON it was kept as. Refuses it unless overridden.
-    fn upgrade(kept: &[u8], error: String) -> Result<Self::State, String> {
-        let _ = kept;
-        Err(error)
+    /// Reads a state an older build kept, at `version` (below
+    /// `STATE_VERSION`), given the JSON of its `State`. Reads it as the
+    /// current `State` unless overridden.
+    fn upgrade(version: u32, kept: &[u8]) -> Result<Self::State, String> {
+        serde_json::from_slice(kept).map_err(|e| {
+            format!("cannot restore the {} state kept at version {version} as version {}: {e} (read it in Sink::upgrade)", Self::NAME, Self::STATE_VERSION)
+        })
     }
 
     /// A kept state, read, before this build takes it over: check it or
@@ -291,16 +302,42 @@ pub mod run_sink {
         with(slot, |s| s.plugin.tick(&mut s.state, now_ns))
     }
 
+    /// A state kept at a version past 1.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Versioned<T> {
+        sluice_state_version: u32,
+        state: T,
+    }
+
     pub fn snapshot<S: Sink>(slot: &RefCell<Option<Slot<S>>>) -> Vec<u8> {
         // Serialising a plain serde value into memory fails only for a map
         // with non-string keys, which the state's type would always have.
-        with(slot, |s| serde_json::to_vec(&s.state).unwrap_or_else(|e| panic!("the {} state cannot be kept as JSON: {e}", S::NAME)))
+        with(slot, |s| {
+            let kept = match S::STATE_VERSION {
+                1 => serde_json::to_vec(&s.state),
+                version => serde_json::to_vec(&Versioned { sluice_state_version: version, state: &s.state }),
+            };
+            kept.unwrap_or_else(|e| panic!("the {} state cannot be kept as JSON: {e}", S::NAME))
+        })
     }
 
     pub fn restore<S: Sink>(slot: &RefCell<Option<Slot<S>>>, kept: &[u8]) -> Result<(), String> {
-        let state = match serde_json::from_slice::<S::State>(kept) {
-            Ok(state) => state,
-            Err(e) => S::upgrade(kept, format!("cannot restore the {} state: {e}", S::NAME))?,
+        let (version, kept) = match serde_json::from_slice::<Versioned<&serde_json::value::RawValue>>(kept) {
+            Ok(versioned) => (versioned.sluice_state_version, versioned.state.get().as_bytes()),
+            Err(_) => (1, kept),
+        };
+        let state = match version.cmp(&S::STATE_VERSION) {
+            std::cmp::Ordering::Less => S::upgrade(version, kept)?,
+            // A newer build's state reads if its form only gained fields.
+            order => serde_json::from_slice::<S::State>(kept).map_err(|e| match order {
+                std::cmp::Ordering::Equal => format!("cannot restore the {} state: {e}", S::NAME),
+                _ => format!(
+                    "cannot restore the {} state: it was kept at version {version} by a newer build, and this one (version {}) cannot read it: {e}",
+                    S::NAME,
+                    S::STATE_VERSION
+                ),
+            })?,
         };
         match &mut *slot.borrow_mut() {
             Some(slot) => {
@@ -413,5 +450,89 @@ mod tests {
         let never_initialised: RefCell<Option<Stamp>> = RefCell::new(None);
         let outcomes = run::process(&never_initialised, vec![event("in.a", &json!({})), event("in.b", &json!({}))]);
         assert_eq!(outcomes, vec![Outcome::reject("not_initialised", None, "the stamp stage was not initialised"); 2]);
+    }
+
+    /// One sink in two builds: the first counts events in `seen`; the
+    /// second renamed it `count` and added `last`, at state version 2.
+    mod builds {
+        use super::*;
+
+        #[derive(Default, serde::Serialize, serde::Deserialize)]
+        pub struct Seen {
+            pub seen: u64,
+        }
+
+        pub struct First;
+
+        impl Sink for First {
+            const NAME: &'static str = "counter";
+            type Config = serde_json::Value;
+            type State = Seen;
+
+            fn new(_: serde_json::Value) -> Result<Self, ConfigError> {
+                Ok(First)
+            }
+
+            fn consume(&mut self, state: &mut Seen, batch: Vec<Event>) -> Vec<Event> {
+                state.seen += batch.len() as u64;
+                Vec::new()
+            }
+        }
+
+        #[derive(Default, serde::Serialize, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Count {
+            pub count: u64,
+            #[serde(default)]
+            pub last: String,
+        }
+
+        pub struct Second;
+
+        impl Sink for Second {
+            const NAME: &'static str = "counter";
+            const STATE_VERSION: u32 = 2;
+            type Config = serde_json::Value;
+            type State = Count;
+
+            fn new(_: serde_json::Value) -> Result<Self, ConfigError> {
+                Ok(Second)
+            }
+
+            fn consume(&mut self, state: &mut Count, batch: Vec<Event>) -> Vec<Event> {
+                state.count += batch.len() as u64;
+                state.last = batch.last().map(|e| e.subject.clone()).unwrap_or_default();
+                Vec::new()
+            }
+
+            fn upgrade(version: u32, kept: &[u8]) -> Result<Count, String> {
+                assert_eq!(version, 1);
+                let older: Seen = serde_json::from_slice(kept).map_err(|e| e.to_string())?;
+                Ok(Count { count: older.seen, last: String::new() })
+            }
+        }
+    }
+
+    #[test]
+    fn a_state_kept_at_an_older_version_is_upgraded_and_version_1_stays_bare() {
+        use testing::SinkHarness;
+        let mut first = SinkHarness::<builds::First>::new(json!({})).unwrap();
+        first.consume(vec![event("in.a", &json!({})), event("in.b", &json!({}))]);
+        let kept = first.snapshot();
+        assert_eq!(kept, br#"{"seen":2}"#, "version 1 is the bare state, as builds before versions kept it");
+
+        let mut second = SinkHarness::<builds::Second>::new(json!({})).unwrap();
+        second.restore(&kept).unwrap();
+        second.consume(vec![event("in.c", &json!({}))]);
+        assert_eq!((second.state().count, second.state().last.as_str()), (3, "in.c"));
+        let kept = second.snapshot();
+        assert_eq!(kept, br#"{"sluice_state_version":2,"state":{"count":3,"last":"in.c"}}"#);
+        let mut restarted = SinkHarness::<builds::Second>::new(json!({})).unwrap();
+        restarted.restore(&kept).unwrap();
+        assert_eq!(restarted.state().count, 3, "the same version reads as it was kept");
+
+        // Rolled back: the first build cannot read version 2 and says why.
+        let error = SinkHarness::<builds::First>::new(json!({})).unwrap().restore(&kept).unwrap_err();
+        assert!(error.contains("kept at version 2 by a newer build, and this one (version 1) cannot read it"), "{error}");
     }
 }
