@@ -3,7 +3,9 @@
 //! nats-server, the pipeline of three languages passes its `sluice test`
 //! cases, and a component built without the SDK that lets an exception
 //! escape traps with the exception and its line in the dead letter, while
-//! the events around it flow on.
+//! the events around it flow on. Bodies at the host's limits (deepest,
+//! largest, widest) go through each language to the same bytes, and an
+//! interpreter under a memory cap it cannot start in is refused, saying so.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -140,5 +142,58 @@ async fn an_exception_that_escapes_a_component_is_in_its_dead_letter_and_the_oth
             _ => r#"can't access property "name", value.user is undefined (at app.js:7:3 in parse)"#,
         };
         assert!(message.ends_with(&format!("the plugin's last words: {reason}")), "{message}\n{log}");
+    }
+}
+
+/// Bodies at the host's limits: nested as deep as it admits (128), as large
+/// (1 MiB, the default `max_event_bytes`), as wide (20 000 keys) and as long
+/// (50 000 numbers) as fits, beside a plain one.
+fn bodies_at_the_limits() -> Vec<(&'static str, Vec<u8>)> {
+    let deep = format!(r#"{{"event":"deep","d":{}{}}}"#, r#"{"a":"#.repeat(126) + "1", "}".repeat(126));
+    let large = format!(r#"{{"event":"large","text":"{}"}}"#, "é".repeat(((1 << 20) - 64) / 2));
+    let wide = format!(r#"{{"event":"wide",{}}}"#, (0..20_000).map(|n| format!(r#""k{n}":{n}"#)).collect::<Vec<_>>().join(","));
+    let long = format!(r#"{{"event":"long","values":[{}]}}"#, (0..50_000).map(|n| format!("{}.5", n)).collect::<Vec<_>>().join(","));
+    let plain = r#"{"event":"plain","n":1}"#.to_string();
+    vec![("deep", deep.into_bytes()), ("large", large.into_bytes()), ("wide", wide.into_bytes()), ("long", long.into_bytes()), ("plain", plain.into_bytes())]
+}
+
+#[test]
+fn python_and_javascript_stages_take_bodies_at_the_hosts_limits_as_rust_does() {
+    let bodies = bodies_at_the_limits();
+    assert!(bodies[1].1.len() <= 1 << 20 && bodies[1].1.len() > (1 << 20) - 100, "the large body is just under 1 MiB");
+    let mut written: BTreeMap<&str, Vec<Vec<u8>>> = BTreeMap::new();
+    for component in ["tag", "tag_py", "tag_js"] {
+        let toml = format!(
+            "[[pipeline]]\nname = \"limits\"\ninput = {{ subject = \"in.>\", mode = \"core\" }}\ndead_letter = \"dlq\"\n\
+             [[pipeline.stage]]\nname = \"tag\"\ncomponent = \"{{plugin:{component}}}\"\nconfig = {{ set = {{ by = \"tag\" }} }}\n\
+             [[pipeline.stage]]\nname = \"route\"\ncomponent = \"{{plugin:route}}\"\nconfig = {{ subject = \"out.{{event}}\" }}\n"
+        );
+        let mut chain = sluice::pipeline::Chain::start(crate::chain::prepare(&toml).expect("version")).expect("chain");
+        let batch: Vec<sluice::plugin::Event> =
+            bodies.iter().map(|(name, body)| sluice::plugin::Event { subject: format!("in.{name}"), headers: vec![], body: body.clone() }).collect();
+        let result = chain.process(&batch).expect("batch");
+        assert!(result.rejects.is_empty(), "{component}: {:?}", result.rejects.iter().map(|r| (&r.code, &r.message)).collect::<Vec<_>>());
+        assert_eq!(result.faults, 0, "{component}");
+        let mut outputs: Vec<_> = result.outputs.into_iter().map(|o| (o.origin, o.event.body)).collect();
+        outputs.sort();
+        assert_eq!(outputs.len(), bodies.len(), "{component}: one output per event");
+        written.insert(component, outputs.into_iter().map(|(_, body)| body).collect());
+    }
+    for (n, (name, _)) in bodies.iter().enumerate() {
+        assert!(written["tag_py"][n] == written["tag"][n], "{name}: Python wrote other bytes than Rust");
+        assert!(written["tag_js"][n] == written["tag"][n], "{name}: JavaScript wrote other bytes than Rust");
+    }
+}
+
+#[test]
+fn an_interpreter_under_a_memory_cap_it_cannot_start_in_is_refused_with_the_cap() {
+    for component in ["tag_py", "tag_js"] {
+        let toml = format!(
+            "[[pipeline]]\nname = \"small\"\ninput = {{ subject = \"in.>\", mode = \"core\" }}\ndead_letter = \"dlq\"\n\
+             [[pipeline.stage]]\nname = \"tag\"\ncomponent = \"{{plugin:{component}}}\"\nlimits = {{ memory = \"4MiB\" }}\n\
+             [[pipeline.stage]]\nname = \"route\"\ncomponent = \"{{plugin:route}}\"\nconfig = {{ subject = \"out\" }}\n"
+        );
+        let error = format!("{:#}", crate::chain::prepare(&toml).err().expect("refused"));
+        assert!(error.contains("stage `tag`") && error.contains("memory cap of 4 MiB"), "{component}: {error}");
     }
 }

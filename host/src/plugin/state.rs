@@ -253,7 +253,8 @@ impl ResourceLimiter for MemoryCap {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired as u64 > self.limit {
             self.exceeded = true;
-            bail!("memory limit of {} bytes exceeded (the plugin asked for {desired})", self.limit);
+            let mib = |bytes: u64| format!("{:.1}", bytes as f64 / (1 << 20) as f64).trim_end_matches(".0").to_string();
+            bail!("the plugin asked for {} MiB of memory, more than its memory cap of {} MiB (limits.memory)", mib(desired as u64), mib(self.limit));
         }
         Ok(true)
     }
