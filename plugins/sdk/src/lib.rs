@@ -72,7 +72,7 @@ pub use sluice_kit::{canonical, sketch, time, uuid};
 pub mod bindings {
     wit_bindgen::generate!({
         world: "transform",
-        path: "../../wit",
+        path: "wit",
         default_bindings_module: "sluice_plugin::bindings",
         pub_export_macro: true,
         export_macro_name: "export_transform_world",
@@ -84,7 +84,7 @@ pub mod bindings {
 pub mod sink_bindings {
     wit_bindgen::generate!({
         world: "sink",
-        path: "../../wit",
+        path: "wit",
         default_bindings_module: "sluice_plugin::sink_bindings",
         pub_export_macro: true,
         export_macro_name: "export_sink_world",
