@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source sluice/componentize.sh
-componentize wit {{crate_file}}.wasm "$PWD"
+componentize wit {{crate_file}}.wasm {{world}} "$PWD"
 echo "build.sh: built {{crate_file}}.wasm" >&2

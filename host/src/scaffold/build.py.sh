@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source sluice_plugin/componentize.sh
-componentize wit {{crate_file}}.wasm .
+componentize wit {{crate_file}}.wasm {{world}} .
 echo "build.sh: built {{crate_file}}.wasm" >&2

@@ -32,9 +32,6 @@ pub fn default_sdk() -> PathBuf {
 /// Writes the project `dir/name`; returns its folder.
 pub fn new_plugin(name: &str, world: World, lang: Lang, dir: &Path, sdk: &Path) -> Result<PathBuf> {
     check_name(name)?;
-    if lang != Lang::Rust && world == World::Sink {
-        bail!("a sink in {} is not supported yet: the {} SDK writes transforms; write a sink with --lang rust", lang.title(), lang.title());
-    }
     let project = dir.join(name);
     if project.exists() {
         bail!("{} exists already; choose another name or --dir", project.display());
@@ -50,7 +47,12 @@ pub fn new_plugin(name: &str, world: World, lang: Lang, dir: &Path, sdk: &Path) 
         }
         Lang::Python | Lang::Js => String::new(),
     };
-    let fill = |template: &str| template.replace("{{name}}", name).replace("{{crate_file}}", &crate_file).replace("{{sdk}}", &sdk);
+    let world_name = match world {
+        World::Transform => "transform",
+        World::Sink => "sink",
+    };
+    let fill =
+        |template: &str| template.replace("{{name}}", name).replace("{{crate_file}}", &crate_file).replace("{{sdk}}", &sdk).replace("{{world}}", world_name);
     let cases = match world {
         World::Transform => include_str!("transform.tests.toml"),
         World::Sink => include_str!("sink.tests.toml"),
@@ -74,8 +76,8 @@ pub fn new_plugin(name: &str, world: World, lang: Lang, dir: &Path, sdk: &Path) 
         // The SDK and the WIT are copied in, as this binary has them, so the
         // project builds on its own.
         Lang::Python => files.extend([
-            ("app.py", fill(include_str!("transform.py.txt"))),
-            ("test_app.py", fill(include_str!("test_app.py.txt"))),
+            ("app.py", fill(if world == World::Transform { include_str!("transform.py.txt") } else { include_str!("sink.py.txt") })),
+            ("test_app.py", fill(if world == World::Transform { include_str!("test_app.py.txt") } else { include_str!("test_sink.py.txt") })),
             ("build.sh", fill(include_str!("build.py.sh"))),
             ("README.md", fill(include_str!("README.py.md.txt"))),
             ("sluice_plugin/__init__.py", include_str!("../../../plugins/sdk/python/sluice_plugin/__init__.py").to_string()),
@@ -85,8 +87,8 @@ pub fn new_plugin(name: &str, world: World, lang: Lang, dir: &Path, sdk: &Path) 
             (".gitignore", "/*.wasm\n__pycache__/\n".to_string()),
         ]),
         Lang::Js => files.extend([
-            ("app.js", fill(include_str!("transform.js.txt"))),
-            ("app.test.js", fill(include_str!("test_app.js.txt"))),
+            ("app.js", fill(if world == World::Transform { include_str!("transform.js.txt") } else { include_str!("sink.js.txt") })),
+            ("app.test.js", fill(if world == World::Transform { include_str!("test_app.js.txt") } else { include_str!("test_sink.js.txt") })),
             ("build.sh", fill(include_str!("build.js.sh"))),
             ("README.md", fill(include_str!("README.js.md.txt"))),
             ("package.json", fill(include_str!("package.json.txt"))),

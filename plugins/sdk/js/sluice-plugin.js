@@ -589,3 +589,122 @@ export function transform(Plugin) {
     },
   };
 }
+
+// --- Sinks -------------------------------------------------------------------
+
+/** A stateful last stage that emits events of its own, such as alerts.
+ * Extend it: set `static name`, optionally `static config` (as a
+ * transform's), `static state()` (a new state: a plain object), and define
+ * `constructor(config)`, `consume(state, batch)` and, if time matters,
+ * `tick(state, nowNs)`; both change `state` in place and return the events
+ * they cause.
+ *
+ * The state is kept by the SDK as JSON: the host stores it after every batch
+ * and tick, hands it to the next version on a hot swap and back after a
+ * restart. A kept state is read over a new one, so fields added to
+ * `state()` get their defaults in an older state; for a change an older
+ * state would not read as, raise `static stateVersion` and turn the older
+ * forms into the new one in `static upgrade(version, kept)`. A state kept
+ * by a newer build (a higher version) is refused. An exception in `consume`
+ * or `tick` traps: the host starts the sink again from its last state, and
+ * the error is in the log and the dead letter. */
+export class Sink {
+  static stateVersion = 1;
+
+  static state() {
+    return {};
+  }
+
+  static upgrade(version, kept) {
+    return kept;
+  }
+
+  tick(state, nowNs) {
+    return [];
+  }
+
+  restored(state) {
+    return state;
+  }
+}
+
+/** The state as the host keeps it: version 1 as the bare JSON of the state,
+ * a later one as `{"sluice_state_version": N, "state": ...}`, as the Rust SDK
+ * keeps it. */
+export function keepState(Plugin, state) {
+  const version = Plugin.stateVersion ?? 1;
+  return stringify(version === 1 ? state : { sluice_state_version: version, state });
+}
+
+/** A kept state as this build's, upgraded from an older version; an Error
+ * saying why it cannot be. */
+export function readState(Plugin, kept) {
+  const current = Plugin.stateVersion ?? 1;
+  let value = parse(kept);
+  let version = 1;
+  if (kind(value) === "an object" && Object.keys(value).sort().join() === "sluice_state_version,state") {
+    ({ sluice_state_version: version, state: value } = value);
+    version = Number(version);
+  }
+  if (version > current) {
+    throw new Error(`cannot restore the ${Plugin.name} state: it was kept at version ${version} by a newer build, and this one is version ${current}`);
+  }
+  if (version < current) value = Plugin.upgrade(version, value);
+  if (kind(value) !== "an object") throw new Error(`cannot restore the ${Plugin.name} state: expected an object, found ${kind(value)}`);
+  return { ...Plugin.state(), ...value };
+}
+
+function emitted(plugin, events, call) {
+  if (!Array.isArray(events) || !events.every((e) => e instanceof Event && typeof e.subject === "string")) {
+    throw new TypeError(`${plugin.constructor.name}.${call} must return an array of Events, not ${kind(events)}`);
+  }
+  return events;
+}
+
+/** A sink built from its config (parsed JSON) with a new state, or a
+ * ConfigError. */
+export function newSink(Plugin, config) {
+  return { plugin: build(Plugin, config), state: Plugin.state() };
+}
+
+/** The functions componentize-js exports as the `sink` world:
+ * `export const { init, consume, tick, snapshot, restore } = sluice.sink(MySink);` */
+export function sink(Plugin) {
+  let slot;
+  const ready = () => {
+    if (slot === undefined) error(`the ${Plugin.name} stage was not initialised`);
+    return slot;
+  };
+  return {
+    init(config) {
+      try {
+        slot = newSink(Plugin, parse(config));
+      } catch (e) {
+        throw e instanceof ConfigError ? e.problems : [{ path: [], message: describe(e) }];
+      }
+    },
+    consume(batch) {
+      const s = ready();
+      if (s === undefined) return [];
+      const events = batch.map((e) => new Event(e.subject, e.body instanceof Uint8Array ? e.body : new Uint8Array(e.body), e.headers));
+      return emitted(s.plugin, s.plugin.consume(s.state, events), "consume");
+    },
+    tick(now) {
+      const s = ready();
+      return s === undefined ? [] : emitted(s.plugin, s.plugin.tick(s.state, BigInt(now)), "tick");
+    },
+    snapshot() {
+      const s = ready();
+      return s === undefined ? new Uint8Array() : keepState(Plugin, s.state);
+    },
+    restore(kept) {
+      const s = ready();
+      if (s === undefined) throw `the ${Plugin.name} stage was not initialised`;
+      try {
+        s.state = s.plugin.restored(readState(Plugin, kept instanceof Uint8Array ? kept : new Uint8Array(kept)));
+      } catch (e) {
+        throw e instanceof Error ? e.message : String(e);
+      }
+    },
+  };
+}

@@ -12,7 +12,7 @@
 //     assert.deepEqual(check.process(testing.event("in.web", { plan: "free" })),
 //       sluice.reject("missing_property", "event", "`event` is required"));
 //   });
-import { Event, build, memoryHost, parse, processBatch } from "./sluice-plugin.js";
+import { Event, build, keepState, memoryHost, newSink, parse, processBatch, readState } from "./sluice-plugin.js";
 
 /** A plugin built as the host builds it (an Error with the message `sluice
  * validate` would show if the config is refused), whose events go through
@@ -23,6 +23,32 @@ export function harness(Plugin, config) {
     plugin,
     process: (event) => processBatch(plugin, [event])[0],
     processBatch: (batch) => processBatch(plugin, batch),
+  };
+}
+
+/** A sink built as the host builds it, its state kept as the host keeps it
+ * (a ConfigError if the config is refused). */
+export function sinkHarness(Plugin, config) {
+  const slot = newSink(Plugin, config);
+  return {
+    get plugin() {
+      return slot.plugin;
+    },
+    get state() {
+      return slot.state;
+    },
+    consume: (batch) => slot.plugin.consume(slot.state, batch),
+    /** Sets the clock to `nowNs` (a BigInt) and ticks, as the host does. */
+    tick(nowNs) {
+      setClock(BigInt(nowNs));
+      return slot.plugin.tick(slot.state, BigInt(nowNs));
+    },
+    /** The state as the host would keep it. */
+    snapshot: () => keepState(Plugin, slot.state),
+    /** Takes over a kept state, as after a hot swap or a restart. */
+    restore(kept) {
+      slot.state = slot.plugin.restored(readState(Plugin, kept));
+    },
   };
 }
 

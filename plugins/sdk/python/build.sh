@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The build command of this repository's Python plugins:
-#   plugins/sdk/python/build.sh DIR NAME
-# builds DIR/app.py, with this SDK and the repository's WIT, into
+#   plugins/sdk/python/build.sh DIR NAME [WORLD]
+# builds DIR/app.py (a transform, or WORLD: `sink`), with this SDK and the
+# repository's WIT, into
 # target/wasm32-wasip2/release/NAME.wasm (beside the Rust plugins), with
 # componentize-py at the version componentize.sh pins.
 set -euo pipefail
@@ -11,4 +12,4 @@ root=$(cd "$sdk/../../.." && pwd)
 out=${CARGO_TARGET_DIR:-$root/target}/wasm32-wasip2/release
 mkdir -p "$out"
 source "$sdk/componentize.sh"
-componentize "$root/wit" "$out/$2.wasm" "$dir" "$sdk"
+componentize "$root/wit" "$out/$2.wasm" "${3:-transform}" "$dir" "$sdk"

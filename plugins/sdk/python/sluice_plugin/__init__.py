@@ -69,6 +69,8 @@ __all__ = [
     "Transform",
     "Rejected",
     "ConfigError",
+    "Sink",
+    "sink",
     "Keep",
     "Reroute",
     "Replace",
@@ -599,6 +601,168 @@ def transform(plugin: type[Transform]) -> type:
 _instances: dict[type, Transform] = {}
 
 
+# --- Sinks -------------------------------------------------------------------
+
+
+class Sink:
+    """A stateful last stage that emits events of its own, such as alerts.
+    Subclasses set ``name``, optionally ``Config`` (as a transform's) and
+    ``State`` (a dataclass whose fields all have defaults, or ``dict``), and
+    define ``__init__(self, config)``, ``consume(self, state, batch)`` and,
+    if time matters, ``tick(self, state, now_ns)``; both change ``state`` in
+    place and return the events they cause.
+
+    The state is kept by the SDK as JSON: the host stores it after every
+    batch and tick, hands it to the next version on a hot swap and back
+    after a restart. Fields added with defaults read in older states; for
+    a change an older state would not read as, raise ``state_version`` and
+    read the older forms in ``upgrade``. An exception in ``consume`` or
+    ``tick`` traps: the host starts the sink again from its last state, and
+    the traceback is in the log and the dead letter."""
+
+    name = "plugin"
+    Config: Any = dict
+    State: Any = dict
+    state_version = 1
+
+    def consume(self, state: Any, batch: list[Event]) -> list[Event]:
+        raise NotImplementedError
+
+    def tick(self, state: Any, now_ns: int) -> list[Event]:
+        return []
+
+    @classmethod
+    def upgrade(cls, version: int, kept: Any) -> Any:
+        """An older build's state, kept at ``version``, as parsed JSON, in the
+        form of this build's (returned as parsed JSON too). As it is unless
+        overridden."""
+        return kept
+
+    def restored(self, state: Any) -> Any:
+        """A kept state, read, before this build takes it over: check it or
+        adapt it to the config. As it is unless overridden."""
+        return state
+
+
+def keep_state(plugin: type[Sink], state: Any) -> bytes:
+    """The state as the host keeps it: version 1 as the bare JSON of the
+    state, a later one as ``{"sluice_state_version": N, "state": ...}``,
+    as the Rust SDK keeps it."""
+    plain = _plain(state)
+    if plugin.state_version != 1:
+        plain = {"sluice_state_version": plugin.state_version, "state": plain}
+    return dumps(plain)
+
+
+def read_state(plugin: type[Sink], kept: bytes) -> Any:
+    """A kept state as this build's ``State``, upgraded from an older version;
+    ValueError saying why it cannot be."""
+    value = loads(kept)
+    version = 1
+    if isinstance(value, dict) and set(value) == {"sluice_state_version", "state"}:
+        version, value = value["sluice_state_version"], value["state"]
+    if version < plugin.state_version:
+        value = plugin.upgrade(version, value)
+    try:
+        return read_config(plugin.State, value, [])
+    except ConfigError as e:
+        newer = f"it was kept at version {version} by a newer build, and this one (version {plugin.state_version}) cannot read it: " if version > plugin.state_version else ""
+        raise ValueError(f"cannot restore the {plugin.name} state: {newer}{e}") from None
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclasses.dataclass
+class _SinkSlot:
+    plugin: Sink
+    state: Any
+
+
+def new_sink(plugin: type[Sink], config: Any) -> _SinkSlot:
+    """The sink built from its config (parsed JSON) with a new state, or
+    ConfigError."""
+    built = build(plugin, config)
+    return _SinkSlot(built, plugin.State())
+
+
+def _emitted(plugin: Sink, events: Any, call: str) -> list[Event]:
+    if not isinstance(events, list) or not all(isinstance(e, Event) and isinstance(e.subject, str) for e in events):
+        raise TypeError(f"{type(plugin).__name__}.{call} must return a list of Events, not {type(events).__name__}")
+    return events
+
+
+def sink(plugin: type[Sink]) -> type:
+    """The class componentize-py exports as the ``sink`` world: name it
+    ``WitWorld`` in the app module (``WitWorld = sluice.sink(MySink)``)."""
+
+    def slot() -> _SinkSlot | None:
+        found = _sinks.get(plugin)
+        if found is None:
+            error(f"the {plugin.name} stage was not initialised")
+        return found
+
+    class Exported:
+        def init(self, config: str) -> None:
+            try:
+                _sinks[plugin] = new_sink(plugin, loads(config))
+            except ConfigError as e:
+                raise _err(e.problems) from None
+            except Exception as e:
+                raise _err([([], describe(e))]) from None
+
+        def consume(self, batch: list) -> list:
+            s = slot()
+            if s is None:
+                return []
+            events = [Event(e.subject, e.body, e.headers) for e in batch]
+            return [_event_to_wit(e) for e in _emitted(s.plugin, s.plugin.consume(s.state, events), "consume")]
+
+        def tick(self, now: int) -> list:
+            s = slot()
+            if s is None:
+                return []
+            return [_event_to_wit(e) for e in _emitted(s.plugin, s.plugin.tick(s.state, now), "tick")]
+
+        def snapshot(self) -> bytes:
+            s = slot()
+            return b"" if s is None else keep_state(plugin, s.state)
+
+        def restore(self, state: bytes) -> None:
+            s = slot()
+            if s is None:
+                raise _err_text(f"the {plugin.name} stage was not initialised")
+            try:
+                s.state = s.plugin.restored(read_state(plugin, state))
+            except Exception as e:
+                raise _err_text(str(e) or describe(e)) from None
+
+    Exported.__name__ = Exported.__qualname__ = "WitWorld"
+    return Exported
+
+
+_sinks: dict[type, _SinkSlot] = {}
+
+
+def _err_text(message: str) -> Exception:
+    from componentize_py_types import Err  # type: ignore[import-not-found]
+
+    return Err(message)
+
+
+def _event_to_wit(event: Event) -> Any:
+    from wit_world.imports import types  # type: ignore[import-not-found]
+
+    return types.Event(event.subject, list(event.headers), bytes(event.body))
+
+
 def _err(problems: list[tuple[list[str], str]]) -> Exception:
     from componentize_py_types import Err  # type: ignore[import-not-found]
     from wit_world.imports import types  # type: ignore[import-not-found]
@@ -614,7 +778,7 @@ def _to_wit(outcome: Outcome) -> Any:
     if isinstance(outcome, Reroute):
         return types.Outcome_Reroute(outcome.subject)
     if isinstance(outcome, Replace):
-        return types.Outcome_Replace([types.Event(e.subject, e.headers, bytes(e.body)) for e in outcome.events])
+        return types.Outcome_Replace([_event_to_wit(e) for e in outcome.events])
     if isinstance(outcome, Drop):
         return types.Outcome_Drop(outcome.reason)
     if isinstance(outcome, Reject):

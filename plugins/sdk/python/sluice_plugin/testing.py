@@ -50,6 +50,40 @@ class Harness:
         return self.plugin.process_batch(batch)
 
 
+class SinkHarness:
+    """A sink built as the host builds it, its state kept as the host keeps
+    it (``sluice.ConfigError`` if the config is refused)."""
+
+    def __init__(self, plugin: type[sluice.Sink], config: Any):
+        self.kind = plugin
+        self._slot = sluice.new_sink(plugin, config)
+
+    @property
+    def plugin(self) -> sluice.Sink:
+        return self._slot.plugin
+
+    @property
+    def state(self) -> Any:
+        return self._slot.state
+
+    def consume(self, batch: list[sluice.Event]) -> list[sluice.Event]:
+        return self.plugin.consume(self._slot.state, batch)
+
+    def tick(self, now_ns: int) -> list[sluice.Event]:
+        """Sets the clock to ``now_ns`` and ticks, as the host does."""
+        set_clock(now_ns)
+        return self.plugin.tick(self._slot.state, now_ns)
+
+    def snapshot(self) -> bytes:
+        """The state as the host would keep it."""
+        return sluice.keep_state(self.kind, self._slot.state)
+
+    def restore(self, kept: bytes) -> None:
+        """Takes over a kept state, as after a hot swap or a restart
+        (ValueError if it cannot be read)."""
+        self._slot.state = self.plugin.restored(sluice.read_state(self.kind, kept))
+
+
 def event(subject: str, body: Any, headers: list[tuple[str, str]] = ()) -> sluice.Event:
     """An event with a JSON body (or bytes, as they are)."""
     return sluice.Event(subject, body, headers)
