@@ -58,6 +58,10 @@ enum Command {
         /// How often progress is logged, e.g. `10s`.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         stats_interval: Duration,
+        /// Serve /metrics (Prometheus), /healthz and /readyz on this address,
+        /// e.g. `0.0.0.0:9464` (overrides the file's `[metrics] listen`).
+        #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+        metrics: Option<String>,
     },
     /// Check pipeline files: every problem with its line, then every stage's
     /// component compiled, linked and initialised with its config. Variables
@@ -241,6 +245,10 @@ impl NatsArgs {
     }
 }
 
+fn parse_listen(text: &str) -> Result<String, String> {
+    config::listen_address(text).map(|()| text.to_string())
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     config::units::duration(text)
 }
@@ -249,14 +257,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let outcome = match cli.command {
-        Command::Run { file, release, nats, no_watch, stats_interval } => {
+        Command::Run { file, release, nats, no_watch, stats_interval, metrics } => {
             let source = match (file, release) {
                 (Some(file), _) => runtime::Source::File(file),
                 (None, Some(release)) => runtime::Source::Release(release),
                 (None, None) => unreachable!("clap requires a file or --release"),
             };
             nats.security().and_then(|nats_security| {
-                let options = RunOptions { source, nats_url: nats.url, nats_security, watch: !no_watch, stats_interval };
+                let options = RunOptions { source, nats_url: nats.url, nats_security, watch: !no_watch, stats_interval, metrics };
                 // The signals are listened for before anything starts, so that one
                 // that comes while sluice starts stops it cleanly once it has.
                 on_runtime(async { runtime::run(options, shutdown_signal()).await })
@@ -382,14 +390,16 @@ async fn deploy(path: PathBuf, name: Option<String>, message: String, nats: Nats
     }
 }
 
-/// Waits until every live host of `name` runs `revision` or one refuses it.
+/// Waits until every live host of `name` runs `revision` or refused it, so
+/// that each host's outcome is told (one that refuses first does not cut
+/// short the wait for the others).
 async fn wait_for_fleet(connection: &crate::nats::Connection, name: &str, revision: u64, timeout: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let hosts = crate::release::status::live(connection, Some(name)).await?;
         let refused: Vec<_> = hosts.iter().filter(|h| h.refused.as_ref().is_some_and(|r| r.revision == revision)).collect();
         let behind: Vec<_> = hosts.iter().filter(|h| h.revision != revision && !refused.contains(h)).collect();
-        let done = behind.is_empty() || !refused.is_empty();
+        let done = behind.is_empty();
         if done || tokio::time::Instant::now() >= deadline {
             for host in &hosts {
                 let outcome = match &host.refused {

@@ -18,6 +18,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod nats;
 pub mod pipeline;
 pub mod plugin;

@@ -19,6 +19,8 @@
 //!   `deploy --wait`, rollback.
 //! - `hostile`: generated hostile bodies and pipeline files, in-process and
 //!   thousands over NATS: one outcome each, nothing held up.
+//! - `metrics`: `sluice run --metrics`: `/metrics` counts exactly the
+//!   traffic sent, as the progress log does; `/healthz` and `/readyz`.
 //! - `outage`: nats-server killed and restarted, or paused past `ack_wait`,
 //!   under load: nothing lost or repeated, no restart of the host.
 //! - `polyglot`: plugins in Python and JavaScript beside Rust: the same
@@ -38,6 +40,7 @@ mod contract;
 mod crash;
 mod fleet;
 mod hostile;
+mod metrics;
 mod outage;
 mod poison;
 mod polyglot;

@@ -73,6 +73,7 @@ impl Checker {
             url.get_ref().clone()
         });
         let nats_security = self.nats_security(&raw.nats);
+        let metrics_listen = raw.metrics.listen.as_ref().and_then(|listen| self.parsed(listen, |l| listen_address(l).map(|()| l.clone())));
         let plugin_dir = raw.plugins.dir.as_ref().map(|d| (self.located(d.get_ref()), d.clone()));
 
         let mut stream_names = HashSet::new();
@@ -102,7 +103,7 @@ impl Checker {
                 self.pipeline(p.get_ref(), plugin_dir.as_ref())
             })
             .collect();
-        PipelineFile { path: path.to_path_buf(), nats_url, nats_security, streams, pipelines }
+        PipelineFile { path: path.to_path_buf(), nats_url, nats_security, metrics_listen, streams, pipelines }
     }
 
     /// `[nats]`'s authentication (one kind at most) and TLS files.
@@ -501,6 +502,16 @@ impl Checker {
         );
         None
     }
+}
+
+/// `host:port` (a name or an address, the port a number; `[::1]:9464` for IPv6).
+pub fn listen_address(text: &str) -> Result<(), String> {
+    let wrong = || format!("{text:?} is not an address to listen on: write host:port, e.g. \"0.0.0.0:9464\" or \"127.0.0.1:9464\"");
+    let (host, port) = text.rsplit_once(':').ok_or_else(wrong)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(wrong());
+    }
+    Ok(())
 }
 
 fn within(value: Duration, (low, high): (Duration, Duration), what: &str) -> Result<Duration, String> {

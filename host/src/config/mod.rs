@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use check::listen_address;
 pub use problem::{Problem, Problems};
 
 /// A checked pipeline file.
@@ -26,6 +27,8 @@ pub struct PipelineFile {
     pub nats_url: Option<String>,
     /// How to authenticate to it and whether to use TLS.
     pub nats_security: NatsSecurity,
+    /// Where `sluice run` serves its metrics and probes (`[metrics] listen`).
+    pub metrics_listen: Option<String>,
     /// JetStream streams to create or update at start.
     pub streams: Vec<StreamSpec>,
     pub pipelines: Vec<PipelineSpec>,

@@ -16,9 +16,18 @@ pub struct File {
     #[serde(default)]
     pub plugins: Plugins,
     #[serde(default)]
+    pub metrics: Metrics,
+    #[serde(default)]
     pub stream: Vec<Spanned<Stream>>,
     #[serde(default)]
     pub pipeline: Vec<Spanned<Pipeline>>,
+}
+
+/// `[metrics]`: where `sluice run` serves `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -180,8 +180,14 @@ fn prepare_stage(engine: &PluginEngine, pipeline: &str, spec: &StageSpec, clock:
     if let Some(folder) = &grants.files {
         hash_folder(&mut digest, folder).with_context(|| format!("stage `{}`: cannot read its files {}", spec.name, folder.display()))?;
     }
-    let context =
-        Arc::new(StageContext { pipeline: pipeline.into(), name: spec.name.as_str().into(), clock: clock.clone(), counters: Counters::default(), grants });
+    let context = Arc::new(StageContext {
+        pipeline: pipeline.into(),
+        name: spec.name.as_str().into(),
+        clock: clock.clone(),
+        counters: Counters::default(),
+        grants,
+        calls: crate::metrics::metrics().stage_calls(pipeline, &spec.name),
+    });
     let engine = engine.engine().clone();
     // One instance now, so that an `init` that refuses its config stops the
     // version here rather than in a worker.

@@ -174,9 +174,17 @@ impl Sandbox {
 
     /// Runs one call into the plugin with a fresh time budget; a trap, a
     /// timeout or a memory overrun comes back as a [`Fault`].
+    /// Each call is timed, and each fault counted by kind, in the metrics.
     fn call<T>(&mut self, call: impl FnOnce(&mut Store<StageState>) -> wasmtime::Result<T>) -> Result<T, Fault> {
         set_budget(&mut self.store, self.time_budget);
-        call(&mut self.store).map_err(|e| classify(&self.store, self.time_budget, e))
+        let started = std::time::Instant::now();
+        let result = call(&mut self.store).map_err(|e| classify(&self.store, self.time_budget, e));
+        let stage = &self.store.data().stage;
+        stage.calls.observe(started.elapsed().as_secs_f64());
+        if let Err(fault) = &result {
+            crate::metrics::metrics().fault(&stage.pipeline, &stage.name, fault.code());
+        }
+        result
     }
 
     /// Calls `init`; its refusal ([`ConfigRefused`]) or its fault stops the

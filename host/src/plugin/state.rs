@@ -30,6 +30,8 @@ pub struct StageContext {
     pub clock: Clock,
     pub counters: Counters,
     pub grants: Grants,
+    /// The time of each call into the stage (the `sluice_stage_call_duration_seconds` metric).
+    pub calls: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// What a pipeline file grants a stage beyond the sandbox: nothing, unless it says so.

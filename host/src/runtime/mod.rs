@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub watch: bool,
     /// How often progress is logged.
     pub stats_interval: Duration,
+    /// Where to serve /metrics, /healthz and /readyz; overrides the file's `[metrics] listen`.
+    pub metrics: Option<String>,
 }
 
 /// Runs until `shutdown` completes, then drains in-flight batches and stops.
@@ -98,8 +100,18 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
             (file, versions, connection, None, Some(Following { revisions: follower.spawn(), board, folder }))
         }
     };
-    let mut host = Host { path: file.path.clone(), connection, engine, clock, running: BTreeMap::new() };
+    let readiness = crate::metrics::serve::Readiness::new(connection.client.clone());
+    let _served = match options.metrics.as_ref().or(file.metrics_listen.as_ref()) {
+        Some(addr) => {
+            let (listener, bound) = crate::metrics::serve::bind(addr).await?;
+            tracing::info!(address = %bound, "Serving /metrics, /healthz and /readyz.");
+            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve::serve(listener, readiness.clone()))))
+        }
+        None => None,
+    };
+    let mut host = Host { path: file.path.clone(), connection, engine, clock, running: BTreeMap::new(), readiness };
     host.start_all(&file, versions).await?;
+    host.ready(&file);
     if let Some(Following { board, .. }) = following.as_mut() {
         board.running(board.status.revision, host.versions()).await;
     }
@@ -119,6 +131,9 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
             Some(path) = async { watcher.as_mut()?.changed().await } => {
                 tracing::info!(changed = %path.display(), "A watched file changed; preparing a new version.");
                 let reloaded = host.reload(config::load(&host.path), false).await;
+                if let Some(file) = &reloaded.file {
+                    host.ready(file);
+                }
                 if let (Some(file), Some(watcher)) = (reloaded.file, watcher.as_mut()) {
                     watcher.watch(watched_files(&file), granted_folders(&file)).unwrap_or_else(|e| tracing::warn!(error = format!("{e:#}"), "Cannot watch the new files."));
                 }
@@ -135,6 +150,9 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
                     Ok(laid) => {
                         tracing::info!(%release, revision = laid.revision, "A new revision of the release landed; preparing it.");
                         let reloaded = host.reload(laid.load(), true).await;
+                        if let Some(file) = reloaded.file.as_ref().filter(|_| reloaded.refused.is_empty()) {
+                            host.ready(file);
+                        }
                         if reloaded.refused.is_empty() {
                             host.path = laid.file;
                             board.running(laid.revision, host.versions()).await;
@@ -253,6 +271,16 @@ struct Host {
     engine: Arc<PluginEngine>,
     clock: Clock,
     running: BTreeMap<String, RunningPipeline>,
+    readiness: Arc<crate::metrics::serve::Readiness>,
+}
+
+/// A task that ends when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Host {
@@ -260,10 +288,17 @@ impl Host {
         nats::streams::ensure(&self.connection, &file.streams).await?;
         for version in versions {
             let name = version.spec.name.clone();
+            let id = version.id.clone();
             let running = RunningPipeline::start(&self.connection, version).await.with_context(|| format!("pipeline `{name}`"))?;
+            crate::metrics::metrics().runs(&name, &id);
             self.running.insert(name, running);
         }
         Ok(())
+    }
+
+    /// What `/readyz` answers: the file's pipelines against those running.
+    fn ready(&self, file: &PipelineFile) {
+        self.readiness.set(file.pipelines.iter().map(|p| p.name.clone()), self.running.keys().cloned());
     }
 
     /// Brings every pipeline to what the file just read says.
@@ -288,6 +323,7 @@ impl Host {
             match prepare(&self.engine, spec, &self.clock) {
                 Ok(version) => versions.push(version),
                 Err(error) => {
+                    crate::metrics::metrics().version_change(&spec.name, "refused");
                     tracing::error!(pipeline = %spec.name, error = format!("{error:#}"), "The new version cannot be prepared; the running version stays.");
                     // The error names the pipeline already.
                     refused.push(format!("{error:#}"));
@@ -304,6 +340,8 @@ impl Host {
                 Some(running) if running.version().id == version.id => {}
                 Some(running) if running.can_swap_to(&version) => {
                     tracing::info!(pipeline = %name, from = %running.version().id, to = %version.id, "Swapping to the new version between batches.");
+                    crate::metrics::metrics().version_change(&name, "swapped");
+                    crate::metrics::metrics().runs(&name, &version.id);
                     running.swap(version);
                 }
                 _ => {
@@ -311,11 +349,16 @@ impl Host {
                         tracing::info!(pipeline = %name, from = %old.version().id, to = %version.id, "Input, workers, batching, output or sink changed; restarting the pipeline's workers.");
                         progress(&name, &old.stop().await, &self.connection);
                     }
+                    let id = version.id.clone();
                     match RunningPipeline::start(&self.connection, version).await {
                         Ok(running) => {
+                            crate::metrics::metrics().version_change(&name, "restarted");
+                            crate::metrics::metrics().runs(&name, &id);
                             self.running.insert(name, running);
                         }
                         Err(error) => {
+                            crate::metrics::metrics().version_change(&name, "refused");
+                            crate::metrics::metrics().stops(&name);
                             tracing::error!(pipeline = %name, error = format!("{error:#}"), "Cannot start the pipeline.");
                             refused.push(format!("pipeline `{name}`: {error:#}"));
                         }
@@ -327,6 +370,7 @@ impl Host {
         for name in gone {
             if let Some(old) = self.running.remove(&name) {
                 tracing::info!(pipeline = %name, "The pipeline was removed from the file; stopping it.");
+                crate::metrics::metrics().stops(&name);
                 progress(&name, &old.stop().await, &self.connection);
             }
         }

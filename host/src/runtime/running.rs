@@ -30,7 +30,7 @@ impl RunningPipeline {
         let publisher = Publisher::new(connection.clone(), spec)?;
         let (versions, _) = watch::channel(version.clone());
         let (shutdown, _) = watch::channel(false);
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::new(&spec.name));
         let mut workers = JoinSet::new();
         if in_order {
             // One worker, on one host at a time: it reads only while this host holds the lease.

@@ -1,30 +1,61 @@
 //! Per-pipeline counters, reported in the log at a regular interval and at
-//! exit, so that a long run shows its progress and its losses.
+//! exit, so that a long run shows its progress and its losses. Each also
+//! counts into the process's Prometheus metric of the same meaning, so a
+//! dashboard shows what the log says.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::metrics::{PipelineLabel, metrics};
+
+/// One count: since this pipeline's workers started (for the log), and for
+/// the life of the process (the metric, which a restart of the workers does
+/// not reset).
 #[derive(Debug, Default)]
+pub struct Count {
+    local: AtomicU64,
+    metric: Counter,
+}
+
+impl Count {
+    fn of(family: &Family<PipelineLabel, Counter>, pipeline: &str) -> Self {
+        Self { local: AtomicU64::new(0), metric: family.get_or_create_owned(&PipelineLabel { pipeline: pipeline.into() }) }
+    }
+
+    fn get(&self) -> u64 {
+        self.local.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
 pub struct Stats {
-    pub received: AtomicU64,
-    pub published: AtomicU64,
+    pub received: Count,
+    /// Events per batch read (a metric only).
+    pub batch_events: Histogram,
+    pub published: Count,
+    /// Events dead-lettered; the metric counts them by stage and code.
     pub rejected: AtomicU64,
-    pub dropped: AtomicU64,
-    /// Plugin calls that trapped, timed out or hit the memory cap.
+    pub dropped: Count,
+    /// Plugin calls that trapped, timed out or hit the memory cap; the
+    /// metric counts them by stage and kind.
     pub faults: AtomicU64,
     /// Batches whose outputs could not be published (redelivered on JetStream,
     /// lost on core NATS).
-    pub failed_batches: AtomicU64,
+    pub failed_batches: Count,
     /// Inputs a sink's kept state had counted before a restart, acked again
     /// without being counted twice.
-    pub already_counted: AtomicU64,
+    pub already_counted: Count,
     /// Inputs held back for redelivery because NATS refused what they produced.
-    pub held_back: AtomicU64,
+    pub held_back: Count,
     /// Inputs dead-lettered as `undeliverable` (also counted in `rejected`).
-    pub undeliverable: AtomicU64,
+    pub undeliverable: Count,
     /// Rounds of sending again messages whose failure may pass.
-    pub publish_retries: AtomicU64,
+    pub publish_retries: Count,
     /// Dead letters NATS refused too: the only way an event is lost.
-    pub lost_dead_letters: AtomicU64,
+    pub lost_dead_letters: Count,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -44,24 +75,49 @@ pub struct Snapshot {
 }
 
 impl Stats {
-    pub fn add(counter: &AtomicU64, n: usize) {
+    /// The counts of `pipeline`, each bound to its metric.
+    pub fn new(pipeline: &str) -> Self {
+        let m = metrics();
+        Self {
+            received: Count::of(&m.received, pipeline),
+            batch_events: m.batch_events(pipeline),
+            published: Count::of(&m.published, pipeline),
+            rejected: AtomicU64::new(0),
+            dropped: Count::of(&m.dropped, pipeline),
+            faults: AtomicU64::new(0),
+            failed_batches: Count::of(&m.failed_batches, pipeline),
+            already_counted: Count::of(&m.already_counted, pipeline),
+            held_back: Count::of(&m.held_back, pipeline),
+            undeliverable: Count::of(&m.undeliverable, pipeline),
+            publish_retries: Count::of(&m.publish_retries, pipeline),
+            lost_dead_letters: Count::of(&m.lost_dead_letters, pipeline),
+        }
+    }
+
+    pub fn add(count: &Count, n: usize) {
+        count.local.fetch_add(n as u64, Ordering::Relaxed);
+        count.metric.inc_by(n as u64);
+    }
+
+    /// For the counts whose metrics have labels of their own, counted there.
+    pub fn add_local(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> Snapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Snapshot {
-            received: get(&self.received),
-            published: get(&self.published),
+            received: self.received.get(),
+            published: self.published.get(),
             rejected: get(&self.rejected),
-            dropped: get(&self.dropped),
+            dropped: self.dropped.get(),
             faults: get(&self.faults),
-            failed_batches: get(&self.failed_batches),
-            already_counted: get(&self.already_counted),
-            held_back: get(&self.held_back),
-            undeliverable: get(&self.undeliverable),
-            publish_retries: get(&self.publish_retries),
-            lost_dead_letters: get(&self.lost_dead_letters),
+            failed_batches: self.failed_batches.get(),
+            already_counted: self.already_counted.get(),
+            held_back: self.held_back.get(),
+            undeliverable: self.undeliverable.get(),
+            publish_retries: self.publish_retries.get(),
+            lost_dead_letters: self.lost_dead_letters.get(),
         }
     }
 }

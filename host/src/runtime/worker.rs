@@ -32,7 +32,7 @@ use crate::nats::Connection;
 use crate::nats::input::{Batches, Delivery, Receipt, Source};
 use crate::nats::publish::{Failure, Message, Publisher};
 use crate::nats::state::{Saved, StateStore};
-use crate::pipeline::{Chain, PipelineVersion, Reject};
+use crate::pipeline::{BatchResult, Chain, PipelineVersion, Reject};
 use crate::plugin::Event;
 
 /// How long JetStream waits before redelivering an event held back here; it
@@ -205,6 +205,7 @@ impl Worker {
 
     async fn handle(&self, chain: &mut Chain, batch: Vec<Delivery>) {
         Stats::add(&self.stats.received, batch.len());
+        self.stats.batch_events.observe(batch.len() as f64);
         let batch = self.expired(&chain.version, batch).await;
         if batch.is_empty() {
             return;
@@ -219,6 +220,7 @@ impl Worker {
             }
         };
         let (dropped, faults) = (result.dropped, result.faults);
+        count_rejects(&chain.version.spec.name, &result);
         let stamp = self.stamp(&chain.version);
         let ids: Vec<Option<String>> = receipts.iter().map(|r| r.id.clone()).collect();
         let outbound = messages::batch(stamp, &events, &ids, result);
@@ -244,6 +246,7 @@ impl Worker {
     /// inputs are acked.
     async fn handle_in_order(&self, chain: &mut Chain, batch: Vec<Delivery>, kept: &mut Kept) {
         Stats::add(&self.stats.received, batch.len());
+        self.stats.batch_events.observe(batch.len() as f64);
         let (counted, fresh): (Vec<Delivery>, Vec<Delivery>) =
             batch.into_iter().partition(|d| d.receipt.sequence.is_some_and(|sequence| sequence <= kept.counted_through));
         if !counted.is_empty() {
@@ -276,6 +279,7 @@ impl Worker {
             }
         };
         let (dropped, faults) = (result.dropped, result.faults);
+        count_rejects(&chain.version.spec.name, &result);
         let version = chain.version.clone();
         let stamp = self.stamp(&version);
         let ids: Vec<Option<String>> = receipts.iter().map(|r| r.id.clone()).collect();
@@ -422,7 +426,7 @@ impl Worker {
                 let id = receipt.id.as_ref().map(|id| format!("{id}:undeliverable"));
                 match self.dead_letter_alone(stamp, &reject, event, id, std::slice::from_ref(receipt)).await {
                     Some(true) => {
-                        Stats::add(&self.stats.rejected, 1);
+                        Stats::add_local(&self.stats.rejected, 1);
                         receipt.ack().await;
                     }
                     _ => receipt.nak(LONGEST_REDELIVERY_DELAY).await,
@@ -448,7 +452,7 @@ impl Worker {
             let id = delivery.receipt.id.as_ref().map(|id| format!("{id}:undeliverable"));
             match self.dead_letter_alone(stamp, &reject, &delivery.event, id, std::slice::from_ref(&delivery.receipt)).await {
                 Some(true) => {
-                    Stats::add(&self.stats.rejected, 1);
+                    Stats::add_local(&self.stats.rejected, 1);
                     delivery.receipt.ack().await;
                 }
                 _ => delivery.receipt.nak(LONGEST_REDELIVERY_DELAY).await,
@@ -467,6 +471,7 @@ impl Worker {
         match delivered.given_up.first() {
             None => {
                 Stats::add(&self.stats.undeliverable, 1);
+                crate::metrics::metrics().reject(stamp.pipeline, &reject.stage, &reject.code);
                 tracing::error!(pipeline = stamp.pipeline, subject = %original.subject, stage = %reject.stage, reason = %reject.message, "An event is undeliverable; it went to the dead-letter subject.");
                 Some(true)
             }
@@ -515,9 +520,9 @@ impl Worker {
 
     fn count(&self, delivered: &Delivered, dropped: usize, faults: usize) {
         Stats::add(&self.stats.published, delivered.outputs);
-        Stats::add(&self.stats.rejected, delivered.dead_letters);
+        Stats::add_local(&self.stats.rejected, delivered.dead_letters);
         Stats::add(&self.stats.dropped, dropped);
-        Stats::add(&self.stats.faults, faults);
+        Stats::add_local(&self.stats.faults, faults);
     }
 
     async fn fail(&self, receipts: &[Receipt]) {
@@ -538,4 +543,12 @@ fn max_deliver(version: &PipelineVersion) -> u64 {
 
 fn undeliverable(stage: &str, message: String) -> Reject {
     Reject { origin: 0, stage: stage.into(), code: "undeliverable".into(), property: None, message }
+}
+
+/// The metric of refused events, by the stage that refused each and its code.
+fn count_rejects(pipeline: &str, result: &BatchResult) {
+    let metrics = crate::metrics::metrics();
+    for reject in &result.rejects {
+        metrics.reject(pipeline, &reject.stage, &reject.code);
+    }
 }

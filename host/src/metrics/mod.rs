@@ -1,0 +1,213 @@
+//! What a running host counts and measures, for Prometheus: one registry
+//! for the process, its metrics labelled by pipeline (and stage, code or
+//! kind where they apply), and the endpoints that serve it (`serve`).
+//!
+//! Labels come from the pipeline file (pipeline and stage names) and from a
+//! fixed set (fault kinds, swap outcomes); the one open set, the rejection
+//! codes plugins choose, is capped per stage, so a plugin cannot grow the
+//! host's memory or a Prometheus server's series without bound.
+
+pub mod serve;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, OnceLock};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Rejection codes counted apart per stage; the rest count as `other`.
+pub const MAX_CODES_PER_STAGE: usize = 32;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PipelineLabel {
+    pub pipeline: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub pipeline: String,
+    pub stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub pipeline: String,
+    /// The stage that refused the event; `input` and `output` for the host's checks.
+    pub stage: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabels {
+    pub pipeline: String,
+    pub stage: String,
+    /// `timeout`, `memory_limit`, `trap`, `contract` or `output_limit`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub pipeline: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SwapLabels {
+    pub pipeline: String,
+    /// `swapped` (between batches), `restarted` (workers started again) or
+    /// `refused` (the new version could not be prepared or started).
+    pub outcome: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    pub received: Family<PipelineLabel, Counter>,
+    pub published: Family<PipelineLabel, Counter>,
+    rejected: Family<RejectLabels, Counter>,
+    pub dropped: Family<PipelineLabel, Counter>,
+    faults: Family<FaultLabels, Counter>,
+    pub failed_batches: Family<PipelineLabel, Counter>,
+    pub already_counted: Family<PipelineLabel, Counter>,
+    pub held_back: Family<PipelineLabel, Counter>,
+    pub undeliverable: Family<PipelineLabel, Counter>,
+    pub publish_retries: Family<PipelineLabel, Counter>,
+    pub lost_dead_letters: Family<PipelineLabel, Counter>,
+    batch_events: HistogramFamily<PipelineLabel>,
+    stage_seconds: HistogramFamily<StageLabels>,
+    version: Family<VersionLabels, Gauge>,
+    swaps: Family<SwapLabels, Counter>,
+    /// The codes counted apart so far, per pipeline and stage.
+    codes: Mutex<HashMap<(String, String), HashSet<String>>>,
+    /// The version each pipeline runs, as `version` has it.
+    running: Mutex<HashMap<String, String>>,
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<PipelineLabel, Counter>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let received = counter(&mut registry, "events_received", "Events read from a pipeline's input");
+        let published = counter(&mut registry, "events_published", "Events a pipeline published on its output subjects (or sent to its webhook)");
+        let dropped = counter(&mut registry, "events_dropped", "Events a stage dropped on purpose");
+        let failed_batches =
+            counter(&mut registry, "failed_batches", "Batches whose outputs could not all be delivered (redelivered on JetStream, lost on core NATS)");
+        let already_counted =
+            counter(&mut registry, "events_already_counted", "Inputs a sink's kept state had counted before a restart, acked without counting them again");
+        let held_back = counter(&mut registry, "events_held_back", "Inputs held back for redelivery because NATS refused what they produced");
+        let undeliverable = counter(&mut registry, "events_undeliverable", "Inputs dead-lettered as undeliverable after NATS kept refusing their outputs");
+        let publish_retries = counter(&mut registry, "publish_retries", "Rounds of sending again messages whose failure may pass");
+        let lost_dead_letters = counter(&mut registry, "dead_letters_lost", "Dead letters NATS refused too: events lost");
+        let rejected = Family::<RejectLabels, Counter>::default();
+        registry.register("events_rejected", "Events sent to the dead-letter subject, by the stage that refused them and its code", rejected.clone());
+        let faults = Family::<FaultLabels, Counter>::default();
+        registry.register("plugin_faults", "Calls into a plugin that trapped, timed out, hit the memory cap or broke the contract", faults.clone());
+        let batch_events: HistogramFamily<PipelineLabel> = Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 14)));
+        registry.register("batch_events", "Events per batch read from a pipeline's input", batch_events.clone());
+        let stage_seconds: HistogramFamily<StageLabels> = Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 18)));
+        registry.register_with_unit(
+            "stage_call_duration",
+            "Time of one call into a stage's plugin (a batch, or one event of a batch retried event by event)",
+            Unit::Seconds,
+            stage_seconds.clone(),
+        );
+        let version = Family::<VersionLabels, Gauge>::default();
+        registry.register("pipeline_version_info", "The version a pipeline runs (1), by its id", version.clone());
+        let swaps = Family::<SwapLabels, Counter>::default();
+        registry.register("pipeline_version_changes", "New versions of a pipeline taken up or refused", swaps.clone());
+        Self {
+            registry,
+            received,
+            published,
+            rejected,
+            dropped,
+            faults,
+            failed_batches,
+            already_counted,
+            held_back,
+            undeliverable,
+            publish_retries,
+            lost_dead_letters,
+            batch_events,
+            stage_seconds,
+            version,
+            swaps,
+            codes: Mutex::default(),
+            running: Mutex::default(),
+        }
+    }
+
+    /// The metrics in the Prometheus text format (version 0.0.4).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// One event refused at `stage` with `code`; past
+    /// [`MAX_CODES_PER_STAGE`] codes of one stage, counted as `other`.
+    pub fn reject(&self, pipeline: &str, stage: &str, code: &str) {
+        let code = {
+            let mut codes = self.codes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let known = codes.entry((pipeline.to_string(), stage.to_string())).or_default();
+            if known.contains(code) || known.len() < MAX_CODES_PER_STAGE {
+                known.insert(code.to_string());
+                code
+            } else {
+                "other"
+            }
+        };
+        self.rejected.get_or_create(&RejectLabels { pipeline: pipeline.into(), stage: stage.into(), code: code.into() }).inc();
+    }
+
+    pub fn fault(&self, pipeline: &str, stage: &str, kind: &str) {
+        self.faults.get_or_create(&FaultLabels { pipeline: pipeline.into(), stage: stage.into(), kind: kind.into() }).inc();
+    }
+
+    /// A handle on the time of calls into one stage.
+    pub fn stage_calls(&self, pipeline: &str, stage: &str) -> Histogram {
+        self.stage_seconds.get_or_create_owned(&StageLabels { pipeline: pipeline.into(), stage: stage.into() })
+    }
+
+    /// A handle on the sizes of one pipeline's batches.
+    pub fn batch_events(&self, pipeline: &str) -> Histogram {
+        self.batch_events.get_or_create_owned(&PipelineLabel { pipeline: pipeline.into() })
+    }
+
+    /// `pipeline` runs `version` now, and no other.
+    pub fn runs(&self, pipeline: &str, version: &str) {
+        self.stops(pipeline);
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(pipeline.into(), version.into());
+        self.version.get_or_create(&VersionLabels { pipeline: pipeline.into(), version: version.into() }).set(1);
+    }
+
+    /// `pipeline` runs no version any more.
+    pub fn stops(&self, pipeline: &str) {
+        let before = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(pipeline);
+        if let Some(version) = before {
+            self.version.remove(&VersionLabels { pipeline: pipeline.into(), version });
+        }
+    }
+
+    /// A new version of `pipeline` was taken up (`swapped`, `restarted`) or `refused`.
+    pub fn version_change(&self, pipeline: &str, outcome: &str) {
+        self.swaps.get_or_create(&SwapLabels { pipeline: pipeline.into(), outcome: outcome.into() }).inc();
+    }
+}

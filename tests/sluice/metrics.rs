@@ -1,0 +1,129 @@
+//! `sluice run --metrics ADDR`: `/metrics` in the Prometheus text format
+//! counts exactly the traffic a test sent (received, published, refused by
+//! stage and code, dropped, faults by kind, batches, stage call times, the
+//! version running and a hot swap), agrees with the progress log, and
+//! `/healthz` and `/readyz` answer as a probe expects.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::support::{Collector, Nats, Pipeline, PipelineFile, Sluice, Workspace};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// One sample of a scrape: its metric's name and labels.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Series {
+    name: String,
+    labels: BTreeMap<String, String>,
+}
+
+/// Every sample of a scrape in the Prometheus text format.
+fn samples(text: &str) -> BTreeMap<Series, f64> {
+    let mut samples = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("a sample is `series value`: {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (name, labels.strip_suffix('}').expect("labels end in }")),
+            None => (series, ""),
+        };
+        let labels = labels
+            .split("\",")
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (key, value) = pair.split_once("=\"").expect("label=\"value\"");
+                (key.to_string(), value.trim_end_matches('"').to_string())
+            })
+            .collect();
+        samples.insert(Series { name: name.into(), labels }, value.parse().unwrap_or_else(|_| panic!("a number: {line:?}")));
+    }
+    samples
+}
+
+fn value(samples: &BTreeMap<Series, f64>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    samples.get(&Series { name: name.into(), labels }).copied()
+}
+
+async fn get(address: &str, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{address}{path}")).await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+fn pipeline(tag_set: &str) -> String {
+    let pipeline = Pipeline::core("web", "in.>")
+        .set(r#"dead_letter = "dlq""#)
+        .stage("chaos", "chaos", "")
+        .stage("tag", "tag", &format!(r#"{{ require = ["event", "user_id"], set = {tag_set} }}"#))
+        .route("out.{event}");
+    PipelineFile::new().pipeline(pipeline).toml().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_exactly_the_traffic_sent_and_the_probes_answer() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let file = workspace.write_pipeline(&pipeline("{ v = 1 }"));
+    let file_arg = file.to_str().unwrap();
+    let sluice = Sluice::command(&["run", file_arg, "--nats", nats.url(), "--stats-interval", "1s", "--metrics", "127.0.0.1:0"]).started(1);
+    let log = sluice.log();
+    let served = log.events("Serving /metrics, /healthz and /readyz.");
+    let address = served[0]["address"].as_str().expect("the address it serves on").to_string();
+    let version = log.events("Pipeline started.")[0]["version"].as_str().unwrap().to_string();
+
+    assert_eq!(get(&address, "/healthz").await, (200, "ok\n".to_string()));
+    assert_eq!(get(&address, "/readyz").await, (200, "ready\n".to_string()));
+    assert_eq!(get(&address, "/nowhere").await.0, 404);
+
+    let mut outputs = Collector::subscribe(&nats, "out.>").await;
+    let mut letters = Collector::subscribe(&nats, "dlq.>").await;
+    // 40 good, 5 without user_id, 3 not JSON, 2 dropped on purpose, 1 that traps.
+    let mut bodies: Vec<String> = (0..40).map(|n| format!(r#"{{"event":"e{}","user_id":"u{n}"}}"#, n % 3)).collect();
+    bodies.extend((0..5).map(|n| format!(r#"{{"event":"e","n":{n}}}"#)));
+    bodies.extend((0..3).map(|n| format!("not json {n}")));
+    bodies.extend((0..2).map(|_| r#"{"event":"e","user_id":"u","chaos":"drop"}"#.to_string()));
+    bodies.push(r#"{"event":"e","user_id":"u","chaos":"trap"}"#.to_string());
+    for (n, body) in bodies.iter().enumerate() {
+        nats.client.publish(format!("in.{n}"), body.clone().into()).await.unwrap();
+    }
+    outputs.take(40, WAIT).await;
+    letters.take(9, WAIT).await;
+    sluice.wait_for_count("web", "received", 51, WAIT);
+
+    let scraped = samples(&get(&address, "/metrics").await.1);
+    let web = [("pipeline", "web")];
+    assert_eq!(value(&scraped, "sluice_events_received_total", &web), Some(51.0));
+    assert_eq!(value(&scraped, "sluice_events_published_total", &web), Some(40.0));
+    assert_eq!(value(&scraped, "sluice_events_dropped_total", &web), Some(2.0));
+    let rejected = |stage: &str, code: &str| value(&scraped, "sluice_events_rejected_total", &[("pipeline", "web"), ("stage", stage), ("code", code)]);
+    assert_eq!(rejected("tag", "missing_property"), Some(5.0));
+    assert_eq!(rejected("input", "malformed"), Some(3.0));
+    assert_eq!(rejected("chaos", "trap"), Some(1.0));
+    // The trap faults its batch, then itself when the batch is run again event by event.
+    let traps = value(&scraped, "sluice_plugin_faults_total", &[("pipeline", "web"), ("stage", "chaos"), ("kind", "trap")]).unwrap();
+    assert!((1.0..=2.0).contains(&traps), "{traps} faults");
+    assert_eq!(value(&scraped, "sluice_batch_events_sum", &web), Some(51.0), "every event read is in one batch");
+    let batches = value(&scraped, "sluice_batch_events_count", &web).unwrap();
+    assert!(batches >= 1.0);
+    let tag_calls = value(&scraped, "sluice_stage_call_duration_seconds_count", &[("pipeline", "web"), ("stage", "tag")]).unwrap();
+    assert!(tag_calls >= 1.0, "the tag stage was called");
+    assert!(value(&scraped, "sluice_stage_call_duration_seconds_sum", &[("pipeline", "web"), ("stage", "tag")]).unwrap() > 0.0);
+    assert_eq!(value(&scraped, "sluice_pipeline_version_info", &[("pipeline", "web"), ("version", &version)]), Some(1.0));
+
+    // A hot swap: the new version is the one running, and the swap is counted.
+    std::fs::write(&file, pipeline("{ v = 2 }")).unwrap();
+    sluice.wait_for("Swapping to the new version between batches.", 1, WAIT);
+    let swapped = sluice.log().events("Swapping to the new version between batches.")[0]["to"].as_str().unwrap().to_string();
+    let scraped = samples(&get(&address, "/metrics").await.1);
+    assert_eq!(value(&scraped, "sluice_pipeline_version_changes_total", &[("pipeline", "web"), ("outcome", "swapped")]), Some(1.0));
+    assert_eq!(value(&scraped, "sluice_pipeline_version_info", &[("pipeline", "web"), ("version", &swapped)]), Some(1.0));
+    assert_eq!(value(&scraped, "sluice_pipeline_version_info", &[("pipeline", "web"), ("version", &version)]), None, "the old version is gone");
+
+    // The progress log says what the metrics say.
+    let log = sluice.terminate();
+    let progress = log.progress("web");
+    assert_eq!(progress["received"], 51);
+    assert_eq!(progress["published"], 40);
+    assert_eq!(progress["rejected"], 9);
+    assert_eq!(progress["faults"].as_f64(), Some(traps));
+}
