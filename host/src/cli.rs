@@ -508,13 +508,17 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// The log, to stderr, filtered by `SLUICE_LOG`; every warning and error
+/// is also counted in the metrics, whatever the filter lets through.
 fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let log = match format {
+        LogFormat::Text => text.boxed(),
+        LogFormat::Json => text.json().boxed(),
+    };
+    tracing_subscriber::registry().with(log.with_filter(filter)).with(crate::metrics::LogEvents).init();
 }

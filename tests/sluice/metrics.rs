@@ -1,7 +1,8 @@
 //! `sluice run --metrics ADDR`: `/metrics` in the Prometheus text format
 //! counts exactly the traffic a test sent (received, published, refused by
-//! stage and code, dropped, faults by kind, batches, stage call times, the
-//! version running and a hot swap), agrees with the progress log, and
+//! stage and code, dropped, faults by kind, batches, stage call times,
+//! plugin counters, the warnings logged, the version running and a hot
+//! swap), agrees with the progress log, and
 //! `/healthz` and `/readyz` answer as a probe expects.
 
 use std::collections::BTreeMap;
@@ -55,6 +56,7 @@ fn pipeline(tag_set: &str) -> String {
         .set(r#"dead_letter = "dlq""#)
         .stage("chaos", "chaos", "")
         .stage("tag", "tag", &format!(r#"{{ require = ["event", "user_id"], set = {tag_set} }}"#))
+        .stage("stamp", "stamp_0_1", r#"{ property = "stamped_ns" }"#)
         .route("out.{event}");
     PipelineFile::new().pipeline(pipeline).toml().to_string()
 }
@@ -109,6 +111,10 @@ async fn metrics_count_exactly_the_traffic_sent_and_the_probes_answer() {
     assert!(tag_calls >= 1.0, "the tag stage was called");
     assert!(value(&scraped, "sluice_stage_call_duration_seconds_sum", &[("pipeline", "web"), ("stage", "tag")]).unwrap() > 0.0);
     assert_eq!(value(&scraped, "sluice_pipeline_version_info", &[("pipeline", "web"), ("version", &version)]), Some(1.0));
+    // What a plugin counts is a metric too (here one built against sluice:plugin@0.1.0).
+    assert_eq!(value(&scraped, "sluice_plugin_counter_total", &[("pipeline", "web"), ("stage", "stamp"), ("name", "stamped")]), Some(40.0));
+    // The warning the trap was logged with is counted.
+    assert!(value(&scraped, "sluice_log_events_total", &[("level", "warn"), ("target", "sluice::pipeline::chain")]).is_some_and(|n| n >= 1.0));
 
     // A hot swap: the new version is the one running, and the swap is counted.
     std::fs::write(&file, pipeline("{ v = 2 }")).unwrap();

@@ -56,6 +56,22 @@ pub struct VersionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginCounterLabels {
+    pub pipeline: String,
+    pub stage: String,
+    /// The name the plugin counts under (at most 64 names per stage).
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LogLabels {
+    /// `warn` or `error`.
+    pub level: String,
+    /// The module that logged it, e.g. `sluice::runtime::worker`.
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SwapLabels {
     pub pipeline: String,
     /// `swapped` (between batches), `restarted` (workers started again) or
@@ -83,6 +99,8 @@ pub struct Metrics {
     stage_seconds: HistogramFamily<StageLabels>,
     version: Family<VersionLabels, Gauge>,
     swaps: Family<SwapLabels, Counter>,
+    logged: Family<LogLabels, Counter>,
+    plugin_counters: Family<PluginCounterLabels, Counter>,
     /// The codes counted apart so far, per pipeline and stage.
     codes: Mutex<HashMap<(String, String), HashSet<String>>>,
     /// The version each pipeline runs, as `version` has it.
@@ -131,6 +149,10 @@ impl Metrics {
         registry.register("pipeline_version_info", "The version a pipeline runs (1), by its id", version.clone());
         let swaps = Family::<SwapLabels, Counter>::default();
         registry.register("pipeline_version_changes", "New versions of a pipeline taken up or refused", swaps.clone());
+        let plugin_counters = Family::<PluginCounterLabels, Counter>::default();
+        registry.register("plugin_counter", "What plugins counted through the host's `counters` import, by stage and name", plugin_counters.clone());
+        let logged = Family::<LogLabels, Counter>::default();
+        registry.register("log_events", "Warnings and errors written to the log, by level and the module that wrote them", logged.clone());
         Self {
             registry,
             received,
@@ -148,6 +170,8 @@ impl Metrics {
             stage_seconds,
             version,
             swaps,
+            logged,
+            plugin_counters,
             codes: Mutex::default(),
             running: Mutex::default(),
         }
@@ -186,6 +210,11 @@ impl Metrics {
         self.stage_seconds.get_or_create_owned(&StageLabels { pipeline: pipeline.into(), stage: stage.into() })
     }
 
+    /// A handle on one name a stage's plugin counts under.
+    pub fn plugin_counter(&self, pipeline: &str, stage: &str, name: &str) -> Counter {
+        self.plugin_counters.get_or_create_owned(&PluginCounterLabels { pipeline: pipeline.into(), stage: stage.into(), name: name.into() })
+    }
+
     /// A handle on the sizes of one pipeline's batches.
     pub fn batch_events(&self, pipeline: &str) -> Histogram {
         self.batch_events.get_or_create_owned(&PipelineLabel { pipeline: pipeline.into() })
@@ -209,5 +238,20 @@ impl Metrics {
     /// A new version of `pipeline` was taken up (`swapped`, `restarted`) or `refused`.
     pub fn version_change(&self, pipeline: &str, outcome: &str) {
         self.swaps.get_or_create(&SwapLabels { pipeline: pipeline.into(), outcome: outcome.into() }).inc();
+    }
+}
+
+/// Counts every warning and error logged into `sluice_log_events_total`, so
+/// that what the log says shows on a dashboard too.
+pub struct LogEvents;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogEvents {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let metadata = event.metadata();
+        // Levels order from the most severe up: ERROR is the least.
+        if *metadata.level() <= tracing::Level::WARN {
+            let labels = LogLabels { level: metadata.level().as_str().to_ascii_lowercase(), target: metadata.target().to_string() };
+            metrics().logged.get_or_create(&labels).inc();
+        }
     }
 }

@@ -184,7 +184,7 @@ fn prepare_stage(engine: &PluginEngine, pipeline: &str, spec: &StageSpec, clock:
         pipeline: pipeline.into(),
         name: spec.name.as_str().into(),
         clock: clock.clone(),
-        counters: Counters::default(),
+        counters: Counters::of_stage(pipeline, &spec.name),
         grants,
         calls: crate::metrics::metrics().stage_calls(pipeline, &spec.name),
     });
