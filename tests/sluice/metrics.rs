@@ -105,6 +105,7 @@ async fn metrics_count_exactly_the_traffic_sent_and_the_probes_answer() {
     let traps = value(&scraped, "sluice_plugin_faults_total", &[("pipeline", "web"), ("stage", "chaos"), ("kind", "trap")]).unwrap();
     assert!((1.0..=2.0).contains(&traps), "{traps} faults");
     assert_eq!(value(&scraped, "sluice_batch_events_sum", &web), Some(51.0), "every event read is in one batch");
+    assert_eq!(value(&scraped, "sluice_event_latency_seconds_count", &web), Some(51.0), "every event settled is timed");
     let batches = value(&scraped, "sluice_batch_events_count", &web).unwrap();
     assert!(batches >= 1.0);
     let tag_calls = value(&scraped, "sluice_stage_call_duration_seconds_count", &[("pipeline", "web"), ("stage", "tag")]).unwrap();
@@ -132,4 +133,28 @@ async fn metrics_count_exactly_the_traffic_sent_and_the_probes_answer() {
     assert_eq!(progress["published"], 40);
     assert_eq!(progress["rejected"], 9);
     assert_eq!(progress["faults"].as_f64(), Some(traps));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn end_to_end_latency_runs_from_the_events_jetstream_timestamp() {
+    let nats = Nats::start().await;
+    let stream = async_nats::jetstream::stream::Config { name: "RAW".into(), subjects: vec!["raw.>".into()], ..Default::default() };
+    nats.jetstream.create_stream(stream).await.unwrap();
+    // Stored, then waited on: their latency includes the time they waited in the stream.
+    nats.publish_stored((0..10).map(|n| (format!("raw.{n}"), format!(r#"{{"event":"e","n":{n}}}"#).into_bytes()))).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let workspace = Workspace::new();
+    let ingest = Pipeline::jetstream("ingest", "raw.>", "RAW").stage("tag", "tag", "{ set = { seen = true } }").route("out.{event}");
+    let file = workspace.write_pipeline(PipelineFile::new().stream("RAW", &["raw.>"], "").pipeline(ingest).toml());
+    let sluice = Sluice::command(&["run", file.to_str().unwrap(), "--nats", nats.url(), "--stats-interval", "1s", "--metrics", "127.0.0.1:0"]).started(1);
+    let address = sluice.log().events("Serving /metrics, /healthz and /readyz.")[0]["address"].as_str().unwrap().to_string();
+    sluice.wait_for_count("ingest", "published", 10, WAIT);
+    let scraped = samples(&get(&address, "/metrics").await.1);
+    sluice.terminate();
+    let ingest = [("pipeline", "ingest")];
+    assert_eq!(value(&scraped, "sluice_event_latency_seconds_count", &ingest), Some(10.0));
+    let under_a_second = value(&scraped, "sluice_event_latency_seconds_bucket", &[("pipeline", "ingest"), ("le", "1.024")]);
+    assert_eq!(under_a_second, Some(0.0), "each waited 1.5 s in the stream before sluice started");
+    assert!(value(&scraped, "sluice_event_latency_seconds_sum", &ingest).unwrap() >= 15.0);
 }

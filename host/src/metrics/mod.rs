@@ -96,6 +96,7 @@ pub struct Metrics {
     pub publish_retries: Family<PipelineLabel, Counter>,
     pub lost_dead_letters: Family<PipelineLabel, Counter>,
     batch_events: HistogramFamily<PipelineLabel>,
+    latency: HistogramFamily<PipelineLabel>,
     stage_seconds: HistogramFamily<StageLabels>,
     version: Family<VersionLabels, Gauge>,
     swaps: Family<SwapLabels, Counter>,
@@ -138,6 +139,13 @@ impl Metrics {
         registry.register("plugin_faults", "Calls into a plugin that trapped, timed out, hit the memory cap or broke the contract", faults.clone());
         let batch_events: HistogramFamily<PipelineLabel> = Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 14)));
         registry.register("batch_events", "Events per batch read from a pipeline's input", batch_events.clone());
+        let latency: HistogramFamily<PipelineLabel> = Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_5, 2.0, 20)));
+        registry.register_with_unit(
+            "event_latency",
+            "From an event's arrival (its JetStream timestamp, or its receipt by the host on core NATS) to its outputs stored and the event acked",
+            Unit::Seconds,
+            latency.clone(),
+        );
         let stage_seconds: HistogramFamily<StageLabels> = Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 18)));
         registry.register_with_unit(
             "stage_call_duration",
@@ -167,6 +175,7 @@ impl Metrics {
             publish_retries,
             lost_dead_letters,
             batch_events,
+            latency,
             stage_seconds,
             version,
             swaps,
@@ -213,6 +222,11 @@ impl Metrics {
     /// A handle on one name a stage's plugin counts under.
     pub fn plugin_counter(&self, pipeline: &str, stage: &str, name: &str) -> Counter {
         self.plugin_counters.get_or_create_owned(&PluginCounterLabels { pipeline: pipeline.into(), stage: stage.into(), name: name.into() })
+    }
+
+    /// A handle on one pipeline's end-to-end latency.
+    pub fn event_latency(&self, pipeline: &str) -> Histogram {
+        self.latency.get_or_create_owned(&PipelineLabel { pipeline: pipeline.into() })
     }
 
     /// A handle on the sizes of one pipeline's batches.

@@ -36,6 +36,9 @@ pub struct Receipt {
     /// How many times JetStream has handed this event out, this time
     /// included; `None` for a core event, which is never handed out again.
     pub delivered: Option<u64>,
+    /// When the event arrived: stored in its stream (JetStream's timestamp),
+    /// or received by this host (core).
+    pub arrived: std::time::SystemTime,
     settle: Settle,
 }
 
@@ -167,7 +170,7 @@ impl Source {
                 connection.client.flush().await.with_context(|| format!("cannot subscribe to {subject}: the flush after it failed"))?;
                 Box::pin(subscriber.map(|message| Delivery {
                     event: Event { subject: message.subject.to_string(), headers: headers(message.headers.as_ref()), body: message.payload.to_vec() },
-                    receipt: Receipt { id: None, sequence: None, delivered: None, settle: Settle::Core },
+                    receipt: Receipt { id: None, sequence: None, delivered: None, arrived: std::time::SystemTime::now(), settle: Settle::Core },
                 }))
             }
         };
@@ -180,8 +183,12 @@ fn from_jetstream(message: JetStreamMessage) -> Delivery {
     let id = info.as_ref().map(|info| format!("{}:{}", info.stream, info.stream_sequence));
     let sequence = info.as_ref().map(|info| info.stream_sequence);
     let delivered = info.as_ref().map(|info| u64::try_from(info.delivered).unwrap_or(1));
+    let arrived = info
+        .as_ref()
+        .and_then(|info| u64::try_from(info.published.unix_timestamp_nanos()).ok())
+        .map_or_else(std::time::SystemTime::now, |ns| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns));
     let event = Event { subject: message.subject.to_string(), headers: headers(message.headers.as_ref()), body: message.payload.to_vec() };
-    Delivery { event, receipt: Receipt { id, sequence, delivered, settle: Settle::JetStream(message) } }
+    Delivery { event, receipt: Receipt { id, sequence, delivered, arrived, settle: Settle::JetStream(message) } }
 }
 
 fn headers(map: Option<&HeaderMap>) -> Vec<(String, String)> {

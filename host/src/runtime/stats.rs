@@ -35,6 +35,8 @@ pub struct Stats {
     pub received: Count,
     /// Events per batch read (a metric only).
     pub batch_events: Histogram,
+    /// From an event's arrival to its outputs stored and it acked (a metric only).
+    pub latency: Histogram,
     pub published: Count,
     /// Events dead-lettered; the metric counts them by stage and code.
     pub rejected: AtomicU64,
@@ -81,6 +83,7 @@ impl Stats {
         Self {
             received: Count::of(&m.received, pipeline),
             batch_events: m.batch_events(pipeline),
+            latency: m.event_latency(pipeline),
             published: Count::of(&m.published, pipeline),
             rejected: AtomicU64::new(0),
             dropped: Count::of(&m.dropped, pipeline),

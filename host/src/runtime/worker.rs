@@ -234,7 +234,7 @@ impl Worker {
         for (index, receipt) in receipts.iter().enumerate() {
             match held.get(&index) {
                 Some(reason) => self.hold_back(stamp, &chain.version, &events[index], receipt, reason).await,
-                None => receipt.ack().await,
+                None => self.settle(receipt).await,
             }
         }
         self.count(&delivered, dropped, faults);
@@ -290,7 +290,7 @@ impl Worker {
         }
         kept.counted_through = through;
         for receipt in &receipts {
-            receipt.ack().await;
+            self.settle(receipt).await;
         }
     }
 
@@ -516,6 +516,14 @@ impl Worker {
 
     fn stamp<'a>(&self, version: &'a PipelineVersion) -> Stamp<'a> {
         Stamp::new(version, self.connection.client.max_payload())
+    }
+
+    /// Acks an input whose outputs are stored, and measures how long since
+    /// it arrived.
+    async fn settle(&self, receipt: &Receipt) {
+        receipt.ack().await;
+        let waited = receipt.arrived.elapsed().unwrap_or_default();
+        self.stats.latency.observe(waited.as_secs_f64());
     }
 
     fn count(&self, delivered: &Delivered, dropped: usize, faults: usize) {
