@@ -2,8 +2,9 @@
 //! counts exactly the traffic a test sent (received, published, refused by
 //! stage and code, dropped, faults by kind, batches, stage call times,
 //! plugin counters, the warnings logged, the version running and a hot
-//! swap), agrees with the progress log, and
-//! `/healthz` and `/readyz` answer as a probe expects.
+//! swap), agrees with the progress log, and `/healthz` and `/readyz`
+//! answer as a probe expects. End-to-end latency starts at an event's
+//! JetStream timestamp, not when sluice reads it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
