@@ -15,13 +15,13 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// One sample of a scrape: its metric's name and labels.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Series {
+pub struct Series {
     name: String,
     labels: BTreeMap<String, String>,
 }
 
 /// Every sample of a scrape in the Prometheus text format.
-fn samples(text: &str) -> BTreeMap<Series, f64> {
+pub fn samples(text: &str) -> BTreeMap<Series, f64> {
     let mut samples = BTreeMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("a sample is `series value`: {line:?}"));
@@ -42,12 +42,12 @@ fn samples(text: &str) -> BTreeMap<Series, f64> {
     samples
 }
 
-fn value(samples: &BTreeMap<Series, f64>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn value(samples: &BTreeMap<Series, f64>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     samples.get(&Series { name: name.into(), labels }).copied()
 }
 
-async fn get(address: &str, path: &str) -> (u16, String) {
+pub async fn get(address: &str, path: &str) -> (u16, String) {
     let response = reqwest::get(format!("http://{address}{path}")).await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
     (response.status().as_u16(), response.text().await.unwrap())
 }
@@ -67,12 +67,8 @@ async fn metrics_count_exactly_the_traffic_sent_and_the_probes_answer() {
     let nats = Nats::start().await;
     let workspace = Workspace::new();
     let file = workspace.write_pipeline(&pipeline("{ v = 1 }"));
-    let file_arg = file.to_str().unwrap();
-    let sluice = Sluice::command(&["run", file_arg, "--nats", nats.url(), "--stats-interval", "1s", "--metrics", "127.0.0.1:0"]).started(1);
-    let log = sluice.log();
-    let served = log.events("Serving /metrics, /healthz and /readyz.");
-    let address = served[0]["address"].as_str().expect("the address it serves on").to_string();
-    let version = log.events("Pipeline started.")[0]["version"].as_str().unwrap().to_string();
+    let (sluice, address) = Sluice::run_with_metrics(&file, nats.url(), 1);
+    let version = sluice.log().events("Pipeline started.")[0]["version"].as_str().unwrap().to_string();
 
     assert_eq!(get(&address, "/healthz").await, (200, "ok\n".to_string()));
     assert_eq!(get(&address, "/readyz").await, (200, "ready\n".to_string()));
@@ -107,6 +103,7 @@ async fn metrics_count_exactly_the_traffic_sent_and_the_probes_answer() {
     assert!((1.0..=2.0).contains(&traps), "{traps} faults");
     assert_eq!(value(&scraped, "sluice_batch_events_sum", &web), Some(51.0), "every event read is in one batch");
     assert_eq!(value(&scraped, "sluice_event_latency_seconds_count", &web), Some(51.0), "every event settled is timed");
+    assert_eq!(value(&scraped, "sluice_nats_connected", &[]), Some(1.0));
     let batches = value(&scraped, "sluice_batch_events_count", &web).unwrap();
     assert!(batches >= 1.0);
     let tag_calls = value(&scraped, "sluice_stage_call_duration_seconds_count", &[("pipeline", "web"), ("stage", "tag")]).unwrap();
@@ -148,8 +145,7 @@ async fn end_to_end_latency_runs_from_the_events_jetstream_timestamp() {
     let workspace = Workspace::new();
     let ingest = Pipeline::jetstream("ingest", "raw.>", "RAW").stage("tag", "tag", "{ set = { seen = true } }").route("out.{event}");
     let file = workspace.write_pipeline(PipelineFile::new().stream("RAW", &["raw.>"], "").pipeline(ingest).toml());
-    let sluice = Sluice::command(&["run", file.to_str().unwrap(), "--nats", nats.url(), "--stats-interval", "1s", "--metrics", "127.0.0.1:0"]).started(1);
-    let address = sluice.log().events("Serving /metrics, /healthz and /readyz.")[0]["address"].as_str().unwrap().to_string();
+    let (sluice, address) = Sluice::run_with_metrics(&file, nats.url(), 1);
     sluice.wait_for_count("ingest", "published", 10, WAIT);
     let scraped = samples(&get(&address, "/metrics").await.1);
     sluice.terminate();

@@ -1,4 +1,5 @@
-//! NATS outages under load: the server killed with SIGKILL and restarted on
+//! NATS outages under load (the metrics count the disconnection, and what
+//! the log counts): the server killed with SIGKILL and restarted on
 //! the same store, and the server paused (SIGSTOP) for longer than the
 //! input's `ack_wait`. The host rides both out without a restart: every
 //! event comes out exactly once (message ids derived from the input make the
@@ -76,7 +77,7 @@ enum Outage {
 async fn ride_out(outage: Outage) {
     let mut nats = Nats::start().await;
     let workspace = Workspace::new();
-    let sluice = Sluice::run(&workspace.write_pipeline(&pipelines()), nats.url(), 2);
+    let (sluice, metrics) = Sluice::run_with_metrics(&workspace.write_pipeline(&pipelines()), nats.url(), 2);
     nats.publish_stored((0..BACKLOG).map(|n| (format!("raw.{n}"), event(n, serde_json::json!({}))))).await;
     let producer = produce(nats.jetstream.clone());
 
@@ -109,7 +110,16 @@ async fn ride_out(outage: Outage) {
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).take(5).collect();
     assert!(twice.is_empty(), "each event counted once: {twice:?}");
 
+    // The metrics saw the outage, and count what the log counts.
+    let scraped = crate::metrics::samples(&crate::metrics::get(&metrics, "/metrics").await.1);
+    let metric = |name: &str, labels: &[(&str, &str)]| crate::metrics::value(&scraped, name, labels);
+    assert_eq!(metric("sluice_nats_connected", &[]), Some(1.0), "connected again");
+    if matches!(outage, Outage::Crash) {
+        assert!(metric("sluice_nats_client_events_total", &[("event", "disconnected")]).is_some_and(|n| n >= 1.0), "the disconnection is counted");
+    }
     let log = sluice.terminate();
+    // The ingest pipeline was idle from the scrape on (the tally's ticks may publish later).
+    assert_eq!(metric("sluice_events_published_total", &[("pipeline", "ingest")]).map(|n| n as u64), Some(log.counter("ingest", "published")));
     for pipeline in ["ingest", "tally"] {
         let count = |counter| log.counter(pipeline, counter);
         assert_eq!((count("lost_dead_letters"), count("undeliverable")), (0, 0), "{pipeline}");

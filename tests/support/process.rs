@@ -92,6 +92,16 @@ impl Sluice {
         Self::running(file, nats_url).started(pipelines)
     }
 
+    /// `sluice run FILE --nats URL --metrics` on a free port, waiting until
+    /// `pipelines` pipelines have started; with the address it serves on.
+    pub fn run_with_metrics(file: &Path, nats_url: &str, pipelines: usize) -> (Self, String) {
+        let sluice =
+            Self::command(&["run", file.to_str().unwrap(), "--nats", nats_url, "--stats-interval", "1s", "--metrics", "127.0.0.1:0"]).started(pipelines);
+        let served = sluice.log().events("Serving /metrics, /healthz and /readyz.");
+        let address = served.first().and_then(|e| e["address"].as_str()).expect("the address it serves metrics on").to_string();
+        (sluice, address)
+    }
+
     /// `sluice run FILE --nats URL` with progress every second, to set up further.
     pub fn running(file: &Path, nats_url: &str) -> Launch {
         Self::command(&["run", file.to_str().unwrap(), "--nats", nats_url, "--stats-interval", "1s"])

@@ -64,6 +64,13 @@ pub struct PluginCounterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NatsEventLabels {
+    /// `connected`, `disconnected`, `slow_consumer`, `lame_duck_mode`,
+    /// `server_error`, `client_error`, `draining` or `closed`.
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LogLabels {
     /// `warn` or `error`.
     pub level: String,
@@ -102,6 +109,9 @@ pub struct Metrics {
     swaps: Family<SwapLabels, Counter>,
     logged: Family<LogLabels, Counter>,
     plugin_counters: Family<PluginCounterLabels, Counter>,
+    nats_events: Family<NatsEventLabels, Counter>,
+    /// 1 while the NATS connection is up, 0 while it is being re-established.
+    pub nats_connected: Gauge,
     /// The codes counted apart so far, per pipeline and stage.
     codes: Mutex<HashMap<(String, String), HashSet<String>>>,
     /// The version each pipeline runs, as `version` has it.
@@ -159,6 +169,14 @@ impl Metrics {
         registry.register("pipeline_version_changes", "New versions of a pipeline taken up or refused", swaps.clone());
         let plugin_counters = Family::<PluginCounterLabels, Counter>::default();
         registry.register("plugin_counter", "What plugins counted through the host's `counters` import, by stage and name", plugin_counters.clone());
+        let nats_events = Family::<NatsEventLabels, Counter>::default();
+        registry.register(
+            "nats_client_events",
+            "What the NATS client reported: connections, disconnections, subscriptions that fell behind (the client dropped messages), server errors",
+            nats_events.clone(),
+        );
+        let nats_connected = Gauge::default();
+        registry.register("nats_connected", "1 while the host is connected to NATS, 0 while it reconnects", nats_connected.clone());
         let logged = Family::<LogLabels, Counter>::default();
         registry.register("log_events", "Warnings and errors written to the log, by level and the module that wrote them", logged.clone());
         Self {
@@ -181,6 +199,8 @@ impl Metrics {
             swaps,
             logged,
             plugin_counters,
+            nats_events,
+            nats_connected,
             codes: Mutex::default(),
             running: Mutex::default(),
         }
@@ -217,6 +237,27 @@ impl Metrics {
     /// A handle on the time of calls into one stage.
     pub fn stage_calls(&self, pipeline: &str, stage: &str) -> Histogram {
         self.stage_seconds.get_or_create_owned(&StageLabels { pipeline: pipeline.into(), stage: stage.into() })
+    }
+
+    /// An event of the NATS client.
+    pub fn nats_event(&self, event: &async_nats::Event) {
+        use async_nats::Event;
+        let name = match event {
+            Event::Connected => "connected",
+            Event::Disconnected => "disconnected",
+            Event::SlowConsumer(_) => "slow_consumer",
+            Event::LameDuckMode => "lame_duck_mode",
+            Event::ServerError(_) => "server_error",
+            Event::ClientError(_) => "client_error",
+            Event::Draining => "draining",
+            Event::Closed => "closed",
+        };
+        match event {
+            Event::Connected => self.nats_connected.set(1),
+            Event::Disconnected | Event::Closed => self.nats_connected.set(0),
+            _ => 0,
+        };
+        self.nats_events.get_or_create(&NatsEventLabels { event: name.into() }).inc();
     }
 
     /// A handle on one name a stage's plugin counts under.

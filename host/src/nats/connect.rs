@@ -82,6 +82,7 @@ pub async fn connect_with(url: &str, name: &str, security: &NatsSecurity) -> Res
         .event_callback(move |event| {
             let counter = counter.clone();
             async move {
+                crate::metrics::metrics().nats_event(&event);
                 match event {
                     Event::SlowConsumer(sid) => {
                         counter.fetch_add(1, Ordering::Relaxed);
@@ -97,6 +98,7 @@ pub async fn connect_with(url: &str, name: &str, security: &NatsSecurity) -> Res
         .await
         .with_context(|| format!("cannot connect to NATS at {url}"))?;
     let jetstream = async_nats::jetstream::new(client.clone());
+    crate::metrics::metrics().nats_connected.set(1);
     Ok(Connection { client, jetstream, slow_consumer_events: slow })
 }
 
