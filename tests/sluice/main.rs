@@ -26,6 +26,8 @@
 //! - `polyglot`: plugins in Python and JavaScript beside Rust: the same
 //!   bytes from the same logic over NATS, a pipeline of three languages, and
 //!   the reason of an exception that escapes a component without the SDK.
+//! - `prometheus`: a real Prometheus scraping `sluice run` under load reads
+//!   its counts, rates and histogram quantiles through its HTTP API.
 //! - `poison`: events too large for a whole dead letter, outputs NATS refuses,
 //!   events handed out too often: one dead letter each, nothing held up.
 //! - `security`: servers that ask for a token, a password, an NKey, a
@@ -44,6 +46,7 @@ mod metrics;
 mod outage;
 mod poison;
 mod polyglot;
+mod prometheus;
 mod release;
 mod run;
 mod scaffold;

