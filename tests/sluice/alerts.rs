@@ -501,7 +501,7 @@ async fn a_webhook_output_delivers_every_alert_in_order_retrying_failures() {
     let (url, seen) = receiver(2, "/hooks/alerts").await;
     let workspace = Workspace::new();
     let file = pager_pipeline(&workspace, &url);
-    let sluice = Sluice::running(&file, nats.url()).envs(&[PAGER_TOKEN]).started(1);
+    let sluice = Sluice::running(&file, nats.url()).envs(&[PAGER_TOKEN]).with_metrics().started(1);
     let alerts: Vec<(String, Vec<u8>)> = ["firing", "resolved", "firing"]
         .iter()
         .enumerate()
@@ -525,6 +525,9 @@ async fn a_webhook_output_delivers_every_alert_in_order_retrying_failures() {
     let log = sluice.log();
     assert!(!log.events("Webhook delivery failed; retrying.").is_empty(), "{log}");
     assert!(!log.contains(PAGER_TOKEN.1), "the token was logged:\n{log}");
+    let scraped = crate::metrics::samples(&crate::metrics::get(&sluice.metrics_address(), "/metrics").await.1);
+    let requests = |outcome| crate::metrics::value(&scraped, "sluice_webhook_requests_total", &[("pipeline", "pager"), ("outcome", outcome)]);
+    assert_eq!((requests("failed"), requests("accepted"), requests("refused")), (Some(2.0), Some(3.0), Some(0.0)), "the metrics count each try");
     sluice.terminate();
 }
 

@@ -101,6 +101,8 @@ async fn metrics_count_exactly_the_traffic_sent_and_the_probes_answer() {
     // The trap faults its batch, then itself when the batch is run again event by event.
     let traps = value(&scraped, "sluice_plugin_faults_total", &[("pipeline", "web"), ("stage", "chaos"), ("kind", "trap")]).unwrap();
     assert!((1.0..=2.0).contains(&traps), "{traps} faults");
+    let restarted = value(&scraped, "sluice_instances_restarted_total", &[("pipeline", "web"), ("stage", "chaos")]);
+    assert_eq!(restarted, Some(traps), "an instance started again after each fault");
     assert_eq!(value(&scraped, "sluice_batch_events_sum", &web), Some(51.0), "every event read is in one batch");
     assert_eq!(value(&scraped, "sluice_event_latency_seconds_count", &web), Some(51.0), "every event settled is timed");
     assert_eq!(value(&scraped, "sluice_nats_connected", &[]), Some(1.0));
@@ -154,4 +156,6 @@ async fn end_to_end_latency_runs_from_the_events_jetstream_timestamp() {
     let under_a_second = value(&scraped, "sluice_event_latency_seconds_bucket", &[("pipeline", "ingest"), ("le", "1.024")]);
     assert_eq!(under_a_second, Some(0.0), "each waited 1.5 s in the stream before sluice started");
     assert!(value(&scraped, "sluice_event_latency_seconds_sum", &ingest).unwrap() >= 15.0);
+    let pending = value(&scraped, "sluice_input_pending", &ingest);
+    assert!(pending.is_some_and(|n| (0.0..=10.0).contains(&n)), "the consumer's backlog is read: {pending:?}");
 }

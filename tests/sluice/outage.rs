@@ -114,6 +114,9 @@ async fn ride_out(outage: Outage) {
     let scraped = crate::metrics::samples(&crate::metrics::get(&metrics, "/metrics").await.1);
     let metric = |name: &str, labels: &[(&str, &str)]| crate::metrics::value(&scraped, name, labels);
     assert_eq!(metric("sluice_nats_connected", &[]), Some(1.0), "connected again");
+    let tally = [("pipeline", "tally")];
+    assert!(metric("sluice_sink_state_bytes", &tally).is_some_and(|n| n > 0.0), "the sink's state size");
+    assert!(metric("sluice_sink_state_store_duration_seconds_count", &tally).is_some_and(|n| n >= 1.0), "the sink's state was stored");
     if matches!(outage, Outage::Crash) {
         assert!(metric("sluice_nats_client_events_total", &[("event", "disconnected")]).is_some_and(|n| n >= 1.0), "the disconnection is counted");
     }

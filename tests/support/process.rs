@@ -41,6 +41,12 @@ impl Launch {
         self
     }
 
+    /// Serve metrics on a free port (see [`Sluice::metrics_address`]).
+    pub fn with_metrics(mut self) -> Self {
+        self.command.args(["--metrics", "127.0.0.1:0"]);
+        self
+    }
+
     pub fn without(mut self, name: &str) -> Self {
         self.command.env_remove(name);
         self
@@ -95,11 +101,15 @@ impl Sluice {
     /// `sluice run FILE --nats URL --metrics` on a free port, waiting until
     /// `pipelines` pipelines have started; with the address it serves on.
     pub fn run_with_metrics(file: &Path, nats_url: &str, pipelines: usize) -> (Self, String) {
-        let sluice =
-            Self::command(&["run", file.to_str().unwrap(), "--nats", nats_url, "--stats-interval", "1s", "--metrics", "127.0.0.1:0"]).started(pipelines);
-        let served = sluice.log().events("Serving /metrics, /healthz and /readyz.");
-        let address = served.first().and_then(|e| e["address"].as_str()).expect("the address it serves metrics on").to_string();
+        let sluice = Self::running(file, nats_url).with_metrics().started(pipelines);
+        let address = sluice.metrics_address();
         (sluice, address)
+    }
+
+    /// Where a sluice started [`Launch::with_metrics`] serves them.
+    pub fn metrics_address(&self) -> String {
+        let served = self.log().events("Serving /metrics, /healthz and /readyz.");
+        served.first().and_then(|e| e["address"].as_str()).expect("the address it serves metrics on").to_string()
     }
 
     /// `sluice run FILE --nats URL` with progress every second, to set up further.

@@ -71,6 +71,14 @@ pub struct NatsEventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub pipeline: String,
+    /// `accepted`, `refused` (a 4xx: dead-lettered) or `failed` (one try
+    /// that may pass: a timeout, 408, 429, 5xx; tried again).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LogLabels {
     /// `warn` or `error`.
     pub level: String,
@@ -87,6 +95,19 @@ pub struct SwapLabels {
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// A sink's state: its size, and the time to store it.
+pub struct SinkState {
+    pub bytes: Gauge,
+    pub store_seconds: Histogram,
+}
+
+/// A JetStream input's backlog, as its consumer reports it.
+pub struct Backlog {
+    pub pending: Gauge,
+    pub ack_pending: Gauge,
+    pub redelivered: Gauge,
+}
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -105,6 +126,13 @@ pub struct Metrics {
     batch_events: HistogramFamily<PipelineLabel>,
     latency: HistogramFamily<PipelineLabel>,
     stage_seconds: HistogramFamily<StageLabels>,
+    restarts: Family<StageLabels, Counter>,
+    state_bytes: Family<PipelineLabel, Gauge>,
+    state_store: HistogramFamily<PipelineLabel>,
+    webhook: Family<WebhookLabels, Counter>,
+    input_pending: Family<PipelineLabel, Gauge>,
+    input_ack_pending: Family<PipelineLabel, Gauge>,
+    input_redelivered: Family<PipelineLabel, Gauge>,
     version: Family<VersionLabels, Gauge>,
     swaps: Family<SwapLabels, Counter>,
     logged: Family<LogLabels, Counter>,
@@ -163,6 +191,30 @@ impl Metrics {
             Unit::Seconds,
             stage_seconds.clone(),
         );
+        let restarts = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "instances_restarted",
+            "Instances of a stage started again after a fault (or, for a sink, after its outputs were not published)",
+            restarts.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<PipelineLabel, Gauge>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let input_pending = gauge(&mut registry, "input_pending", "Messages of a JetStream input not yet handed to the pipeline (read every 5 s)");
+        let input_ack_pending = gauge(&mut registry, "input_ack_pending", "Messages of a JetStream input handed to the pipeline and not yet acked");
+        let input_redelivered = gauge(&mut registry, "input_redelivered", "Messages of a JetStream input handed out more than once and not yet acked");
+        let state_bytes = gauge(&mut registry, "sink_state_bytes", "The size of a sink's state, as last stored");
+        let state_store: HistogramFamily<PipelineLabel> = Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_25, 2.0, 16)));
+        registry.register_with_unit(
+            "sink_state_store_duration",
+            "Time to store a sink's state in its key-value bucket (each try)",
+            Unit::Seconds,
+            state_store.clone(),
+        );
+        let webhook = Family::<WebhookLabels, Counter>::default();
+        registry.register("webhook_requests", "Requests to a pipeline's webhook output, by outcome", webhook.clone());
         let version = Family::<VersionLabels, Gauge>::default();
         registry.register("pipeline_version_info", "The version a pipeline runs (1), by its id", version.clone());
         let swaps = Family::<SwapLabels, Counter>::default();
@@ -195,6 +247,13 @@ impl Metrics {
             batch_events,
             latency,
             stage_seconds,
+            restarts,
+            state_bytes,
+            state_store,
+            webhook,
+            input_pending,
+            input_ack_pending,
+            input_redelivered,
             version,
             swaps,
             logged,
@@ -263,6 +322,32 @@ impl Metrics {
     /// A handle on one name a stage's plugin counts under.
     pub fn plugin_counter(&self, pipeline: &str, stage: &str, name: &str) -> Counter {
         self.plugin_counters.get_or_create_owned(&PluginCounterLabels { pipeline: pipeline.into(), stage: stage.into(), name: name.into() })
+    }
+
+    /// Handles on one pipeline's sink state.
+    pub fn sink_state(&self, pipeline: &str) -> SinkState {
+        let label = PipelineLabel { pipeline: pipeline.into() };
+        SinkState { bytes: self.state_bytes.get_or_create_owned(&label), store_seconds: self.state_store.get_or_create_owned(&label) }
+    }
+
+    /// A handle on one outcome of a pipeline's webhook requests.
+    pub fn webhook(&self, pipeline: &str, outcome: &str) -> Counter {
+        self.webhook.get_or_create_owned(&WebhookLabels { pipeline: pipeline.into(), outcome: outcome.into() })
+    }
+
+    /// Handles on one pipeline's input backlog.
+    pub fn backlog(&self, pipeline: &str) -> Backlog {
+        let label = PipelineLabel { pipeline: pipeline.into() };
+        Backlog {
+            pending: self.input_pending.get_or_create_owned(&label),
+            ack_pending: self.input_ack_pending.get_or_create_owned(&label),
+            redelivered: self.input_redelivered.get_or_create_owned(&label),
+        }
+    }
+
+    /// A handle on the restarts of one stage's instances.
+    pub fn instance_restarts(&self, pipeline: &str, stage: &str) -> Counter {
+        self.restarts.get_or_create_owned(&StageLabels { pipeline: pipeline.into(), stage: stage.into() })
     }
 
     /// A handle on one pipeline's end-to-end latency.

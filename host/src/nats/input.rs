@@ -141,6 +141,15 @@ impl Source {
         }
     }
 
+    /// A JetStream input's backlog: messages not yet handed out, handed out
+    /// and not acked, and handed out more than once and not acked. `None`
+    /// for a core input, or when the server does not answer.
+    pub async fn backlog(&self) -> Option<(u64, u64, u64)> {
+        let Source::JetStream(consumer) = self else { return None };
+        let info = consumer.get_info().await.ok()?;
+        Some((info.num_pending, info.num_ack_pending as u64, info.num_redelivered as u64))
+    }
+
     /// A stream of batches for one worker: up to `max_events`, waiting at most
     /// `max_wait` after the first event of a batch.
     pub async fn reader(&self, connection: &Connection, max_events: usize, max_wait: Duration) -> Result<Batches> {

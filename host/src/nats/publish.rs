@@ -47,7 +47,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(connection: Connection, spec: &PipelineSpec) -> Result<Self> {
-        let webhook = spec.webhook.as_ref().map(Webhook::new).transpose()?;
+        let webhook = spec.webhook.as_ref().map(|webhook| Webhook::new(webhook, &spec.name)).transpose()?;
         Ok(Self { connection, jetstream: spec.output_jetstream, webhook })
     }
 
@@ -138,10 +138,14 @@ struct Webhook {
     /// The pipeline's own headers; those read from a variable are marked
     /// sensitive, so that they are never printed.
     headers: reqwest::header::HeaderMap,
+    /// Requests accepted, refused for good, and tries that failed (metrics).
+    accepted: prometheus_client::metrics::counter::Counter,
+    refused: prometheus_client::metrics::counter::Counter,
+    failed: prometheus_client::metrics::counter::Counter,
 }
 
 impl Webhook {
-    fn new(spec: &WebhookSpec) -> Result<Self> {
+    fn new(spec: &WebhookSpec, pipeline: &str) -> Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(spec.timeout)
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
@@ -157,7 +161,17 @@ impl Webhook {
             header.set_sensitive(value.variable().is_some());
             headers.insert(reqwest::header::HeaderName::from_bytes(name.as_bytes()).with_context(|| format!("{what} is not a header name"))?, header);
         }
-        Ok(Self { client, spec: spec.clone(), url, shown: spec.url.shown(), headers })
+        let metrics = crate::metrics::metrics();
+        Ok(Self {
+            client,
+            spec: spec.clone(),
+            url,
+            shown: spec.url.shown(),
+            headers,
+            accepted: metrics.webhook(pipeline, "accepted"),
+            refused: metrics.webhook(pipeline, "refused"),
+            failed: metrics.webhook(pipeline, "failed"),
+        })
     }
 
     /// POSTs outputs one after the other: an alert's `resolved` must not
@@ -191,7 +205,13 @@ impl Webhook {
         let mut wait = self.spec.backoff;
         let mut attempt = 1;
         loop {
-            match self.post(message).await {
+            let posted = self.post(message).await;
+            match &posted {
+                Ok(()) => self.accepted.inc(),
+                Err(PostFailure::Permanent(_)) => self.refused.inc(),
+                Err(PostFailure::Passing(_)) => self.failed.inc(),
+            };
+            match posted {
                 Ok(()) => return Ok(Delivered::Accepted),
                 Err(PostFailure::Permanent(reason)) => return Ok(Delivered::Refused(reason)),
                 Err(PostFailure::Passing(reason)) if attempt >= self.spec.attempts => {

@@ -97,7 +97,7 @@ impl Chain {
     /// are not counted twice.
     pub fn rollback(&mut self) -> Result<()> {
         let (Some(prepared), Some(sink)) = (self.version.sink.as_ref(), self.sink.as_mut()) else { return Ok(()) };
-        sink.instance = prepared.start(sink.committed.as_deref())?;
+        sink.instance = prepared.restart(sink.committed.as_deref())?;
         sink.state.clone_from(&sink.committed);
         Ok(())
     }
@@ -110,7 +110,7 @@ impl Chain {
             Ok(emitted) => emitted,
             Err(fault) => {
                 tracing::warn!(pipeline = %prepared.context.pipeline, stage = %prepared.spec.name, %fault, "Sink faulted on tick; restarting it from its last state.");
-                sink.instance = prepared.start(sink.state.as_deref())?;
+                sink.instance = prepared.restart(sink.state.as_deref())?;
                 return Ok(Vec::new());
             }
         };
@@ -229,7 +229,7 @@ fn run_stage(
                 pipeline = %stage.context.pipeline, stage = %stage.spec.name, events = events.len(), %fault,
                 "Stage faulted on a batch; replacing the instance and retrying the batch event by event."
             );
-            *instance = stage.start()?;
+            *instance = stage.restart()?;
             if events.len() == 1 { vec![Err(fault)] } else { isolate(stage, instance, &events, result)? }
         }
     };
@@ -290,7 +290,7 @@ fn run_sink(
         Err(fault) => {
             result.faults += 1;
             tracing::warn!(pipeline = %prepared.context.pipeline, stage = %prepared.spec.name, %fault, "Sink faulted on a batch; restarting it from its last state and feeding it event by event.");
-            sink.instance = prepared.start(sink.state.as_deref())?;
+            sink.instance = prepared.restart(sink.state.as_deref())?;
             let mut emitted = Vec::new();
             for (event, origin) in events.iter().zip(&origins) {
                 match step(sink, |instance| instance.consume(std::slice::from_ref(event))) {
@@ -299,7 +299,7 @@ fn run_sink(
                         result.faults += 1;
                         let name = prepared.spec.name.clone();
                         result.rejects.push(Reject { origin: *origin, stage: name, code: fault.code().into(), property: None, message: fault.to_string() });
-                        sink.instance = prepared.start(sink.state.as_deref())?;
+                        sink.instance = prepared.restart(sink.state.as_deref())?;
                     }
                 }
             }
@@ -318,7 +318,7 @@ fn isolate(stage: &PreparedStage, instance: &mut TransformInstance, events: &[Ev
             Ok(mut single) => outcomes.push(Ok(single.pop().expect("process checks one outcome per event"))),
             Err(fault) => {
                 result.faults += 1;
-                *instance = stage.start()?;
+                *instance = stage.restart()?;
                 outcomes.push(Err(fault));
             }
         }

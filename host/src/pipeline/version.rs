@@ -29,6 +29,12 @@ impl PreparedStage {
     pub fn start(&self) -> Result<TransformInstance> {
         TransformInstance::start(&self.engine, &self.pre, self.context.clone(), &self.spec).with_context(|| format!("stage `{}`", self.spec.name))
     }
+
+    /// A new instance in place of one that faulted (counted in the metrics).
+    pub fn restart(&self) -> Result<TransformInstance> {
+        self.context.restarts.inc();
+        self.start()
+    }
 }
 
 impl PreparedSink {
@@ -41,6 +47,13 @@ impl PreparedSink {
             instance.restore(state).with_context(|| format!("stage `{}`", self.spec.name))?;
         }
         Ok(instance)
+    }
+
+    /// A new instance, from `state`, in place of one that faulted or whose
+    /// outputs were not published (counted in the metrics).
+    pub fn restart(&self, state: Option<&[u8]>) -> Result<SinkInstance> {
+        self.context.restarts.inc();
+        self.start(state)
     }
 }
 
@@ -187,6 +200,7 @@ fn prepare_stage(engine: &PluginEngine, pipeline: &str, spec: &StageSpec, clock:
         counters: Counters::of_stage(pipeline, &spec.name),
         grants,
         calls: crate::metrics::metrics().stage_calls(pipeline, &spec.name),
+        restarts: crate::metrics::metrics().instance_restarts(pipeline, &spec.name),
     });
     let engine = engine.engine().clone();
     // One instance now, so that an `init` that refuses its config stops the

@@ -32,6 +32,8 @@ pub struct StageContext {
     pub grants: Grants,
     /// The time of each call into the stage (the `sluice_stage_call_duration_seconds` metric).
     pub calls: prometheus_client::metrics::histogram::Histogram,
+    /// Instances started again after a fault (`sluice_instances_restarted_total`).
+    pub restarts: prometheus_client::metrics::counter::Counter,
 }
 
 /// What a pipeline file grants a stage beyond the sandbox: nothing, unless it says so.

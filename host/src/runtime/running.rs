@@ -22,6 +22,25 @@ pub struct RunningPipeline {
     workers: JoinSet<Result<()>>,
 }
 
+/// How often a JetStream input's backlog is read into the metrics.
+const BACKLOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps a JetStream input's backlog in the metrics until the pipeline stops.
+async fn watch_backlog(source: Arc<Source>, pipeline: String, mut stop: watch::Receiver<bool>) -> Result<()> {
+    let gauges = crate::metrics::metrics().backlog(&pipeline);
+    loop {
+        if let Some((pending, ack_pending, redelivered)) = source.backlog().await {
+            gauges.pending.set(pending as i64);
+            gauges.ack_pending.set(ack_pending as i64);
+            gauges.redelivered.set(redelivered as i64);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(BACKLOG_EVERY) => {}
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+        }
+    }
+}
+
 impl RunningPipeline {
     pub async fn start(connection: &Connection, version: Arc<PipelineVersion>) -> Result<Self> {
         let spec = &version.spec;
@@ -32,6 +51,9 @@ impl RunningPipeline {
         let (shutdown, _) = watch::channel(false);
         let stats = Arc::new(Stats::new(&spec.name));
         let mut workers = JoinSet::new();
+        if matches!(*source, Source::JetStream(_)) {
+            workers.spawn(watch_backlog(source.clone(), spec.name.clone(), shutdown.subscribe()));
+        }
         if in_order {
             // One worker, on one host at a time: it reads only while this host holds the lease.
             let (max_events, max_wait) = (spec.max_events, spec.max_wait);

@@ -489,8 +489,13 @@ impl Worker {
         let (Some(snapshot), Some(store)) = (chain.commit().map(<[u8]>::to_vec), kept.store.as_ref()) else { return true };
         let saved = Saved { sequence, snapshot };
         let mut delay = RETRY_DELAYS.0;
+        let state = crate::metrics::metrics().sink_state(&chain.version.spec.name);
+        state.bytes.set(saved.snapshot.len() as i64);
         loop {
-            match store.save(&saved).await {
+            let started = std::time::Instant::now();
+            let stored = store.save(&saved).await;
+            state.store_seconds.observe(started.elapsed().as_secs_f64());
+            match stored {
                 Ok(()) => return true,
                 Err(error) => {
                     Stats::add(&self.stats.failed_batches, 1);
