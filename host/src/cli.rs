@@ -520,5 +520,8 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Text => text.boxed(),
         LogFormat::Json => text.json().boxed(),
     };
-    tracing_subscriber::registry().with(log.with_filter(filter)).with(crate::metrics::LogEvents).init();
+    // The counting layer wants warnings and errors only, so that debug and
+    // trace call sites stay disabled unless `SLUICE_LOG` asks for them.
+    let counted = crate::metrics::LogEvents.with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+    tracing_subscriber::registry().with(log.with_filter(filter)).with(counted).init();
 }
