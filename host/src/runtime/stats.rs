@@ -36,7 +36,7 @@ pub struct Stats {
     /// Events per batch read (a metric only).
     pub batch_events: Histogram,
     /// From an event's arrival to its outputs stored and it acked (a metric only).
-    pub latency: Histogram,
+    pub latency: crate::metrics::histogram::DurationHistogram,
     pub published: Count,
     /// Events dead-lettered; the metric counts them by stage and code.
     pub rejected: AtomicU64,

@@ -528,7 +528,7 @@ impl Worker {
     async fn settle(&self, receipt: &Receipt) {
         receipt.ack().await;
         let waited = receipt.arrived.elapsed().unwrap_or_default();
-        self.stats.latency.observe(waited.as_secs_f64());
+        self.stats.latency.observe(self.index, waited);
     }
 
     fn count(&self, delivered: &Delivered, dropped: usize, faults: usize) {
