@@ -101,6 +101,26 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// Show events passing one point of a running pipeline, on every host
+    /// that runs it, as they pass (sampled: each host sends at most 50 a
+    /// second), as JSON with their subject, headers and version.
+    Tap {
+        pipeline: String,
+        /// Events as the pipeline reads them, before any stage.
+        #[arg(long, group = "point")]
+        input: bool,
+        /// What it publishes (the default).
+        #[arg(long, group = "point")]
+        output: bool,
+        /// Its dead letters. They hold whole events, personal data included.
+        #[arg(long, group = "point")]
+        dead_letters: bool,
+        /// Stop after this many events.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
     /// A release's history: revision, time, who, message, version ids.
     Releases {
         name: String,
@@ -281,6 +301,14 @@ pub fn main() -> ExitCode {
         Command::Validate { files } => validate(&files),
         Command::Deploy { file, name, message, nats, wait, timeout } => on_runtime(deploy(file, name, message, nats, wait.then_some(timeout))),
         Command::Status { name, nats } => on_runtime(status(name, nats)),
+        Command::Tap { pipeline, input, output: _, dead_letters, limit, nats } => {
+            let point = match (input, dead_letters) {
+                (true, _) => runtime::tap::Point::Input,
+                (_, true) => runtime::tap::Point::DeadLetters,
+                _ => runtime::tap::Point::Output,
+            };
+            on_runtime(tap(pipeline, point, limit, nats))
+        }
         Command::Releases { name, prune, grace, nats } => on_runtime(releases(name, prune.then_some(grace), nats)),
         Command::Rollback { name, to, message, nats } => on_runtime(rollback(name, to, message, nats)),
         Command::Test { file, cases } => test_cases::run(&file, &cases).and_then(|summary| {
@@ -437,6 +465,55 @@ async fn status(name: Option<String>, nats: NatsArgs) -> Result<()> {
         };
         println!("{:<32}  {:<20}  {:>8}  {:<8}  {:<20}  {reason}", host.host, host.release, host.revision, state, host.since);
     }
+    Ok(())
+}
+
+/// How long `tap` waits for a host to answer before it says none runs the pipeline.
+const TAP_ANSWER: Duration = Duration::from_secs(10);
+
+async fn tap(pipeline: String, point: runtime::tap::Point, limit: usize, nats: NatsArgs) -> Result<()> {
+    use runtime::tap::{Hello, Point, Request, Tapped};
+    use tokio_stream::StreamExt as _;
+    let connection = nats.connect("tap").await?;
+    let client = &connection.client;
+    let inbox = client.new_inbox();
+    let mut copies = client.subscribe(inbox.clone()).await.context("cannot subscribe to the tap's inbox")?;
+    if point == Point::DeadLetters {
+        eprintln!("sluice tap: dead letters hold whole events, personal data included, unredacted; keep what is shown here to yourself");
+    }
+    let subject = format!("sluice.tap.{pipeline}");
+    let ask = |limit: usize| serde_json::to_vec(&Request { point, inbox: inbox.clone(), limit }).expect("a request serialises");
+    client.publish(subject.clone(), ask(limit).into()).await.context("cannot ask for the tap")?;
+    let started = tokio::time::Instant::now();
+    let mut renew = tokio::time::interval(runtime::tap::EXPIRY / 3);
+    renew.tick().await;
+    let (mut shown, mut hosts) = (0, std::collections::BTreeSet::new());
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    while shown < limit {
+        tokio::select! {
+            message = copies.next() => {
+                let Some(message) = message else { break };
+                if let Ok(hello) = serde_json::from_slice::<Hello>(&message.payload) {
+                    eprintln!("sluice tap: {} taps {}", hello.tapping, hello.pipeline);
+                    hosts.insert(hello.tapping);
+                } else if let Ok(tapped) = serde_json::from_slice::<Tapped>(&message.payload) {
+                    println!("{}", serde_json::to_string_pretty(&tapped)?);
+                    shown += 1;
+                }
+            }
+            _ = renew.tick() => {
+                if hosts.is_empty() && started.elapsed() >= TAP_ANSWER {
+                    anyhow::bail!("no host answered on {subject} within {}: is pipeline `{pipeline}` running?", humantime::format_duration(TAP_ANSWER));
+                }
+                client.publish(subject.clone(), ask(limit - shown).into()).await.context("cannot renew the tap")?;
+            }
+            _ = &mut interrupted => break,
+        }
+    }
+    // Told to stop, the hosts send no more.
+    client.publish(subject, ask(0).into()).await.context("cannot end the tap")?;
+    client.flush().await.context("cannot end the tap")?;
     Ok(())
 }
 

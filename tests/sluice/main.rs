@@ -13,6 +13,8 @@
 //! - `release`: `sluice deploy`, `releases` and `rollback` over NATS.
 //! - `run`: the `sluice` binary against a real nats-server: routing, dead
 //!   letters, bad input, poison events, queue groups, refusing bad config.
+//! - `tap`: `sluice tap` on a running pipeline's outputs, inputs and dead
+//!   letters, up to a limit; no host running it is an error.
 //! - `swap`: hot swaps under load, and changes that must not be swapped in.
 //! - `crash`: SIGKILL mid-stream and restart with a JetStream input.
 //! - `fleet`: hosts following a release: new revisions, refusals, status,
@@ -55,3 +57,4 @@ mod storyforge;
 #[path = "../support/mod.rs"]
 mod support;
 mod swap;
+mod tap;

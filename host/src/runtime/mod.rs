@@ -7,11 +7,13 @@
 //! - `messages`: the outputs and dead letters a batch publishes, built without NATS.
 //! - `watch`: file watching for hot swaps.
 //! - `stats`: counters reported in the log.
+//! - `tap`: live copies of the events passing a point, for `sluice tap`.
 
 mod lease;
 mod messages;
 mod running;
 mod stats;
+pub mod tap;
 mod watch;
 mod worker;
 

@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 
 use super::lease::{self, Fence};
 use super::stats::Stats;
+use super::tap::{self, Taps};
 use super::worker::Worker;
 use crate::nats::Connection;
 use crate::nats::input::Source;
@@ -20,6 +21,38 @@ pub struct RunningPipeline {
     versions: watch::Sender<Arc<PipelineVersion>>,
     shutdown: watch::Sender<bool>,
     workers: JoinSet<Result<()>>,
+}
+
+/// Takes up the taps asked for on `sluice.tap.<pipeline>` until the pipeline
+/// stops, and greets each new one on its inbox.
+async fn listen_for_taps(connection: Connection, pipeline: String, taps: Arc<Taps>, mut stop: watch::Receiver<bool>) -> Result<()> {
+    use tokio_stream::StreamExt as _;
+    let subject = format!("sluice.tap.{pipeline}");
+    let mut requests = match connection.client.subscribe(subject.clone()).await {
+        Ok(requests) => requests,
+        Err(error) => {
+            tracing::warn!(%pipeline, %error, "Cannot listen for taps; `sluice tap` will not see this host.");
+            return Ok(());
+        }
+    };
+    let hello = serde_json::to_vec(&tap::Hello { tapping: crate::release::host_name(), pipeline: pipeline.clone() }).unwrap_or_default();
+    loop {
+        let message = tokio::select! {
+            message = requests.next() => message,
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+        };
+        let Some(message) = message else { return Ok(()) };
+        match serde_json::from_slice::<tap::Request>(&message.payload) {
+            Ok(request) => {
+                let inbox = request.inbox.clone();
+                if crate::subject::check(&inbox, false).is_ok() && taps.request(request) {
+                    tracing::info!(%pipeline, %inbox, "Someone taps this pipeline.");
+                    let _ = connection.client.publish(inbox, hello.clone().into()).await;
+                }
+            }
+            Err(error) => tracing::debug!(%pipeline, %error, "A tap request that does not read; ignored."),
+        }
+    }
 }
 
 /// How often a JetStream input's backlog is read into the metrics.
@@ -54,11 +87,14 @@ impl RunningPipeline {
         if matches!(*source, Source::JetStream(_)) {
             workers.spawn(watch_backlog(source.clone(), spec.name.clone(), shutdown.subscribe()));
         }
+        let taps = Arc::new(Taps::default());
+        workers.spawn(listen_for_taps(connection.clone(), spec.name.clone(), taps.clone(), shutdown.subscribe()));
         if in_order {
             // One worker, on one host at a time: it reads only while this host holds the lease.
             let (max_events, max_wait) = (spec.max_events, spec.max_wait);
             let start = {
-                let (connection, source, publisher, stats, versions) = (connection.clone(), source.clone(), publisher.clone(), stats.clone(), versions.clone());
+                let (connection, source, publisher, stats, versions, taps) =
+                    (connection.clone(), source.clone(), publisher.clone(), stats.clone(), versions.clone(), taps.clone());
                 move |fence: Fence, stop: watch::Receiver<bool>| {
                     let worker = Worker {
                         index: 0,
@@ -67,6 +103,7 @@ impl RunningPipeline {
                         publisher: publisher.clone(),
                         versions: versions.subscribe(),
                         stats: stats.clone(),
+                        taps: taps.clone(),
                         shutdown: stop,
                         fence: Some(fence),
                     };
@@ -98,6 +135,7 @@ impl RunningPipeline {
                 publisher: publisher.clone(),
                 versions: versions.subscribe(),
                 stats: stats.clone(),
+                taps: taps.clone(),
                 shutdown: shutdown.subscribe(),
                 fence: None,
             };

@@ -78,6 +78,8 @@ pub struct Worker {
     pub publisher: Publisher,
     pub versions: watch::Receiver<Arc<PipelineVersion>>,
     pub stats: Arc<Stats>,
+    /// Who taps the pipeline on this host.
+    pub taps: Arc<super::tap::Taps>,
     pub shutdown: watch::Receiver<bool>,
     /// A sink's worker runs under this host's lease (see `lease`).
     pub fence: Option<Fence>,
@@ -211,6 +213,9 @@ impl Worker {
             return;
         }
         let (events, receipts): (Vec<Event>, Vec<Receipt>) = batch.into_iter().map(|d| (d.event, d.receipt)).unzip();
+        if self.taps.any() {
+            self.tap_inputs(&chain.version, &events).await;
+        }
         // Plugins run synchronously; let the runtime move other tasks off this thread meanwhile.
         let result = match tokio::task::block_in_place(|| chain.process(&events)) {
             Ok(result) => result,
@@ -224,6 +229,9 @@ impl Worker {
         let stamp = self.stamp(&chain.version);
         let ids: Vec<Option<String>> = receipts.iter().map(|r| r.id.clone()).collect();
         let outbound = messages::batch(stamp, &events, &ids, result);
+        if self.taps.any() {
+            self.tap_outbound(&chain.version, &outbound).await;
+        }
         let Some(mut delivered) = self.deliver(stamp, outbound, &events, &receipts).await else { return self.fail(&receipts).await };
         let mut held: BTreeMap<usize, String> = BTreeMap::new();
         for (outbound, reason) in std::mem::take(&mut delivered.given_up) {
@@ -261,6 +269,9 @@ impl Worker {
             return;
         }
         let (events, receipts): (Vec<Event>, Vec<Receipt>) = fresh.into_iter().map(|d| (d.event, d.receipt)).unzip();
+        if self.taps.any() {
+            self.tap_inputs(&chain.version, &events).await;
+        }
         let through = receipts.iter().filter_map(|r| r.sequence).max().unwrap_or(0).max(kept.counted_through);
         let mut delay = RETRY_DELAYS.0;
         let result = loop {
@@ -284,6 +295,9 @@ impl Worker {
         let stamp = self.stamp(&version);
         let ids: Vec<Option<String>> = receipts.iter().map(|r| r.id.clone()).collect();
         let outbound = messages::batch(stamp, &events, &ids, result);
+        if self.taps.any() {
+            self.tap_outbound(&version, &outbound).await;
+        }
         let step = Step { inputs: &events, receipts: &receipts, through, dropped, faults };
         if !self.finish(stamp, chain, kept, outbound, step).await {
             return self.fail(&receipts).await;
@@ -523,6 +537,47 @@ impl Worker {
         Stamp::new(version, self.connection.client.max_payload())
     }
 
+    /// Copies the batch's inputs to whoever taps the input.
+    async fn tap_inputs(&self, version: &PipelineVersion, events: &[Event]) {
+        let copies = self.taps.offer(super::tap::Point::Input, events.iter().map(|e| (e.subject.as_str(), e.headers.clone(), e.body.as_slice())));
+        self.send_taps(version, super::tap::Point::Input, copies).await;
+    }
+
+    /// Copies the batch's outputs and dead letters to whoever taps them.
+    async fn tap_outbound(&self, version: &PipelineVersion, outbound: &[Outbound]) {
+        use super::tap::Point;
+        for (point, kind) in [(Point::Output, Kind::Output), (Point::DeadLetters, Kind::DeadLetter)] {
+            let passing = outbound.iter().filter(|o| o.kind == kind).map(|o| {
+                let headers = o.message.headers.iter().flat_map(|(n, vs)| vs.iter().map(move |v| (n.to_string(), v.to_string()))).collect();
+                (o.message.subject.as_str(), headers, o.message.body.as_ref())
+            });
+            let copies = self.taps.offer(point, passing);
+            self.send_taps(version, point, copies).await;
+        }
+    }
+
+    async fn send_taps(&self, version: &PipelineVersion, point: super::tap::Point, copies: Vec<(String, Passing<'_>)>) {
+        for (inbox, (subject, headers, body)) in copies {
+            let (shown, body_cut) = super::tap::shown_body(body);
+            let tapped = super::tap::Tapped {
+                host: crate::release::host_name(),
+                pipeline: version.spec.name.clone(),
+                version: version.id.clone(),
+                point,
+                subject: subject.to_string(),
+                headers,
+                body: shown,
+                body_bytes: body.len(),
+                body_cut,
+            };
+            if let Ok(bytes) = serde_json::to_vec(&tapped)
+                && let Err(error) = self.connection.client.publish(inbox, bytes.into()).await
+            {
+                tracing::debug!(%error, "Cannot send a tapped event.");
+            }
+        }
+    }
+
     /// Acks an input whose outputs are stored, and measures how long since
     /// it arrived.
     async fn settle(&self, receipt: &Receipt) {
@@ -565,3 +620,6 @@ fn count_rejects(pipeline: &str, result: &BatchResult) {
         metrics.reject(pipeline, &reject.stage, &reject.code);
     }
 }
+
+/// An event at a tapped point: its subject, headers and body.
+type Passing<'a> = (&'a str, Vec<(String, String)>, &'a [u8]);
