@@ -1,7 +1,9 @@
 //! A real Prometheus (Debian's `prometheus`, which `cargo xtask test`
 //! installs) scrapes a real `sluice run` under load; its HTTP API answers
 //! the counts, rates and histogram quantiles a dashboard asks for, and the
-//! counts are exactly what was published.
+//! counts are exactly what was published. The alerting rules of
+//! `pipelines/monitoring` pass `promtool`, load into that Prometheus, and
+//! one fires when a new version is refused.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Collector, Nats, Pipeline, PipelineFile, Sluice, Workspace};
+use crate::support::{Collector, Nats, Pipeline, PipelineFile, Sluice, Workspace, root};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -24,9 +26,12 @@ impl Prometheus {
         let binary = std::env::var("SLUICE_PROMETHEUS").unwrap_or_else(|_| "prometheus".into());
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("prometheus.yml");
+        let rules = root().join("pipelines/monitoring/sluice-alerts.yml");
         std::fs::write(
             &config,
-            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: sluice\n    static_configs:\n      - targets: [\"{target}\"]\n"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{rules:?}]\nscrape_configs:\n  - job_name: sluice\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
         )
         .unwrap();
         // A port found free may be taken before Prometheus binds it: then it
@@ -72,6 +77,12 @@ impl Prometheus {
             .iter()
             .map(|series| (series["metric"].clone(), series["value"][1].as_str().unwrap().parse().unwrap()))
             .collect()
+    }
+
+    /// GET an API path, as JSON.
+    async fn api(&self, path: &str) -> Value {
+        let text = reqwest::get(format!("{}{path}", self.url)).await.unwrap().text().await.unwrap();
+        serde_json::from_str(&text).unwrap()
     }
 
     /// The one value a query gives.
@@ -139,5 +150,39 @@ async fn a_real_prometheus_scraping_sluice_under_load_reads_its_counts_rates_and
     assert!(call.is_finite() && call > 0.0, "median call into tag {call} s");
     let batches = prometheus.one(r#"sluice_batch_events_sum{pipeline="web"} / sluice_batch_events_count{pipeline="web"}"#).await;
     assert!((1.0..=256.0).contains(&batches), "mean batch size {batches}");
+
+    // The alerting rules loaded, every one healthy; a version the host
+    // refuses fires SluiceVersionRefused.
+    let groups = prometheus.api("/api/v1/rules").await;
+    let rules: Vec<&Value> = groups["data"]["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap()).collect();
+    assert_eq!(rules.len(), 8, "{groups}");
+    assert!(rules.iter().all(|r| r["health"] == "ok"), "{groups}");
+    let broken = Pipeline::core("web", "in.>").set(r#"dead_letter = "dlq""#).stage("tag", "tag", r#"{ require = 7 }"#).route("out.{event}");
+    workspace.write_pipeline(PipelineFile::new().pipeline(broken).toml());
+    sluice.wait_for("The new version cannot be prepared; the running version stays.", 1, WAIT);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let alerts = prometheus.api("/api/v1/alerts").await;
+        let firing = alerts["data"]["alerts"].as_array().unwrap().iter().any(|a| a["labels"]["alertname"] == "SluiceVersionRefused" && a["state"] == "firing");
+        if firing {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SluiceVersionRefused never fired: {alerts}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     sluice.terminate();
+}
+
+#[test]
+fn the_alerting_rules_pass_promtool_and_fire_on_their_cases() {
+    let promtool = match std::env::var("SLUICE_PROMETHEUS") {
+        Ok(prometheus) => Path::new(&prometheus).with_file_name("promtool"),
+        Err(_) => "promtool".into(),
+    };
+    let folder = root().join("pipelines/monitoring");
+    for args in [&["check", "rules", "sluice-alerts.yml"][..], &["test", "rules", "sluice-alerts.test.yml"][..]] {
+        let output = Command::new(&promtool).args(args).current_dir(&folder).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", promtool.display()));
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success() && text.contains("SUCCESS"), "promtool {args:?}:\n{text}");
+    }
 }

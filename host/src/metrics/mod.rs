@@ -363,8 +363,12 @@ impl Metrics {
         self.batch_events.get_or_create_owned(&PipelineLabel { pipeline: pipeline.into() })
     }
 
-    /// `pipeline` runs `version` now, and no other.
+    /// `pipeline` runs `version` now, and no other. Its version changes are
+    /// counted from 0 on, so that the first one shows as an increase.
     pub fn runs(&self, pipeline: &str, version: &str) {
+        for outcome in ["swapped", "restarted", "refused"] {
+            let _ = self.swaps.get_or_create(&SwapLabels { pipeline: pipeline.into(), outcome: outcome.into() });
+        }
         self.stops(pipeline);
         self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(pipeline.into(), version.into());
         self.version.get_or_create(&VersionLabels { pipeline: pipeline.into(), version: version.into() }).set(1);
