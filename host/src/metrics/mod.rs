@@ -98,6 +98,7 @@ pub struct SwapLabels {
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// A sink's state: its size, and the time to store it.
+#[derive(Debug)]
 pub struct SinkState {
     pub bytes: Gauge,
     pub store_seconds: Histogram,
@@ -147,6 +148,17 @@ pub struct Metrics {
     running: Mutex<HashMap<String, String>>,
 }
 
+/// A family of metrics labelled by pipeline, registered under `name`.
+fn per_pipeline<M>(registry: &mut Registry, name: &str, help: &str) -> Family<PipelineLabel, M>
+where
+    M: prometheus_client::registry::Metric + Default + Clone,
+    Family<PipelineLabel, M>: prometheus_client::registry::Metric,
+{
+    let family = Family::<PipelineLabel, M>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -156,11 +168,7 @@ pub fn metrics() -> &'static Metrics {
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("sluice");
-        let counter = |registry: &mut Registry, name: &str, help: &str| {
-            let family = Family::<PipelineLabel, Counter>::default();
-            registry.register(name, help, family.clone());
-            family
-        };
+        let counter = per_pipeline::<Counter>;
         let received = counter(&mut registry, "events_received", "Events read from a pipeline's input");
         let published = counter(&mut registry, "events_published", "Events a pipeline published on its output subjects (or sent to its webhook)");
         let dropped = counter(&mut registry, "events_dropped", "Events a stage dropped on purpose");
@@ -200,11 +208,7 @@ impl Metrics {
             "Instances of a stage started again after a fault (or, for a sink, after its outputs were not published)",
             restarts.clone(),
         );
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let family = Family::<PipelineLabel, Gauge>::default();
-            registry.register(name, help, family.clone());
-            family
-        };
+        let gauge = per_pipeline::<Gauge>;
         let input_pending = gauge(&mut registry, "input_pending", "Messages of a JetStream input not yet handed to the pipeline (read every 5 s)");
         let input_ack_pending = gauge(&mut registry, "input_ack_pending", "Messages of a JetStream input handed to the pipeline and not yet acked");
         let input_redelivered = gauge(&mut registry, "input_redelivered", "Messages of a JetStream input handed out more than once and not yet acked");

@@ -111,9 +111,7 @@ impl ConfigRefused {
 }
 
 /// A config path as written in messages: `rules[0].window`.
-pub fn config_path(path: &[String]) -> String {
-    sluice_kit::config_path::write(path)
-}
+pub use sluice_kit::config_path::write as config_path;
 
 impl std::fmt::Display for ConfigRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -37,6 +37,8 @@ pub struct Stats {
     pub batch_events: Histogram,
     /// From an event's arrival to its outputs stored and it acked (a metric only).
     pub latency: crate::metrics::histogram::DurationHistogram,
+    /// A sink's state size and store time (metrics only).
+    pub sink_state: crate::metrics::SinkState,
     pub published: Count,
     /// Events dead-lettered; the metric counts them by stage and code.
     pub rejected: AtomicU64,
@@ -84,6 +86,7 @@ impl Stats {
             received: Count::of(&m.received, pipeline),
             batch_events: m.batch_events(pipeline),
             latency: m.event_latency(pipeline),
+            sink_state: m.sink_state(pipeline),
             published: Count::of(&m.published, pipeline),
             rejected: AtomicU64::new(0),
             dropped: Count::of(&m.dropped, pipeline),

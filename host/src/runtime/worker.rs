@@ -503,7 +503,7 @@ impl Worker {
         let (Some(snapshot), Some(store)) = (chain.commit().map(<[u8]>::to_vec), kept.store.as_ref()) else { return true };
         let saved = Saved { sequence, snapshot };
         let mut delay = RETRY_DELAYS.0;
-        let state = crate::metrics::metrics().sink_state(&chain.version.spec.name);
+        let state = &self.stats.sink_state;
         state.bytes.set(saved.snapshot.len() as i64);
         loop {
             let started = std::time::Instant::now();
@@ -557,10 +557,14 @@ impl Worker {
     }
 
     async fn send_taps(&self, version: &PipelineVersion, point: super::tap::Point, copies: Vec<(String, Passing<'_>)>) {
+        if copies.is_empty() {
+            return;
+        }
+        let host = crate::release::host_name();
         for (inbox, (subject, headers, body)) in copies {
             let (shown, body_cut) = super::tap::shown_body(body);
             let tapped = super::tap::Tapped {
-                host: crate::release::host_name(),
+                host: host.clone(),
                 pipeline: version.spec.name.clone(),
                 version: version.id.clone(),
                 point,

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use sluice_kit::config_path;
+
 use crate::bindings::sluice::plugin::types::ConfigProblem;
 
 /// Why a config was refused: one or more problems, each at a place in the
@@ -25,13 +27,13 @@ impl ConfigError {
     /// (`rules[0].window`); a key with other characters in brackets and
     /// quotes (`labels["a.b"]`).
     pub fn at(path: &str, message: impl Into<String>) -> Self {
-        Self { problems: vec![ConfigProblem { path: parse_path(path), message: message.into() }] }
+        Self { problems: vec![ConfigProblem { path: config_path::parse(path), message: message.into() }] }
     }
 
     /// The same problems, found in the part of a larger config at `path`:
     /// a rule's check that names `window` becomes `rules[3].window`.
     pub fn within(mut self, path: &str) -> Self {
-        let prefix = parse_path(path);
+        let prefix = config_path::parse(path);
         for problem in &mut self.problems {
             problem.path.splice(0..0, prefix.iter().cloned());
         }
@@ -77,7 +79,7 @@ impl fmt::Display for ConfigError {
             }
             match problem.path.is_empty() {
                 true => f.write_str(&problem.message)?,
-                false => write!(f, "`{}`: {}", written(&problem.path), problem.message)?,
+                false => write!(f, "`{}`: {}", config_path::write(&problem.path), problem.message)?,
             }
         }
         Ok(())
@@ -107,14 +109,6 @@ pub fn read<C: serde::de::DeserializeOwned>(json: &str) -> Result<C, ConfigError
         }
         ConfigError { problems: vec![ConfigProblem { path, message }] }
     })
-}
-
-fn parse_path(path: &str) -> Vec<String> {
-    sluice_kit::config_path::parse(path)
-}
-
-fn written(path: &[String]) -> String {
-    sluice_kit::config_path::write(path)
 }
 
 #[cfg(test)]
