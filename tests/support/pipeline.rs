@@ -46,6 +46,7 @@ impl PipelineFile {
 }
 
 /// One `[[pipeline]]`.
+#[derive(Clone)]
 pub struct Pipeline {
     name: String,
     input: String,
