@@ -8,6 +8,7 @@
 //! host's memory or a Prometheus server's series without bound.
 
 pub mod histogram;
+pub mod plugin;
 pub mod serve;
 
 use std::collections::{HashMap, HashSet};
@@ -140,6 +141,11 @@ pub struct Metrics {
     logged: Family<LogLabels, Counter>,
     plugin_counters: Family<PluginCounterLabels, Counter>,
     nats_events: Family<NatsEventLabels, Counter>,
+    samples_refused: Family<StageLabels, Counter>,
+    /// What plugins declared through the `metrics` import, under their own
+    /// names (no `sluice_` prefix): a registry of their own.
+    pub plugins: std::sync::Arc<plugin::PluginMetrics>,
+    plugin_registry: Registry,
     /// 1 while the NATS connection is up, 0 while it is being re-established.
     pub nats_connected: Gauge,
     /// The codes counted apart so far, per pipeline and stage.
@@ -228,6 +234,15 @@ impl Metrics {
         registry.register("pipeline_version_changes", "New versions of a pipeline taken up or refused", swaps.clone());
         let plugin_counters = Family::<PluginCounterLabels, Counter>::default();
         registry.register("plugin_counter", "What plugins counted through the host's `counters` import, by stage and name", plugin_counters.clone());
+        let samples_refused = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "plugin_samples_refused",
+            "Samples a plugin sent through the `metrics` import that the host could not take (an unknown handle, a wrong number of labels, a value its metric cannot take)",
+            samples_refused.clone(),
+        );
+        let plugins = std::sync::Arc::new(plugin::PluginMetrics::default());
+        let mut plugin_registry = Registry::default();
+        plugin_registry.register_collector(Box::new(plugins.clone()));
         let nats_events = Family::<NatsEventLabels, Counter>::default();
         registry.register(
             "nats_client_events",
@@ -238,6 +253,11 @@ impl Metrics {
         registry.register("nats_connected", "1 while the host is connected to NATS, 0 while it reconnects", nats_connected.clone());
         let logged = Family::<LogLabels, Counter>::default();
         registry.register("log_events", "Warnings and errors written to the log, by level and the module that wrote them", logged.clone());
+        // From 0, under the crate's name, so that a rate by level shows 0
+        // before the first one rather than nothing.
+        for level in ["warn", "error"] {
+            let _ = logged.get_or_create(&LogLabels { level: level.into(), target: "sluice".into() });
+        }
         Self {
             registry,
             received,
@@ -266,6 +286,9 @@ impl Metrics {
             logged,
             plugin_counters,
             nats_events,
+            samples_refused,
+            plugins,
+            plugin_registry,
             nats_connected,
             codes: Mutex::default(),
             running: Mutex::default(),
@@ -277,6 +300,7 @@ impl Metrics {
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.plugin_registry);
         text
     }
 
@@ -294,6 +318,17 @@ impl Metrics {
             }
         };
         self.rejected.get_or_create(&RejectLabels { pipeline: pipeline.into(), stage: stage.into(), code: code.into() }).inc();
+    }
+
+    /// The kinds of fault, as `fault` counts them.
+    pub const FAULT_KINDS: [&'static str; 5] = ["timeout", "memory_limit", "trap", "contract", "output_limit"];
+
+    /// A stage's faults counted from 0 of every kind, so that its first
+    /// fault shows as an increase and a dashboard shows 0 before it.
+    pub fn stage_starts(&self, pipeline: &str, stage: &str) {
+        for kind in Self::FAULT_KINDS {
+            let _ = self.faults.get_or_create(&FaultLabels { pipeline: pipeline.into(), stage: stage.into(), kind: kind.into() });
+        }
     }
 
     pub fn fault(&self, pipeline: &str, stage: &str, kind: &str) {
@@ -329,6 +364,11 @@ impl Metrics {
     /// A handle on one name a stage's plugin counts under.
     pub fn plugin_counter(&self, pipeline: &str, stage: &str, name: &str) -> Counter {
         self.plugin_counters.get_or_create_owned(&PluginCounterLabels { pipeline: pipeline.into(), stage: stage.into(), name: name.into() })
+    }
+
+    /// A handle on the samples of one stage's plugin the host refused.
+    pub fn samples_refused(&self, pipeline: &str, stage: &str) -> Counter {
+        self.samples_refused.get_or_create_owned(&StageLabels { pipeline: pipeline.into(), stage: stage.into() })
     }
 
     /// Handles on one pipeline's sink state.

@@ -193,11 +193,13 @@ fn prepare_stage(engine: &PluginEngine, pipeline: &str, spec: &StageSpec, clock:
     if let Some(folder) = &grants.files {
         hash_folder(&mut digest, folder).with_context(|| format!("stage `{}`: cannot read its files {}", spec.name, folder.display()))?;
     }
+    crate::metrics::metrics().stage_starts(pipeline, &spec.name);
     let context = Arc::new(StageContext {
         pipeline: pipeline.into(),
         name: spec.name.as_str().into(),
         clock: clock.clone(),
         counters: Counters::of_stage(pipeline, &spec.name),
+        metrics: crate::metrics::plugin::StageMetrics::of_stage(pipeline, &spec.name),
         grants,
         calls: crate::metrics::metrics().stage_calls(pipeline, &spec.name),
         restarts: crate::metrics::metrics().instance_restarts(pipeline, &spec.name),

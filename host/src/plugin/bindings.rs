@@ -1,5 +1,6 @@
 //! The one place that generates host bindings from `wit/`: the current
-//! package (`sluice:plugin@0.2.0`, `wit/sluice.wit`) and the frozen one every
+//! package (`sluice:plugin@0.2.1`, `wit/sluice.wit`, to which the linker also
+//! binds plugins built against 0.2.0) and the frozen one every
 //! older plugin was built against (`@0.1.0`, `wit/0.1.0/sluice.wit`). Both
 //! worlds of a version share its `types` and host imports, so the sink
 //! bindings reuse the transform ones; both versions' events and outcomes are
@@ -19,6 +20,7 @@ pub mod sink {
             "sluice:plugin/log": super::transform::sluice::plugin::log,
             "sluice:plugin/clock": super::transform::sluice::plugin::clock,
             "sluice:plugin/counters": super::transform::sluice::plugin::counters,
+            "sluice:plugin/metrics": super::transform::sluice::plugin::metrics,
         },
     });
 }

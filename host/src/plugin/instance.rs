@@ -89,7 +89,9 @@ impl SinkPre {
     }
 }
 
-pub const CURRENT_CONTRACT: &str = "sluice:plugin@0.2.0";
+/// The package the host links plugins to; one built against 0.2.0 (the same
+/// world, less the `metrics` import) links to it as well.
+pub const CURRENT_CONTRACT: &str = "sluice:plugin@0.2.1";
 
 /// A plugin's `init` refused the stage's config: the problems it named,
 /// each with where in the config it is (a plugin on `@0.1.0` names one,

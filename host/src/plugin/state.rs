@@ -29,6 +29,8 @@ pub struct StageContext {
     pub name: Arc<str>,
     pub clock: Clock,
     pub counters: Counters,
+    /// What its plugin declared through the `metrics` import.
+    pub metrics: crate::metrics::plugin::StageMetrics,
     pub grants: Grants,
     /// The time of each call into the stage (the `sluice_stage_call_duration_seconds` metric).
     pub calls: prometheus_client::metrics::histogram::Histogram,

@@ -77,6 +77,8 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "export_transform_world",
         additional_derives: [PartialEq, Eq],
+        // Their floats have no `Eq`.
+        additional_derives_ignore: ["metric", "sample"],
     });
 }
 
@@ -90,10 +92,11 @@ pub mod sink_bindings {
         export_macro_name: "export_sink_world",
         // One set of types and imports for both worlds.
         with: {
-            "sluice:plugin/types@0.2.0": crate::bindings::sluice::plugin::types,
-            "sluice:plugin/log@0.2.0": crate::bindings::sluice::plugin::log,
-            "sluice:plugin/clock@0.2.0": crate::bindings::sluice::plugin::clock,
-            "sluice:plugin/counters@0.2.0": crate::bindings::sluice::plugin::counters,
+            "sluice:plugin/types@0.2.1": crate::bindings::sluice::plugin::types,
+            "sluice:plugin/log@0.2.1": crate::bindings::sluice::plugin::log,
+            "sluice:plugin/clock@0.2.1": crate::bindings::sluice::plugin::clock,
+            "sluice:plugin/counters@0.2.1": crate::bindings::sluice::plugin::counters,
+            "sluice:plugin/metrics@0.2.1": crate::bindings::sluice::plugin::metrics,
         },
     });
 }
@@ -242,6 +245,115 @@ pub mod counters {
     }
 }
 
+/// Counters and histograms with labels, which the host serves on its
+/// `/metrics` under the names declared here (with `pipeline` and `stage`
+/// labels added): the business measures of the events a stage sees, for
+/// dashboards and alerting rules. Declare each once, in `new`; a sample is
+/// kept by the SDK and sent with the others of its batch in one call when
+/// the batch is done.
+///
+/// ```ignore
+/// let latency = metrics::histogram("generation_latency_seconds", "Time to generate a scene", &["vendor"], &[1.0, 10.0, 60.0])?;
+/// latency.observe(&["runway"], 12.5);
+/// ```
+///
+/// The host bounds what a plugin can make of it: at most 32 metrics of at
+/// most 4 labels; a label takes at most 32 values in a stage, and longer
+/// ones than 64 bytes or later ones count as `other`.
+pub mod metrics {
+    use std::cell::RefCell;
+
+    /// A counter: [`Counter::add`] a whole number, by label values.
+    #[derive(Clone, Debug)]
+    pub struct Counter {
+        handle: u32,
+        labels: usize,
+    }
+
+    /// A histogram: [`Histogram::observe`] a value, by label values.
+    #[derive(Clone, Debug)]
+    pub struct Histogram {
+        handle: u32,
+        labels: usize,
+    }
+
+    /// A sample waiting for the end of its batch.
+    pub(crate) struct Sample {
+        pub metric: u32,
+        pub labels: Vec<String>,
+        pub value: f64,
+    }
+
+    thread_local! {
+        static WAITING: RefCell<Vec<Sample>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Declares a counter; its name without `_total` (the host adds it).
+    /// Refused, with the reason, for a name or labels the host does not take.
+    pub fn counter(name: &str, help: &str, labels: &[&str]) -> Result<Counter, String> {
+        declare(name, help, false, labels, &[]).map(|handle| Counter { handle, labels: labels.len() })
+    }
+
+    /// Declares a histogram with these bucket upper bounds (ascending, at most 32).
+    pub fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> Result<Histogram, String> {
+        declare(name, help, true, labels, buckets).map(|handle| Histogram { handle, labels: labels.len() })
+    }
+
+    fn declare(name: &str, help: &str, histogram: bool, labels: &[&str], buckets: &[f64]) -> Result<u32, String> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            use crate::bindings::sluice::plugin::metrics as host;
+            let kind = if histogram { host::Kind::Histogram } else { host::Kind::Counter };
+            let labels = labels.iter().map(|l| l.to_string()).collect();
+            host::declare(&host::Metric { name: name.into(), help: help.into(), kind, labels, buckets: buckets.to_vec() })
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::declare(name, help, histogram, labels, buckets)
+    }
+
+    fn wait(metric: u32, expected: usize, labels: &[&str], value: f64) {
+        if labels.len() != expected {
+            crate::log::warn(
+                "a metric sample with the wrong number of labels is left out",
+                &[("expected", &expected.to_string()), ("given", &labels.len().to_string())],
+            );
+            return;
+        }
+        let labels = labels.iter().map(|l| l.to_string()).collect();
+        WAITING.with(|waiting| waiting.borrow_mut().push(Sample { metric, labels, value }));
+    }
+
+    impl Counter {
+        /// Adds `delta` to the series of these label values (one per label, in order).
+        pub fn add(&self, labels: &[&str], delta: u64) {
+            wait(self.handle, self.labels, labels, delta as f64);
+        }
+    }
+
+    impl Histogram {
+        /// Observes `value` in the series of these label values.
+        pub fn observe(&self, labels: &[&str], value: f64) {
+            wait(self.handle, self.labels, labels, value);
+        }
+    }
+
+    /// Sends the samples waiting; the SDK calls it after each call from the host.
+    pub(crate) fn flush() {
+        let samples = WAITING.with(|waiting| std::mem::take(&mut *waiting.borrow_mut()));
+        if samples.is_empty() {
+            return;
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            use crate::bindings::sluice::plugin::metrics as host;
+            let samples: Vec<host::Sample> = samples.into_iter().map(|s| host::Sample { metric: s.metric, labels: s.labels, value: s.value }).collect();
+            host::observe(&samples);
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::observe(samples);
+    }
+}
+
 /// What [`transform!`] calls; not for plugins.
 #[doc(hidden)]
 pub mod run {
@@ -257,10 +369,12 @@ pub mod run {
     /// Every plugin answers a batch before `init` the same way: each event
     /// rejected as `not_initialised` (the host always calls `init` first).
     pub fn process<T: Transform>(slot: &RefCell<Option<T>>, batch: Vec<Event>) -> Vec<Outcome> {
-        match &mut *slot.borrow_mut() {
+        let outcomes = match &mut *slot.borrow_mut() {
             Some(plugin) => plugin.process_batch(batch),
             None => batch.iter().map(|_| Outcome::reject("not_initialised", None, format!("the {} stage was not initialised", T::NAME))).collect(),
-        }
+        };
+        crate::metrics::flush();
+        outcomes
     }
 }
 
@@ -295,11 +409,15 @@ pub mod run_sink {
     }
 
     pub fn consume<S: Sink>(slot: &RefCell<Option<Slot<S>>>, batch: Vec<Event>) -> Vec<Event> {
-        with(slot, |s| s.plugin.consume(&mut s.state, batch))
+        let emitted = with(slot, |s| s.plugin.consume(&mut s.state, batch));
+        crate::metrics::flush();
+        emitted
     }
 
     pub fn tick<S: Sink>(slot: &RefCell<Option<Slot<S>>>, now_ns: u64) -> Vec<Event> {
-        with(slot, |s| s.plugin.tick(&mut s.state, now_ns))
+        let emitted = with(slot, |s| s.plugin.tick(&mut s.state, now_ns));
+        crate::metrics::flush();
+        emitted
     }
 
     /// A state kept at a version past 1.

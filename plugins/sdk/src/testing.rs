@@ -1,7 +1,7 @@
 //! Running a plugin in a plain `cargo test`, without WebAssembly or NATS.
 //!
-//! Outside WebAssembly, [`crate::log`], [`crate::clock`] and
-//! [`crate::counters`] come here: the clock is whatever the test sets
+//! Outside WebAssembly, [`crate::log`], [`crate::clock`],
+//! [`crate::counters`] and [`crate::metrics`] come here: the clock is whatever the test sets
 //! (0 until then), and what the plugin logs and counts is kept, per thread,
 //! for the test to read. [`Harness`] builds a plugin from a JSON config the
 //! way the host does (`invalid NAME config: ...` included) and runs it (the
@@ -26,6 +26,17 @@ struct Host {
     now_ns: u64,
     logged: Vec<Logged>,
     counters: BTreeMap<String, u64>,
+    /// Names of the metrics declared, by handle.
+    declared: Vec<String>,
+    samples: Vec<Sample>,
+}
+
+/// A sample the plugin sent through [`crate::metrics`], with its metric's name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub metric: String,
+    pub labels: Vec<String>,
+    pub value: f64,
 }
 
 thread_local! {
@@ -46,6 +57,42 @@ pub(crate) fn now_ns() -> u64 {
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) fn count(name: &str, delta: u64) {
     HOST.with(|host| *host.borrow_mut().counters.entry(name.to_string()).or_default() += delta);
+}
+
+/// Declares a metric as the host does, without its bounds on labels and
+/// values (`sluice test` and a running host apply those).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn declare(name: &str, _help: &str, histogram: bool, labels: &[&str], buckets: &[f64]) -> Result<u32, String> {
+    if name.is_empty() || name.starts_with("sluice_") || (!histogram && name.ends_with("_total")) || labels.len() > 4 {
+        return Err(format!("metric {name:?} would be refused by the host (see the `metrics` import in wit/sluice.wit)"));
+    }
+    if histogram && (buckets.is_empty() || !buckets.windows(2).all(|w| w[0] < w[1])) {
+        return Err(format!("histogram {name:?}: bucket bounds must be strictly ascending, and at least one"));
+    }
+    HOST.with(|host| {
+        let mut host = host.borrow_mut();
+        let handle = host.declared.iter().position(|n| n == name).unwrap_or_else(|| {
+            host.declared.push(name.to_string());
+            host.declared.len() - 1
+        });
+        Ok(handle as u32)
+    })
+}
+
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn observe(samples: Vec<crate::metrics::Sample>) {
+    HOST.with(|host| {
+        let mut host = host.borrow_mut();
+        for sample in samples {
+            let metric = host.declared.get(sample.metric as usize).cloned().unwrap_or_default();
+            host.samples.push(Sample { metric, labels: sample.labels, value: sample.value });
+        }
+    });
+}
+
+/// The metric samples the plugin sent on this thread so far, and forgets them.
+pub fn take_samples() -> Vec<Sample> {
+    HOST.with(|host| std::mem::take(&mut host.borrow_mut().samples))
 }
 
 /// Sets the clock the plugin reads, in nanoseconds since the Unix epoch.
@@ -103,6 +150,7 @@ impl<T: Transform> Harness<T> {
         let events = batch.len();
         let outcomes = self.plugin.process_batch(batch);
         assert_eq!(outcomes.len(), events, "{} must answer each event of a batch once", T::NAME);
+        crate::metrics::flush();
         outcomes
     }
 
