@@ -115,6 +115,9 @@ enum Command {
         /// Its dead letters. They hold whole events, personal data included.
         #[arg(long, group = "point")]
         dead_letters: bool,
+        /// What the stage of this name passes on to the next.
+        #[arg(long, group = "point", value_name = "NAME")]
+        stage: Option<String>,
         /// Stop after this many events.
         #[arg(long, default_value_t = 10)]
         limit: usize,
@@ -301,10 +304,11 @@ pub fn main() -> ExitCode {
         Command::Validate { files } => validate(&files),
         Command::Deploy { file, name, message, nats, wait, timeout } => on_runtime(deploy(file, name, message, nats, wait.then_some(timeout))),
         Command::Status { name, nats } => on_runtime(status(name, nats)),
-        Command::Tap { pipeline, input, output: _, dead_letters, limit, nats } => {
-            let point = match (input, dead_letters) {
-                (true, _) => runtime::tap::Point::Input,
-                (_, true) => runtime::tap::Point::DeadLetters,
+        Command::Tap { pipeline, input, output: _, dead_letters, stage, limit, nats } => {
+            let point = match (input, dead_letters, stage) {
+                (_, _, Some(stage)) => runtime::tap::Point::Stage(stage),
+                (true, _, _) => runtime::tap::Point::Input,
+                (_, true, _) => runtime::tap::Point::DeadLetters,
                 _ => runtime::tap::Point::Output,
             };
             on_runtime(tap(pipeline, point, limit, nats))
@@ -482,12 +486,13 @@ async fn tap(pipeline: String, point: runtime::tap::Point, limit: usize, nats: N
         eprintln!("sluice tap: dead letters hold whole events, personal data included, unredacted; keep what is shown here to yourself");
     }
     let subject = format!("sluice.tap.{pipeline}");
-    let ask = |limit: usize| serde_json::to_vec(&Request { point, inbox: inbox.clone(), limit }).expect("a request serialises");
+    let ask = |limit: usize| serde_json::to_vec(&Request { point: point.clone(), inbox: inbox.clone(), limit }).expect("a request serialises");
     client.publish(subject.clone(), ask(limit).into()).await.context("cannot ask for the tap")?;
     let started = tokio::time::Instant::now();
     let mut renew = tokio::time::interval(runtime::tap::EXPIRY / 3);
     renew.tick().await;
     let (mut shown, mut hosts) = (0, std::collections::BTreeSet::new());
+    let mut refused = None;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     while shown < limit {
@@ -495,6 +500,16 @@ async fn tap(pipeline: String, point: runtime::tap::Point, limit: usize, nats: N
             message = copies.next() => {
                 let Some(message) = message else { break };
                 if let Ok(hello) = serde_json::from_slice::<Hello>(&message.payload) {
+                    if let Point::Stage(stage) = &point
+                        && !hello.stages.contains(stage)
+                    {
+                        refused = Some(anyhow::anyhow!(
+                            "pipeline `{pipeline}` on {} has no stage `{stage}`; its stages: {}",
+                            hello.tapping,
+                            hello.stages.join(", ")
+                        ));
+                        break;
+                    }
                     eprintln!("sluice tap: {} taps {}", hello.tapping, hello.pipeline);
                     hosts.insert(hello.tapping);
                 } else if let Ok(tapped) = serde_json::from_slice::<Tapped>(&message.payload) {
@@ -514,7 +529,7 @@ async fn tap(pipeline: String, point: runtime::tap::Point, limit: usize, nats: N
     // Told to stop, the hosts send no more.
     client.publish(subject, ask(0).into()).await.context("cannot end the tap")?;
     client.flush().await.context("cannot end the tap")?;
-    Ok(())
+    refused.map_or(Ok(()), Err)
 }
 
 async fn releases(name: String, prune: Option<Duration>, nats: NatsArgs) -> Result<()> {

@@ -1,5 +1,5 @@
-//! `sluice tap`: a running pipeline's outputs, inputs and dead letters as
-//! they pass, from another process over NATS, up to a limit; the dead
+//! `sluice tap`: a running pipeline's outputs, inputs, dead letters and
+//! what one stage passes on, as they pass, from another process over NATS, up to a limit; the dead
 //! letters with a warning that they hold personal data; and a clear error
 //! when no host runs the pipeline.
 
@@ -61,6 +61,16 @@ async fn tap_shows_what_passes_a_running_pipeline_up_to_its_limit() {
     assert!(ok && letters.len() == 2, "{stderr}");
     assert!(stderr.contains("personal data"), "dead letters come with a warning: {stderr}");
     assert!(letters.iter().all(|e| e["point"] == "dead_letters" && e["body"]["code"] == "missing_property"), "{letters:#?}");
+
+    // What one stage passes on: `tag` has set `tagged` and not yet routed.
+    let (ok, tagged, stderr) = tap(&["web", "--stage", "tag", "--limit", "2", "--nats", url]).await;
+    assert!(ok && tagged.len() == 2, "{stderr}");
+    for event in &tagged {
+        assert_eq!(event["point"], serde_json::json!({ "stage": "tag" }), "{event}");
+        assert!(event["body"]["tagged"] == true && event["subject"].as_str().unwrap().starts_with("in."), "tagged, not yet routed: {event}");
+    }
+    let (ok, _, stderr) = tap(&["web", "--stage", "nosuch", "--nats", url]).await;
+    assert!(!ok && stderr.contains("has no stage `nosuch`; its stages: tag, route"), "{stderr}");
 
     traffic.abort();
     let (ok, _, stderr) = tap(&["nowhere", "--nats", url]).await;

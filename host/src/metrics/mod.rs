@@ -126,6 +126,7 @@ pub struct Metrics {
     pub undeliverable: Family<PipelineLabel, Counter>,
     pub publish_retries: Family<PipelineLabel, Counter>,
     pub lost_dead_letters: Family<PipelineLabel, Counter>,
+    pub settle_failures: Family<PipelineLabel, Counter>,
     batch_events: HistogramFamily<PipelineLabel>,
     latency: Family<PipelineLabel, histogram::DurationHistogram, fn() -> histogram::DurationHistogram>,
     stage_seconds: HistogramFamily<StageLabels>,
@@ -186,6 +187,11 @@ impl Metrics {
         let undeliverable = counter(&mut registry, "events_undeliverable", "Inputs dead-lettered as undeliverable after NATS kept refusing their outputs");
         let publish_retries = counter(&mut registry, "publish_retries", "Rounds of sending again messages whose failure may pass");
         let lost_dead_letters = counter(&mut registry, "dead_letters_lost", "Dead letters NATS refused too: events lost");
+        let settle_failures = counter(
+            &mut registry,
+            "ack_failures",
+            "Acks and naks of JetStream inputs that NATS did not take: the input is handed out again, and its outputs' message ids keep them from being stored twice",
+        );
         let rejected = Family::<RejectLabels, Counter>::default();
         registry.register("events_rejected", "Events sent to the dead-letter subject, by the stage that refused them and its code", rejected.clone());
         let faults = Family::<FaultLabels, Counter>::default();
@@ -271,6 +277,7 @@ impl Metrics {
             undeliverable,
             publish_retries,
             lost_dead_letters,
+            settle_failures,
             batch_events,
             latency,
             stage_seconds,

@@ -51,13 +51,16 @@ enum Settle {
 }
 
 impl Receipt {
-    /// Marks the event done. Core events need nothing.
-    pub async fn ack(&self) {
+    /// Marks the event done (core events need nothing); false if JetStream
+    /// did not take the ack.
+    pub async fn ack(&self) -> bool {
         if let Settle::JetStream(message) = &self.settle
             && let Err(error) = message.ack().await
         {
             tracing::warn!(%error, subject = %message.subject, "Cannot ack a JetStream message; it will be redelivered.");
+            return false;
         }
+        true
     }
 
     /// Tells JetStream the event is still being worked on, so that it is not
@@ -68,13 +71,16 @@ impl Receipt {
         }
     }
 
-    /// Asks for the event again after `delay` (JetStream); a core event is lost.
-    pub async fn nak(&self, delay: Duration) {
+    /// Asks for the event again after `delay` (JetStream; a core event is
+    /// lost); false if JetStream did not take the nak.
+    pub async fn nak(&self, delay: Duration) -> bool {
         if let Settle::JetStream(message) = &self.settle
             && let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await
         {
             tracing::warn!(%error, subject = %message.subject, "Cannot nak a JetStream message; it will be redelivered after ack_wait.");
+            return false;
         }
+        true
     }
 }
 

@@ -42,13 +42,23 @@ pub struct BatchResult {
     pub dropped: usize,
     /// Calls into plugins that faulted, each followed by a new instance.
     pub faults: usize,
+    /// What the stages in `Chain::tapped` passed on, by stage: at most
+    /// [`TAPPED_PER_STAGE`] events of each, for `sluice tap --stage`.
+    pub tapped: Vec<(String, Vec<Event>)>,
 }
+
+/// Copies of one stage's events a batch keeps for its taps (a tap takes at
+/// most 50 a second).
+pub const TAPPED_PER_STAGE: usize = 50;
 
 /// One worker's live instances of one pipeline version.
 pub struct Chain {
     pub version: Arc<PipelineVersion>,
     instances: Vec<TransformInstance>,
     sink: Option<LiveSink>,
+    /// Stages someone taps: what they pass on (a sink: the events it emits
+    /// for a batch) is copied into the result.
+    pub tapped: Vec<String>,
 }
 
 /// The live sink and the states it was last known to be good in: a faulted
@@ -65,7 +75,7 @@ impl Chain {
     pub fn start(version: Arc<PipelineVersion>) -> Result<Self> {
         let instances = version.stages.iter().map(|stage| stage.start()).collect::<Result<_>>()?;
         let sink = version.sink.as_ref().map(|sink| sink.start(None).map(|instance| LiveSink { instance, state: None, committed: None })).transpose()?;
-        Ok(Self { version, instances, sink })
+        Ok(Self { version, instances, sink, tapped: Vec::new() })
     }
 
     /// The sink's committed state, to hand to the next version's chain.
@@ -146,11 +156,17 @@ impl Chain {
                 break;
             }
             (events, origins) = run_stage(stage, instance, events, origins, &mut result)?;
+            if self.tapped.contains(&stage.spec.name) {
+                result.tapped.push((stage.spec.name.clone(), events.iter().take(TAPPED_PER_STAGE).cloned().collect()));
+            }
         }
         if let (Some(prepared), Some(sink)) = (self.version.sink.as_ref(), self.sink.as_mut())
             && !events.is_empty()
         {
             (events, origins) = run_sink(prepared, sink, events, origins, &mut result)?;
+            if self.tapped.contains(&prepared.spec.name) {
+                result.tapped.push((prepared.spec.name.clone(), events.iter().take(TAPPED_PER_STAGE).cloned().collect()));
+            }
         }
         for (event, origin) in events.into_iter().zip(origins) {
             match self.publishable(&event) {

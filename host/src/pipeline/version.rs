@@ -142,6 +142,11 @@ impl PipelineVersion {
 }
 
 impl PipelineVersion {
+    /// Its stages' names in order, the sink's last.
+    pub fn stage_names(&self) -> Vec<String> {
+        self.stages.iter().map(|s| s.spec.name.clone()).chain(self.sink.iter().map(|s| s.spec.name.clone())).collect()
+    }
+
     /// What its plugins counted through the `counters` import, as
     /// `stage.name=value` pairs: since this version started, summed over its
     /// instances.

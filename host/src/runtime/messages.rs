@@ -222,7 +222,7 @@ mod tests {
             Output { origin: 0, event: event("out.a", b"{}") },
         ];
         let rejects = vec![Reject { origin: 0, stage: "tag".into(), code: "missing_property".into(), property: Some("n".into()), message: "no n".into() }];
-        let out = batch(stamp(false, MAX), &inputs, &ids, BatchResult { outputs, rejects, dropped: 0, faults: 0 });
+        let out = batch(stamp(false, MAX), &inputs, &ids, BatchResult { outputs, rejects, ..BatchResult::default() });
         let named: Vec<_> = out.iter().map(|o| (o.message.subject.as_str(), header(&o.message, "Nats-Msg-Id").unwrap(), o.kind, o.source)).collect();
         assert_eq!(
             named,

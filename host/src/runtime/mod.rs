@@ -412,7 +412,7 @@ fn progress(name: &str, running: &RunningPipeline, connection: &Connection) {
     tracing::info!(
         pipeline = %name, version = %version.id, received = s.received, published = s.published,
         rejected = s.rejected, dropped = s.dropped, faults = s.faults, failed_batches = s.failed_batches, already_counted = s.already_counted,
-        held_back = s.held_back, undeliverable = s.undeliverable, publish_retries = s.publish_retries, lost_dead_letters = s.lost_dead_letters,
+        held_back = s.held_back, undeliverable = s.undeliverable, publish_retries = s.publish_retries, lost_dead_letters = s.lost_dead_letters, ack_failures = s.settle_failures,
         slow_consumer_events = connection.slow_consumer_events(), plugin_counters = ?version.plugin_counters(), "Progress."
     );
 }

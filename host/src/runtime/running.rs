@@ -25,7 +25,13 @@ pub struct RunningPipeline {
 
 /// Takes up the taps asked for on `sluice.tap.<pipeline>` until the pipeline
 /// stops, and greets each new one on its inbox.
-async fn listen_for_taps(connection: Connection, pipeline: String, taps: Arc<Taps>, mut stop: watch::Receiver<bool>) -> Result<()> {
+async fn listen_for_taps(
+    connection: Connection,
+    versions: watch::Receiver<Arc<PipelineVersion>>,
+    taps: Arc<Taps>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let pipeline = versions.borrow().spec.name.clone();
     use tokio_stream::StreamExt as _;
     let subject = format!("sluice.tap.{pipeline}");
     let mut requests = match connection.client.subscribe(subject.clone()).await {
@@ -35,7 +41,6 @@ async fn listen_for_taps(connection: Connection, pipeline: String, taps: Arc<Tap
             return Ok(());
         }
     };
-    let hello = serde_json::to_vec(&tap::Hello { tapping: crate::release::host_name(), pipeline: pipeline.clone() }).unwrap_or_default();
     loop {
         let message = tokio::select! {
             message = requests.next() => message,
@@ -47,7 +52,9 @@ async fn listen_for_taps(connection: Connection, pipeline: String, taps: Arc<Tap
                 let inbox = request.inbox.clone();
                 if crate::subject::check(&inbox, false).is_ok() && taps.request(request) {
                     tracing::info!(%pipeline, %inbox, "Someone taps this pipeline.");
-                    let _ = connection.client.publish(inbox, hello.clone().into()).await;
+                    let stages = versions.borrow().stage_names();
+                    let hello = tap::Hello { tapping: crate::release::host_name(), pipeline: pipeline.clone(), stages };
+                    let _ = connection.client.publish(inbox, serde_json::to_vec(&hello).unwrap_or_default().into()).await;
                 }
             }
             Err(error) => tracing::debug!(%pipeline, %error, "A tap request that does not read; ignored."),
@@ -88,7 +95,7 @@ impl RunningPipeline {
             workers.spawn(watch_backlog(source.clone(), spec.name.clone(), shutdown.subscribe()));
         }
         let taps = Arc::new(Taps::default());
-        workers.spawn(listen_for_taps(connection.clone(), spec.name.clone(), taps.clone(), shutdown.subscribe()));
+        workers.spawn(listen_for_taps(connection.clone(), versions.subscribe(), taps.clone(), shutdown.subscribe()));
         if in_order {
             // One worker, on one host at a time: it reads only while this host holds the lease.
             let (max_events, max_wait) = (spec.max_events, spec.max_wait);

@@ -60,6 +60,8 @@ pub struct Stats {
     pub publish_retries: Count,
     /// Dead letters NATS refused too: the only way an event is lost.
     pub lost_dead_letters: Count,
+    /// Acks and naks JetStream did not take: the input is handed out again.
+    pub settle_failures: Count,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -76,6 +78,7 @@ pub struct Snapshot {
     pub undeliverable: u64,
     pub publish_retries: u64,
     pub lost_dead_letters: u64,
+    pub settle_failures: u64,
 }
 
 impl Stats {
@@ -97,6 +100,7 @@ impl Stats {
             undeliverable: Count::of(&m.undeliverable, pipeline),
             publish_retries: Count::of(&m.publish_retries, pipeline),
             lost_dead_letters: Count::of(&m.lost_dead_letters, pipeline),
+            settle_failures: Count::of(&m.settle_failures, pipeline),
         }
     }
 
@@ -124,6 +128,7 @@ impl Stats {
             undeliverable: self.undeliverable.get(),
             publish_retries: self.publish_retries.get(),
             lost_dead_letters: self.lost_dead_letters.get(),
+            settle_failures: self.settle_failures.get(),
         }
     }
 }

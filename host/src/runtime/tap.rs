@@ -15,11 +15,14 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 /// Where a tap looks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Point {
     /// Events as the pipeline reads them, before any stage.
     Input,
+    /// What the stage of this name passes on to the next (after it kept,
+    /// changed, split or rerouted them; not those it dropped or refused).
+    Stage(String),
     /// What it publishes on its output subjects (or sends to its webhook).
     Output,
     /// Its dead letters: they hold whole events, personal data included.
@@ -58,6 +61,10 @@ pub struct Tapped {
 pub struct Hello {
     pub tapping: String,
     pub pipeline: String,
+    /// The stages of the version it runs, so that a tap on a stage it
+    /// lacks is told so.
+    #[serde(default)]
+    pub stages: Vec<String>,
 }
 
 /// How long a tap lasts past its last request.
@@ -119,7 +126,7 @@ impl Taps {
 
     /// The copies to send for events passing `point`: (inbox, event) pairs,
     /// within each tap's limit and rate.
-    pub fn offer<'a, E>(&self, point: Point, events: impl IntoIterator<Item = E>) -> Vec<(String, E)>
+    pub fn offer<'a, E>(&self, point: &Point, events: impl IntoIterator<Item = E>) -> Vec<(String, E)>
     where
         E: 'a,
     {
@@ -128,7 +135,7 @@ impl Taps {
         taps.retain(|tap| tap.expires > now && tap.request.limit > 0);
         let mut copies = Vec::new();
         let mut events = events.into_iter().peekable();
-        for tap in taps.iter_mut().filter(|tap| tap.request.point == point) {
+        for tap in taps.iter_mut().filter(|tap| tap.request.point == *point) {
             if now.duration_since(tap.second) >= Duration::from_secs(1) {
                 (tap.second, tap.sent_this_second) = (now, 0);
             }
@@ -146,6 +153,22 @@ impl Taps {
         taps.retain(|tap| tap.request.limit > 0);
         self.active.store(!taps.is_empty(), Ordering::Relaxed);
         copies
+    }
+}
+
+impl Taps {
+    /// The stages tapped now, by name.
+    pub fn stages(&self) -> Vec<String> {
+        let taps = self.taps.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut stages: Vec<String> = taps
+            .iter()
+            .filter_map(|tap| match &tap.request.point {
+                Point::Stage(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        stages.dedup();
+        stages
     }
 }
 
@@ -174,8 +197,8 @@ mod tests {
         assert!(taps.request(request("a", Point::Output, 3)));
         assert!(!taps.request(request("a", Point::Output, 3)), "a renewal is not a new tap");
         assert!(taps.any());
-        assert!(taps.offer(Point::Input, 0..10).is_empty(), "another point");
-        let copies = taps.offer(Point::Output, 0..10);
+        assert!(taps.offer(&Point::Input, 0..10).is_empty(), "another point");
+        let copies = taps.offer(&Point::Output, 0..10);
         assert_eq!(copies, vec![("a".to_string(), 0), ("a".to_string(), 1), ("a".to_string(), 2)]);
         assert!(!taps.any(), "a tap that has its limit is gone");
     }
@@ -184,8 +207,8 @@ mod tests {
     fn a_tap_is_held_to_its_rate_and_can_be_stopped() {
         let taps = Taps::default();
         taps.request(request("b", Point::Input, 1000));
-        assert_eq!(taps.offer(Point::Input, 0..1000).len(), PER_SECOND);
-        assert!(taps.offer(Point::Input, 0..10).is_empty(), "the second's copies are spent");
+        assert_eq!(taps.offer(&Point::Input, 0..1000).len(), PER_SECOND);
+        assert!(taps.offer(&Point::Input, 0..10).is_empty(), "the second's copies are spent");
         taps.request(request("b", Point::Input, 0));
         assert!(!taps.any());
     }

@@ -216,14 +216,18 @@ impl Worker {
         if self.taps.any() {
             self.tap_inputs(&chain.version, &events).await;
         }
+        self.tap_stages(chain);
         // Plugins run synchronously; let the runtime move other tasks off this thread meanwhile.
-        let result = match tokio::task::block_in_place(|| chain.process(&events)) {
+        let mut result = match tokio::task::block_in_place(|| chain.process(&events)) {
             Ok(result) => result,
             Err(error) => {
                 tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "A stage cannot be restarted; the batch will be redelivered (JetStream) or is lost (core).");
                 return self.fail(&receipts).await;
             }
         };
+        if !result.tapped.is_empty() {
+            self.tap_stage_outputs(&chain.version, std::mem::take(&mut result.tapped)).await;
+        }
         let (dropped, faults) = (result.dropped, result.faults);
         count_rejects(&chain.version.spec.name, &result);
         let stamp = self.stamp(&chain.version);
@@ -260,7 +264,7 @@ impl Worker {
         if !counted.is_empty() {
             tracing::info!(pipeline = %chain.version.spec.name, events = counted.len(), "Inputs already counted in the kept state; acking them without counting them again.");
             for delivery in &counted {
-                delivery.receipt.ack().await;
+                self.ack(&delivery.receipt).await;
             }
             Stats::add(&self.stats.already_counted, counted.len());
         }
@@ -274,7 +278,8 @@ impl Worker {
         }
         let through = receipts.iter().filter_map(|r| r.sequence).max().unwrap_or(0).max(kept.counted_through);
         let mut delay = RETRY_DELAYS.0;
-        let result = loop {
+        self.tap_stages(chain);
+        let mut result = loop {
             match tokio::task::block_in_place(|| chain.process(&events)) {
                 Ok(result) => break result,
                 Err(error) => {
@@ -289,6 +294,9 @@ impl Worker {
                 }
             }
         };
+        if !result.tapped.is_empty() {
+            self.tap_stage_outputs(&chain.version, std::mem::take(&mut result.tapped)).await;
+        }
         let (dropped, faults) = (result.dropped, result.faults);
         count_rejects(&chain.version.spec.name, &result);
         let version = chain.version.clone();
@@ -432,7 +440,7 @@ impl Worker {
                 let delay = REDELIVERY_DELAY.saturating_mul(1 << delivered.min(16)).min(LONGEST_REDELIVERY_DELAY);
                 tracing::warn!(pipeline = stamp.pipeline, subject = %event.subject, delivered, max_deliver = max, %reason, redeliver_in = ?delay, "Holding back one event whose messages NATS refuses; the rest of its batch goes on.");
                 Stats::add(&self.stats.held_back, 1);
-                receipt.nak(delay).await;
+                self.nak(receipt, delay).await;
             }
             delivered => {
                 let times = delivered.map_or_else(|| "once (a core input is not redelivered)".to_string(), |n| format!("{n} times (max_deliver = {max})"));
@@ -441,9 +449,9 @@ impl Worker {
                 match self.dead_letter_alone(stamp, &reject, event, id, std::slice::from_ref(receipt)).await {
                     Some(true) => {
                         Stats::add_local(&self.stats.rejected, 1);
-                        receipt.ack().await;
+                        self.ack(receipt).await;
                     }
-                    _ => receipt.nak(LONGEST_REDELIVERY_DELAY).await,
+                    _ => self.nak(receipt, LONGEST_REDELIVERY_DELAY).await,
                 }
             }
         }
@@ -467,9 +475,9 @@ impl Worker {
             match self.dead_letter_alone(stamp, &reject, &delivery.event, id, std::slice::from_ref(&delivery.receipt)).await {
                 Some(true) => {
                     Stats::add_local(&self.stats.rejected, 1);
-                    delivery.receipt.ack().await;
+                    self.ack(&delivery.receipt).await;
                 }
-                _ => delivery.receipt.nak(LONGEST_REDELIVERY_DELAY).await,
+                _ => self.nak(&delivery.receipt, LONGEST_REDELIVERY_DELAY).await,
             }
         }
         rest
@@ -539,8 +547,26 @@ impl Worker {
 
     /// Copies the batch's inputs to whoever taps the input.
     async fn tap_inputs(&self, version: &PipelineVersion, events: &[Event]) {
-        let copies = self.taps.offer(super::tap::Point::Input, events.iter().map(|e| (e.subject.as_str(), e.headers.clone(), e.body.as_slice())));
-        self.send_taps(version, super::tap::Point::Input, copies).await;
+        let copies = self.taps.offer(&super::tap::Point::Input, events.iter().map(|e| (e.subject.as_str(), e.headers.clone(), e.body.as_slice())));
+        self.send_taps(version, &super::tap::Point::Input, copies).await;
+    }
+
+    /// Which stages the next batch copies for taps.
+    fn tap_stages(&self, chain: &mut Chain) {
+        if self.taps.any() {
+            chain.tapped = self.taps.stages();
+        } else if !chain.tapped.is_empty() {
+            chain.tapped.clear();
+        }
+    }
+
+    /// Copies what the tapped stages passed on to whoever taps them.
+    async fn tap_stage_outputs(&self, version: &PipelineVersion, tapped: Vec<(String, Vec<Event>)>) {
+        for (stage, events) in tapped {
+            let point = super::tap::Point::Stage(stage);
+            let copies = self.taps.offer(&point, events.iter().map(|e| (e.subject.as_str(), e.headers.clone(), e.body.as_slice())));
+            self.send_taps(version, &point, copies).await;
+        }
     }
 
     /// Copies the batch's outputs and dead letters to whoever taps them.
@@ -551,12 +577,12 @@ impl Worker {
                 let headers = o.message.headers.iter().flat_map(|(n, vs)| vs.iter().map(move |v| (n.to_string(), v.to_string()))).collect();
                 (o.message.subject.as_str(), headers, o.message.body.as_ref())
             });
-            let copies = self.taps.offer(point, passing);
-            self.send_taps(version, point, copies).await;
+            let copies = self.taps.offer(&point, passing);
+            self.send_taps(version, &point, copies).await;
         }
     }
 
-    async fn send_taps(&self, version: &PipelineVersion, point: super::tap::Point, copies: Vec<(String, Passing<'_>)>) {
+    async fn send_taps(&self, version: &PipelineVersion, point: &super::tap::Point, copies: Vec<(String, Passing<'_>)>) {
         if copies.is_empty() {
             return;
         }
@@ -567,7 +593,7 @@ impl Worker {
                 host: host.clone(),
                 pipeline: version.spec.name.clone(),
                 version: version.id.clone(),
-                point,
+                point: point.clone(),
                 subject: subject.to_string(),
                 headers,
                 body: shown,
@@ -582,10 +608,24 @@ impl Worker {
         }
     }
 
+    /// Acks an input, counting an ack JetStream did not take.
+    async fn ack(&self, receipt: &Receipt) {
+        if !receipt.ack().await {
+            Stats::add(&self.stats.settle_failures, 1);
+        }
+    }
+
+    /// Asks for an input again after `delay`, counting a nak JetStream did not take.
+    async fn nak(&self, receipt: &Receipt, delay: Duration) {
+        if !receipt.nak(delay).await {
+            Stats::add(&self.stats.settle_failures, 1);
+        }
+    }
+
     /// Acks an input whose outputs are stored, and measures how long since
     /// it arrived.
     async fn settle(&self, receipt: &Receipt) {
-        receipt.ack().await;
+        self.ack(receipt).await;
         let waited = receipt.arrived.elapsed().unwrap_or_default();
         self.stats.latency.observe(self.index, waited);
     }
@@ -600,7 +640,7 @@ impl Worker {
     async fn fail(&self, receipts: &[Receipt]) {
         Stats::add(&self.stats.failed_batches, 1);
         for receipt in receipts {
-            receipt.nak(REDELIVERY_DELAY).await;
+            self.nak(receipt, REDELIVERY_DELAY).await;
         }
     }
 }
