@@ -4,7 +4,8 @@
 //! plugin counters, the warnings logged, the version running and a hot
 //! swap), agrees with the progress log, and `/healthz` and `/readyz`
 //! answer as a probe expects. End-to-end latency starts at an event's
-//! JetStream timestamp, not when sluice reads it.
+//! JetStream timestamp, not when sluice reads it. A plugin that floods the
+//! `metrics` import gets no more than its bounds.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -158,4 +159,34 @@ async fn end_to_end_latency_runs_from_the_events_jetstream_timestamp() {
     assert!(value(&scraped, "sluice_event_latency_seconds_sum", &ingest).unwrap() >= 15.0);
     let pending = value(&scraped, "sluice_input_pending", &ingest);
     assert!(pending.is_some_and(|n| (0.0..=10.0).contains(&n)), "the consumer's backlog is read: {pending:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_flooding_the_metrics_import_gets_its_bounds_and_holds_up_nothing() {
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let web = Pipeline::core("web", "in.>").set(r#"dead_letter = "dlq""#).stage("chaos", "chaos", "").route("out.{event}");
+    let (sluice, address) = Sluice::run_with_metrics(&workspace.write_pipeline(PipelineFile::new().pipeline(web).toml()), nats.url(), 1);
+    let mut outputs = Collector::subscribe(&nats, "out.>").await;
+    for n in 0..3 {
+        let body = if n == 1 { r#"{"event":"e","chaos":"metrics"}"# } else { r#"{"event":"e"}"# };
+        nats.client.publish(format!("in.{n}"), body.into()).await.unwrap();
+    }
+    outputs.take(3, WAIT).await;
+
+    let (status, text) = get(&address, "/metrics").await;
+    assert_eq!(status, 200);
+    let samples = samples(&text);
+    let stage = [("pipeline", "web"), ("stage", "chaos")];
+    let declared: Vec<&Series> = samples.keys().filter(|s| s.name.starts_with("chaos_metric_")).collect();
+    assert!(declared.iter().all(|s| s.name == "chaos_metric_0_total"), "only the first metric got samples: {declared:?}");
+    assert_eq!(declared.len(), 33, "32 values of the label and `other`: {declared:?}");
+    let other = value(&samples, "chaos_metric_0_total", &[stage[0], stage[1], ("value", "other")]);
+    assert_eq!(other, Some((1000 - 32 + 1) as f64), "the values past 32, and the one too long, count as other");
+    assert_eq!(value(&samples, "chaos_metric_0_total", &[stage[0], stage[1], ("value", "v0")]), Some(1.0));
+    assert_eq!(value(&samples, "sluice_plugin_samples_refused_total", &stage), Some(3.0));
+    assert_eq!(value(&samples, "sluice_plugin_counter_total", &[stage[0], stage[1], ("name", "declarations_refused")]), Some(8.0));
+    assert_eq!(sluice.log().events("A plugin's metric was refused.").len(), 8, "{}", sluice.log());
+    assert!(!text.contains(&"x".repeat(100)), "the long value is not served");
+    sluice.terminate();
 }

@@ -195,8 +195,8 @@ async fn a_real_prometheus_scraping_sluice_under_load_reads_its_counts_rates_and
     assert_eq!(rules.len(), 8, "{groups}");
     assert!(rules.iter().all(|r| r["health"] == "ok"), "{groups}");
     let broken = Pipeline::core("web", "in.>").set(r#"dead_letter = "dlq""#).stage("tag", "tag", r#"{ require = 7 }"#).route("out.{event}");
-    // Written again until the host sees it: a change that lands while the
-    // watcher is being set up again after an earlier event can pass unseen.
+    // Written again until the host sees it, should the first write land
+    // before the host watches the file.
     let refused = "The new version cannot be prepared; the running version stays.";
     let deadline = Instant::now() + WAIT;
     while sluice.log().events(refused).is_empty() {

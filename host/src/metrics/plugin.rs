@@ -253,16 +253,34 @@ pub struct StageMetrics {
     stage: StageKey,
     declared: Mutex<Vec<Arc<PluginFamily>>>,
     refused: Counter,
+    /// Declarations refused so far, of which the first few are logged.
+    declarations_refused: std::sync::atomic::AtomicUsize,
 }
+
+/// Refused declarations of one stage that reach the log; a plugin that
+/// declares in a loop does not flood it.
+const LOGGED_REFUSALS: usize = 16;
 
 impl StageMetrics {
     pub fn of_stage(pipeline: &str, stage: &str) -> Self {
         let refused = super::metrics().samples_refused(pipeline, stage);
-        Self { stage: (pipeline.into(), stage.into()), declared: Mutex::default(), refused }
+        Self { stage: (pipeline.into(), stage.into()), declared: Mutex::default(), refused, declarations_refused: Default::default() }
     }
 
-    /// The handle of `declaration` in this stage, declared now or before.
+    /// The handle of `declaration` in this stage, declared now or before;
+    /// a refusal is logged (the first few of a stage) with its reason.
     pub fn declare(&self, declaration: Declaration) -> Result<u32, String> {
+        let declared = self.declare_unlogged(declaration);
+        if let Err(reason) = &declared
+            && self.declarations_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < LOGGED_REFUSALS
+        {
+            let (pipeline, stage) = &self.stage;
+            tracing::warn!(%pipeline, %stage, %reason, "A plugin's metric was refused.");
+        }
+        declared
+    }
+
+    fn declare_unlogged(&self, declaration: Declaration) -> Result<u32, String> {
         let mut declared = lock(&self.declared);
         if let Some(handle) = declared.iter().position(|family| family.declaration == declaration) {
             return Ok(handle as u32);

@@ -10,8 +10,10 @@ use anyhow::{Context, Result};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-/// Quiet time after the last change before a reload starts.
+/// Quiet time after the last change to a watched file before a reload starts.
 const SETTLE: Duration = Duration::from_millis(300);
+/// A file that never stops changing is reloaded after this long anyway.
+const MAX_SETTLE: Duration = Duration::from_secs(5);
 
 pub struct FileWatcher {
     watcher: RecommendedWatcher,
@@ -64,19 +66,65 @@ impl FileWatcher {
         self.files.contains(&path) || self.trees.iter().any(|t| path.starts_with(t))
     }
 
-    /// Waits for a change to a watched file, then for the burst to settle.
+    /// Waits for a change to a watched file, then for its burst to settle:
+    /// quiet from the watched files for [`SETTLE`], or [`MAX_SETTLE`] in
+    /// all. Other files changing in the same folders (a log beside the
+    /// pipeline file, a server's data) neither start nor hold it back.
     pub async fn changed(&mut self) -> Option<PathBuf> {
-        let first = loop {
+        let first = self.next_wanted().await?;
+        let give_up = tokio::time::Instant::now() + MAX_SETTLE;
+        loop {
+            let quiet_until = (tokio::time::Instant::now() + SETTLE).min(give_up);
+            match tokio::time::timeout_at(quiet_until, self.next_wanted()).await {
+                Ok(Some(_)) if tokio::time::Instant::now() < give_up => continue,
+                _ => return Some(first),
+            }
+        }
+    }
+
+    async fn next_wanted(&mut self) -> Option<PathBuf> {
+        loop {
             let path = self.changes.recv().await?;
             if self.wanted(&path) {
-                break path;
+                return Some(path);
             }
-        };
-        while let Ok(Some(_)) = tokio::time::timeout(SETTLE, self.changes.recv()).await {}
-        Some(first)
+        }
     }
 }
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_change_is_seen_while_other_files_of_its_folder_never_stop_changing() {
+        let folder = tempfile::tempdir().unwrap();
+        let (watched, chatty) = (folder.path().join("pipeline.toml"), folder.path().join("server.log"));
+        std::fs::write(&watched, "a").unwrap();
+        let mut watcher = FileWatcher::new().unwrap();
+        watcher.watch([watched.clone()], []).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (chatty, stop) = (chatty.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for n in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    std::fs::write(&chatty, format!("line {n}")).unwrap();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        std::fs::write(&watched, "b").unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(2), watcher.changed()).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert_eq!(seen.expect("seen within 2 s, well before MAX_SETTLE").as_deref(), Some(absolute(&watched).as_path()));
+    }
 }

@@ -13,7 +13,12 @@
 //! - `"bloat"`: answer with the event padded to `bytes` bytes (default 8 MiB);
 //! - `"stack"`: recurse until WebAssembly's call stack runs out;
 //! - `"shadow_stack"`: recurse with large frames until the stack Rust keeps
-//!   in linear memory runs out.
+//!   in linear memory runs out;
+//! - `"metrics"`: declare 40 metrics (a stage may declare 32), give one
+//!   label 1 000 values and one of 10 000 bytes, and send three samples the
+//!   host cannot take (an unknown handle, no labels, half a count), then
+//!   pass the event on; it counts the declarations refused as
+//!   `declarations_refused`.
 //!
 //! Stage config: `config = { fail_init = true }` makes `init` fail, and
 //! `init = "loop" | "alloc" | "stack" | "shadow_stack" | "trap"` makes it
@@ -82,11 +87,34 @@ fn misbehave(event: Event) -> Outcome {
         Some("bloat") => Outcome::Replace(vec![Event { body: padded(&event.body, body.bytes.unwrap_or(8 << 20)), ..event }]),
         Some("stack") => Outcome::Drop(format!("unreachable: {}", recurse(0))),
         Some("shadow_stack") => Outcome::Drop(format!("unreachable: {}", recurse_in_memory(0))),
+        Some("metrics") => {
+            flood_metrics();
+            Outcome::Keep
+        }
         _ => {
             sluice_plugin::counters::add("passed", 1);
             Outcome::Keep
         }
     }
+}
+
+/// Through the raw import, to reach past what the SDK would refuse first.
+fn flood_metrics() {
+    use sluice_plugin::bindings::sluice::plugin::metrics as host;
+    let metric = |n: usize| host::Metric {
+        name: format!("chaos_metric_{n}"),
+        help: "What chaos sent".into(),
+        kind: host::Kind::Counter,
+        labels: vec!["value".into()],
+        buckets: Vec::new(),
+    };
+    let refused = (0..40).filter(|&n| host::declare(&metric(n)).is_err()).count();
+    sluice_plugin::counters::add("declarations_refused", refused as u64);
+    let sample = |metric: u32, labels: Vec<String>, value: f64| host::Sample { metric, labels, value };
+    let mut samples: Vec<host::Sample> = (0..1000).map(|n| sample(0, vec![format!("v{n}")], 1.0)).collect();
+    samples.push(sample(0, vec!["x".repeat(10_000)], 1.0));
+    samples.extend([sample(999, vec!["v0".into()], 1.0), sample(0, Vec::new(), 1.0), sample(0, vec!["v0".into()], 0.5)]);
+    host::observe(&samples);
 }
 
 /// `body` (a JSON object) with a `pad` property that makes it `bytes` long.

@@ -241,15 +241,12 @@ mod tests {
         assert_eq!(
             take_samples(),
             vec![
-                sample("events", &[], 1.0),
+                sample("events", &[], 4.0),
                 sample("latency_seconds", &["runway-gen4"], 2.5),
                 sample("exports", &["E42", "export_failed"], 1.0),
-                sample("events", &[], 1.0),
                 sample("exports", &["", "export_succeeded"], 1.0),
-                sample("events", &[], 1.0),
-                sample("events", &[], 1.0),
             ],
-            "labels in the order of their names (code, outcome); the scene without a latency is counted, not measured"
+            "a batch's counts summed per series; labels in the order of their names (code, outcome); the scene without a latency counted, not measured"
         );
         assert_eq!(sluice_plugin::testing::counters().get("value_missing"), Some(&1));
     }

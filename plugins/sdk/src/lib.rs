@@ -284,8 +284,18 @@ pub mod metrics {
         pub value: f64,
     }
 
+    /// The samples of the call from the host so far; a counter's adds to
+    /// one series are summed into one sample, so that counting every event
+    /// of a batch sends one sample per series, not one per event.
+    #[derive(Default)]
+    struct Waiting {
+        samples: Vec<Sample>,
+        /// Where in `samples` each counter series is.
+        counted: std::collections::HashMap<(u32, Vec<String>), usize>,
+    }
+
     thread_local! {
-        static WAITING: RefCell<Vec<Sample>> = const { RefCell::new(Vec::new()) };
+        static WAITING: RefCell<Waiting> = RefCell::default();
     }
 
     /// Declares a counter; its name without `_total` (the host adds it).
@@ -311,35 +321,50 @@ pub mod metrics {
         crate::testing::declare(name, help, histogram, labels, buckets)
     }
 
-    fn wait(metric: u32, expected: usize, labels: &[&str], value: f64) {
+    fn labelled(expected: usize, labels: &[&str]) -> Option<Vec<String>> {
         if labels.len() != expected {
             crate::log::warn(
                 "a metric sample with the wrong number of labels is left out",
                 &[("expected", &expected.to_string()), ("given", &labels.len().to_string())],
             );
-            return;
+            return None;
         }
-        let labels = labels.iter().map(|l| l.to_string()).collect();
-        WAITING.with(|waiting| waiting.borrow_mut().push(Sample { metric, labels, value }));
+        Some(labels.iter().map(|l| l.to_string()).collect())
     }
 
     impl Counter {
         /// Adds `delta` to the series of these label values (one per label, in order).
         pub fn add(&self, labels: &[&str], delta: u64) {
-            wait(self.handle, self.labels, labels, delta as f64);
+            let Some(labels) = labelled(self.labels, labels) else { return };
+            WAITING.with(|waiting| {
+                let Waiting { samples, counted } = &mut *waiting.borrow_mut();
+                let key = (self.handle, labels);
+                match counted.get(&key) {
+                    Some(&at) => samples[at].value += delta as f64,
+                    None => {
+                        samples.push(Sample { metric: self.handle, labels: key.1.clone(), value: delta as f64 });
+                        counted.insert(key, samples.len() - 1);
+                    }
+                }
+            });
         }
     }
 
     impl Histogram {
         /// Observes `value` in the series of these label values.
         pub fn observe(&self, labels: &[&str], value: f64) {
-            wait(self.handle, self.labels, labels, value);
+            let Some(labels) = labelled(self.labels, labels) else { return };
+            WAITING.with(|waiting| waiting.borrow_mut().samples.push(Sample { metric: self.handle, labels, value }));
         }
     }
 
     /// Sends the samples waiting; the SDK calls it after each call from the host.
     pub(crate) fn flush() {
-        let samples = WAITING.with(|waiting| std::mem::take(&mut *waiting.borrow_mut()));
+        let samples = WAITING.with(|waiting| {
+            let mut waiting = waiting.borrow_mut();
+            waiting.counted.clear();
+            std::mem::take(&mut waiting.samples)
+        });
         if samples.is_empty() {
             return;
         }

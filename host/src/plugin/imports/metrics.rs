@@ -13,11 +13,7 @@ impl metrics::Host for StageState {
             metrics::Kind::Histogram => Kind::Histogram,
         };
         let declaration = Declaration { name: metric.name, help: metric.help, kind, labels: metric.labels, buckets: metric.buckets };
-        let declared = self.stage.metrics.declare(declaration);
-        if let Err(reason) = &declared {
-            tracing::warn!(pipeline = %self.stage.pipeline, stage = %self.stage.name, %reason, "A plugin's metric was refused.");
-        }
-        declared
+        self.stage.metrics.declare(declaration)
     }
 
     fn observe(&mut self, samples: Vec<metrics::Sample>) {
