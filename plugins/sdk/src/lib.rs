@@ -252,9 +252,13 @@ pub mod counters {
 /// kept by the SDK and sent with the others of its batch in one call when
 /// the batch is done.
 ///
-/// ```ignore
+/// ```
+/// use sluice_plugin::metrics;
+/// # fn main() -> Result<(), String> {
 /// let latency = metrics::histogram("generation_latency_seconds", "Time to generate a scene", &["vendor"], &[1.0, 10.0, 60.0])?;
 /// latency.observe(&["runway"], 12.5);
+/// # Ok(())
+/// # }
 /// ```
 ///
 /// The host bounds what a plugin can make of it: at most 32 metrics of at
