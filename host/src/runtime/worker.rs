@@ -547,8 +547,13 @@ impl Worker {
 
     /// Copies the batch's inputs to whoever taps the input.
     async fn tap_inputs(&self, version: &PipelineVersion, events: &[Event]) {
-        let copies = self.taps.offer(&super::tap::Point::Input, events.iter().map(|e| (e.subject.as_str(), e.headers.clone(), e.body.as_slice())));
-        self.send_taps(version, &super::tap::Point::Input, copies).await;
+        self.tap_events(version, &super::tap::Point::Input, events).await;
+    }
+
+    /// Copies events passing `point` to whoever taps it.
+    async fn tap_events(&self, version: &PipelineVersion, point: &super::tap::Point, events: &[Event]) {
+        let copies = self.taps.offer(point, events.iter().map(|e| (e.subject.as_str(), e.headers.clone(), e.body.as_slice())));
+        self.send_taps(version, point, copies).await;
     }
 
     /// Which stages the next batch copies for taps.
@@ -563,9 +568,7 @@ impl Worker {
     /// Copies what the tapped stages passed on to whoever taps them.
     async fn tap_stage_outputs(&self, version: &PipelineVersion, tapped: Vec<(String, Vec<Event>)>) {
         for (stage, events) in tapped {
-            let point = super::tap::Point::Stage(stage);
-            let copies = self.taps.offer(&point, events.iter().map(|e| (e.subject.as_str(), e.headers.clone(), e.body.as_slice())));
-            self.send_taps(version, &point, copies).await;
+            self.tap_events(version, &super::tap::Point::Stage(stage), &events).await;
         }
     }
 
