@@ -1,15 +1,27 @@
 //! The throughput benchmark: a fixed number of ~500-byte JSON events pushed
 //! NATS-to-NATS through a sluice pipeline (tag, then route: one stage that
 //! re-serialises, one that only re-routes), next to a pass-through relay on
-//! the same transport, for a core input and a JetStream input. Prints events
-//! per second, latency percentiles and events lost for each.
+//! the same transport, for a core input and a JetStream input; then the
+//! StoryForge file on the bundled day, on one, two and three hosts sharing
+//! its durable consumer. Two JetStream relays: one that awaits each batch's
+//! acks before it pulls the next (as sluice once did), and a pipelined one
+//! (batches in flight, acks awaited beside, inputs acked as their outputs
+//! are confirmed), the transport's ceiling here. Each run is repeated paced
+//! at half the rate it reached, for latency when not saturated. Prints
+//! events per second, CPU per event, peak memory, latency percentiles and
+//! events lost for each.
 //!
 //! Run with `cargo xtask bench` (or `cargo xtask bench -- --events 100000`).
 //! `--languages` runs the same `tag` logic in Rust, Python and JavaScript
 //! (plugins/tag, tag-py, tag-js) over core NATS instead, with the CPU time
 //! per event and the peak resident memory of each sluice process.
+//! `--in-process` runs only the StoryForge ingest in this process, without
+//! NATS, in WebAssembly and natively (`in_process.rs`); the default run ends
+//! with it.
 //! It is a measurement, not a test: it asserts nothing about speed.
 
+#[path = "in_process.rs"]
+mod in_process;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -31,19 +43,34 @@ const QUIET: Duration = Duration::from_secs(3);
 
 struct Measured {
     name: String,
+    /// The rate the events were sent at; `None`: as fast as they could be.
+    paced: Option<f64>,
     sent: usize,
     received: usize,
     duplicates: usize,
     elapsed: Duration,
     latencies_us: Vec<u64>,
     slow_consumer_events: Option<u64>,
-    /// CPU seconds sluice spent while the run lasted, and its peak RSS.
+    /// CPU seconds the sluice processes spent while the run lasted, and
+    /// the highest peak RSS among them.
     cpu_s: Option<f64>,
     peak_rss_mib: Option<f64>,
 }
 
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.received as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// How long a paced run lasts, at most: enough events for percentiles.
+const PACED_FOR: Duration = Duration::from_secs(10);
+
 fn main() {
     let events = std::env::args().skip_while(|a| a != "--events").nth(1).and_then(|n| n.parse().ok()).unwrap_or(200_000usize);
+    if std::env::args().any(|a| a == "--in-process") {
+        return in_process::run(events, support::HASH_KEY);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let results = runtime.block_on(async {
         let mut results = Vec::new();
@@ -54,18 +81,31 @@ fn main() {
                 (Transport::Core, Subject::Relay),
                 (Transport::Core, Subject::Sluice),
                 (Transport::JetStream, Subject::Relay),
+                (Transport::JetStream, Subject::PipelinedRelay),
                 (Transport::JetStream, Subject::Sluice),
-                (Transport::JetStream, Subject::StoryForge),
+                (Transport::JetStream, Subject::StoryForge { hosts: 1 }),
+                (Transport::JetStream, Subject::StoryForge { hosts: 2 }),
+                (Transport::JetStream, Subject::StoryForge { hosts: 3 }),
             ]
         };
         for &(transport, subject) in runs {
             let server = ManagedServer::start().await.expect("nats-server");
-            results.push(measure(&server.url, transport, subject, events).await);
+            let full = measure(&server.url, transport, subject, events, None).await;
             server.stop().await;
+            let half = full.rate() / 2.0;
+            let server = ManagedServer::start().await.expect("nats-server");
+            let paced_events = events.min((half * PACED_FOR.as_secs_f64()) as usize).max(1);
+            let paced = measure(&server.url, transport, subject, paced_events, Some(half)).await;
+            server.stop().await;
+            results.push(full);
+            results.push(paced);
         }
         results
     });
     print_table(events, &results);
+    if !std::env::args().any(|a| a == "--languages") {
+        in_process::run(events, support::HASH_KEY);
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -76,24 +116,32 @@ enum Transport {
 
 #[derive(Clone, Copy, PartialEq)]
 enum Subject {
+    /// Takes a batch, publishes it, awaits its acks, acks its inputs.
     Relay,
+    /// Keeps batches in flight: acks awaited beside, inputs acked as their
+    /// outputs are confirmed (JetStream only).
+    PipelinedRelay,
     Sluice,
-    /// `pipelines/storyforge.toml` on the bundled day of StoryForge events.
-    StoryForge,
+    /// `pipelines/storyforge.toml` on the bundled day of StoryForge events,
+    /// run by this many `sluice` processes on its durable consumer.
+    StoryForge {
+        hosts: usize,
+    },
     /// tag+route with `tag` in another language: this component for it.
     Tag(&'static str),
 }
 
-async fn measure(url: &str, transport: Transport, subject: Subject, events: usize) -> Measured {
+async fn measure(url: &str, transport: Transport, subject: Subject, events: usize, paced: Option<f64>) -> Measured {
     let client = async_nats::ConnectOptions::new().subscription_capacity(1 << 21).connect(url).await.unwrap();
     let js = jetstream::new(client.clone());
-    if transport == Transport::JetStream && subject != Subject::StoryForge {
+    let storyforge = matches!(subject, Subject::StoryForge { .. });
+    if transport == Transport::JetStream && !storyforge {
         for (name, subjects) in [("IN", "in.>"), ("OUT", "out.>")] {
             js.create_stream(jetstream::stream::Config { name: name.into(), subjects: vec![subjects.into()], ..Default::default() }).await.unwrap();
         }
     }
     let (input_prefix, output_subjects): (&str, &[&str]) = match subject {
-        Subject::StoryForge => ("storyforge.raw.bench", &["storyforge.analytics.>", "storyforge.anonymous.>", "storyforge.dlq.>"]),
+        Subject::StoryForge { .. } => ("storyforge.raw.bench", &["storyforge.analytics.>", "storyforge.anonymous.>", "storyforge.dlq.>"]),
         _ => ("in.web", &["out.>"]),
     };
     let mut subscriptions = Vec::new();
@@ -104,19 +152,24 @@ async fn measure(url: &str, transport: Transport, subject: Subject, events: usiz
     client.flush().await.unwrap();
 
     let workspace = tempfile::tempdir().unwrap();
-    let mut sluice = None;
+    let mut sluices = Vec::new();
     let mut relay = None;
     match subject {
-        Subject::Sluice => sluice = Some(start_sluice(&write_pipeline(workspace.path(), transport, "tag"), url)),
-        Subject::Tag(component) => sluice = Some(start_sluice(&write_pipeline(workspace.path(), transport, component), url)),
-        Subject::StoryForge => sluice = Some(start_sluice(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/storyforge.toml"), url)),
+        Subject::Sluice => sluices.push(start_sluice(&write_pipeline(workspace.path(), transport, "tag"), url)),
+        Subject::Tag(component) => sluices.push(start_sluice(&write_pipeline(workspace.path(), transport, component), url)),
+        Subject::StoryForge { hosts } => {
+            let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/storyforge.toml");
+            sluices.extend((0..hosts).map(|_| start_sluice(&file, url)));
+        }
         Subject::Relay => relay = Some(tokio::spawn(relay_task(client.clone(), transport))),
+        Subject::PipelinedRelay => relay = Some(tokio::spawn(pipelined_relay_task(client.clone()))),
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let cpu_before = sluice.as_ref().and_then(|(s, _)| cpu_seconds(s.pid()));
+    let cpu = |sluices: &[(Sluice, &str)]| sluices.iter().map(|(s, _)| cpu_seconds(s.pid())).sum::<Option<f64>>();
+    let cpu_before = cpu(&sluices);
 
     let bodies: Vec<bytes::Bytes> = match subject {
-        Subject::StoryForge => storyforge_day(),
+        Subject::StoryForge { .. } => storyforge_day(),
         _ => (0..64).map(|n| body(n).into()).collect(),
     };
     let started = Instant::now();
@@ -124,7 +177,11 @@ async fn measure(url: &str, transport: Transport, subject: Subject, events: usiz
         let (client, js) = (client.clone(), js.clone());
         tokio::spawn(async move {
             let mut acks = Vec::with_capacity(1024);
+            let start = tokio::time::Instant::now();
             for n in 0..events {
+                if let Some(rate) = paced {
+                    tokio::time::sleep_until(start + Duration::from_secs_f64(n as f64 / rate)).await;
+                }
                 let mut headers = HeaderMap::new();
                 headers.insert(SENT_HEADER, now_ns().to_string().as_str());
                 headers.insert(SEQ_HEADER, n.to_string().as_str());
@@ -134,7 +191,10 @@ async fn measure(url: &str, transport: Transport, subject: Subject, events: usiz
                     Transport::Core => client.publish_with_headers(subject, headers, body).await.unwrap(),
                     Transport::JetStream => {
                         acks.push(js.publish_with_headers(subject, headers, body).await.unwrap().into_future());
-                        if acks.len() == 1024 {
+                        // Paced, the acks are awaited beside, so that the pace holds.
+                        if paced.is_some() {
+                            tokio::spawn(futures::future::try_join_all(acks.drain(..)));
+                        } else if acks.len() == 1024 {
                             futures::future::try_join_all(acks.drain(..)).await.unwrap();
                         }
                     }
@@ -161,10 +221,9 @@ async fn measure(url: &str, transport: Transport, subject: Subject, events: usiz
     }
     publisher.await.unwrap();
 
-    let pid = sluice.as_ref().map(|(s, _)| s.pid());
-    let cpu_s = pid.and_then(cpu_seconds).zip(cpu_before).map(|(after, before)| after - before);
-    let peak_rss_mib = pid.and_then(peak_rss_mib);
-    let slow_consumer_events = sluice.map(stop_sluice);
+    let cpu_s = cpu(&sluices).zip(cpu_before).map(|(after, before)| after - before).filter(|_| !sluices.is_empty());
+    let peak_rss_mib = sluices.iter().filter_map(|(s, _)| peak_rss_mib(s.pid())).reduce(f64::max);
+    let slow_consumer_events = (!sluices.is_empty()).then(|| sluices.into_iter().map(stop_sluice).sum());
     if let Some(relay) = relay {
         relay.abort();
     }
@@ -176,13 +235,16 @@ async fn measure(url: &str, transport: Transport, subject: Subject, events: usiz
         },
         match subject {
             Subject::Relay => "pass-through relay".to_string(),
+            Subject::PipelinedRelay => "pipelined pass-through relay".to_string(),
             Subject::Sluice => "sluice tag+route".into(),
-            Subject::StoryForge => "sluice storyforge.toml".into(),
+            Subject::StoryForge { hosts: 1 } => "sluice storyforge.toml".into(),
+            Subject::StoryForge { hosts } => format!("sluice storyforge.toml, {hosts} hosts"),
             Subject::Tag(component) => format!("sluice {component}+route"),
         }
     );
-    eprintln!("bench: {name}: {} of {events} received", seen.len());
-    Measured { name, sent: events, received: seen.len(), duplicates, elapsed: last - started, latencies_us, slow_consumer_events, cpu_s, peak_rss_mib }
+    let pace = paced.map_or_else(|| "full speed".to_string(), |rate| format!("paced at {rate:.0}/s"));
+    eprintln!("bench: {name}, {pace}: {} of {events} received", seen.len());
+    Measured { name, paced, sent: events, received: seen.len(), duplicates, elapsed: last - started, latencies_us, slow_consumer_events, cpu_s, peak_rss_mib }
 }
 
 /// User and system CPU seconds of a process so far, from /proc.
@@ -213,28 +275,66 @@ async fn relay_task(client: async_nats::Client, transport: Transport) {
         }
         Transport::JetStream => {
             let js = jetstream::new(client.clone());
-            let consumer = js
-                .get_stream("IN")
-                .await
-                .unwrap()
-                .create_consumer(pull::Config { durable_name: Some("relay".into()), max_ack_pending: 8192, ..Default::default() })
-                .await
-                .unwrap();
-            let mut batches = consumer.messages().await.unwrap().ready_chunks(256);
+            let mut batches = relay_batches(&js).await;
             while let Some(batch) = batches.next().await {
                 let batch: Vec<_> = batch.into_iter().map(Result::unwrap).collect();
-                let mut acks = Vec::with_capacity(batch.len());
-                for message in &batch {
-                    let subject = message.subject.replacen("in.", "out.", 1);
-                    let headers = message.headers.clone().unwrap_or_default();
-                    acks.push(js.publish_with_headers(subject, headers, message.payload.clone()).await.unwrap().into_future());
-                }
-                futures::future::try_join_all(acks).await.unwrap();
-                for message in &batch {
-                    message.ack().await.unwrap();
-                }
+                let acks = relay_publish(&js, &batch).await;
+                relay_settle(acks, &batch).await;
             }
         }
+    }
+}
+
+/// The relay with batches in flight: each batch published at once, its
+/// acks awaited beside while the next is pulled and published, its inputs
+/// acked once its outputs are confirmed.
+async fn pipelined_relay_task(client: async_nats::Client) {
+    let js = jetstream::new(client.clone());
+    let mut batches = relay_batches(&js).await;
+    // Up to 16 batches in flight, settled in the order they were sent.
+    let (in_flight, mut confirmed) = tokio::sync::mpsc::channel::<(Vec<jetstream::context::PublishAckFuture>, Vec<jetstream::Message>)>(16);
+    let settler = tokio::spawn(async move {
+        while let Some((acks, batch)) = confirmed.recv().await {
+            relay_settle(acks, &batch).await;
+        }
+    });
+    while let Some(batch) = batches.next().await {
+        let batch: Vec<_> = batch.into_iter().map(Result::unwrap).collect();
+        let acks = relay_publish(&js, &batch).await;
+        in_flight.send((acks, batch)).await.unwrap();
+    }
+    drop(in_flight);
+    settler.await.unwrap();
+}
+
+/// A relay's input: batches of up to 256 from a durable consumer on `IN`.
+async fn relay_batches(js: &jetstream::Context) -> impl futures::Stream<Item = Vec<Result<jetstream::Message, jetstream::consumer::pull::MessagesError>>> {
+    let consumer = js
+        .get_stream("IN")
+        .await
+        .unwrap()
+        .create_consumer(pull::Config { durable_name: Some("relay".into()), max_ack_pending: 8192, ..Default::default() })
+        .await
+        .unwrap();
+    consumer.messages().await.unwrap().ready_chunks(256)
+}
+
+/// Publishes a batch unchanged on `out.`, returning what confirms each.
+async fn relay_publish(js: &jetstream::Context, batch: &[jetstream::Message]) -> Vec<jetstream::context::PublishAckFuture> {
+    let mut acks = Vec::with_capacity(batch.len());
+    for message in batch {
+        let subject = message.subject.replacen("in.", "out.", 1);
+        let headers = message.headers.clone().unwrap_or_default();
+        acks.push(js.publish_with_headers(subject, headers, message.payload.clone()).await.unwrap());
+    }
+    acks
+}
+
+/// Once every output of a batch is stored, acks its inputs.
+async fn relay_settle(acks: Vec<jetstream::context::PublishAckFuture>, batch: &[jetstream::Message]) {
+    futures::future::try_join_all(acks.into_iter().map(IntoFuture::into_future)).await.unwrap();
+    for message in batch {
+        message.ack().await.unwrap();
     }
 }
 
@@ -310,16 +410,19 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 fn print_table(events: usize, results: &[Measured]) {
     println!("\n{events} events of {} bytes, NATS to NATS, on {} cores\n", body(0).len(), std::thread::available_parallelism().map_or(1, |n| n.get()));
-    println!("| run | events/s | sluice CPU µs/event | sluice peak RSS MiB | p50 ms | p90 ms | p99 ms | max ms | lost | duplicates | slow-consumer reports |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| run | sent at | events/s | sluice CPU µs/event | sluice peak RSS MiB | p50 ms | p90 ms | p99 ms | max ms | lost | duplicates | slow-consumer reports |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in results {
         let mut sorted = r.latencies_us.clone();
         sorted.sort_unstable();
         let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
         println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
-            r.received as f64 / r.elapsed.as_secs_f64().max(1e-9),
+            r.paced.map_or_else(|| "full speed".to_string(), |rate| format!("{rate:.0}/s (half)")),
+            r.rate(),
             r.cpu_s.map_or("n/a".to_string(), |s| format!("{:.1}", s * 1e6 / r.received.max(1) as f64)),
             r.peak_rss_mib.map_or("n/a".to_string(), |m| format!("{m:.0}")),
             ms(percentile(&sorted, 0.50)),

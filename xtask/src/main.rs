@@ -67,6 +67,11 @@ fn main() -> Result<()> {
             } else {
                 "throughput"
             };
+            if bench == "throughput" {
+                let native = build_native_chain()?;
+                // SAFETY: set before any thread of ours starts; children inherit it.
+                unsafe { std::env::set_var("SLUICE_CHAIN_NATIVE", native) };
+            }
             let mut args = vec!["bench", "--package", "sluice", "--bench", bench, "--"];
             args.extend(rest.iter().filter(|a| *a != "--alerts" && *a != "--releases").map(String::as_str));
             cargo(&args)
@@ -205,6 +210,15 @@ fn build_plugins() -> Result<()> {
     Ok(())
 }
 
+/// The StoryForge plugins compiled for this machine and chained in-process
+/// (`tests/bench/native`), for the benchmark to set beside their components.
+fn build_native_chain() -> Result<PathBuf> {
+    let host = host_target()?;
+    eprintln!("xtask: building the plugins natively for the in-process comparison");
+    run(Command::new("cargo").current_dir(root().join("plugins")).args(["build", "--release", "--quiet", "--package", "chain-native", "--target", &host]))?;
+    Ok(root().join("target").join(&host).join("release/chain-native"))
+}
+
 fn newer_than_all(output: &Path, sources: &[PathBuf]) -> bool {
     fn newest(path: &Path) -> Option<std::time::SystemTime> {
         let meta = std::fs::metadata(path).ok()?;
@@ -220,9 +234,7 @@ fn newer_than_all(output: &Path, sources: &[PathBuf]) -> bool {
 /// The plugins' own unit tests: the Rust ones on the host's target, the
 /// Python ones with unittest, the JavaScript ones with node's test runner.
 fn test_plugins() -> Result<()> {
-    let version = Command::new("rustc").arg("-vV").output().context("cannot run rustc")?;
-    let host =
-        String::from_utf8_lossy(&version.stdout).lines().find_map(|l| l.strip_prefix("host: ").map(str::to_string)).context("rustc -vV names no host")?;
+    let host = host_target()?;
     run(Command::new("cargo").current_dir(root().join("plugins")).args(["test", "--quiet", "--target", &host]))?;
     eprintln!("xtask: the Python plugin's unit tests");
     run(Command::new("python3")
@@ -231,6 +243,12 @@ fn test_plugins() -> Result<()> {
         .env("PYTHONPATH", root().join("plugins/sdk/python")))?;
     eprintln!("xtask: the JavaScript plugin's unit tests");
     run(Command::new("node").current_dir(root().join("plugins/tag-js")).args(["--test", "--test-reporter=dot"]))
+}
+
+/// The target triple of this machine, as rustc names it.
+fn host_target() -> Result<String> {
+    let version = Command::new("rustc").arg("-vV").output().context("cannot run rustc")?;
+    String::from_utf8_lossy(&version.stdout).lines().find_map(|l| l.strip_prefix("host: ").map(str::to_string)).context("rustc -vV names no host")
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -11,7 +11,7 @@
 use anyhow::{Context, Result, bail};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures::future::join_all;
+use futures::future::{BoxFuture, join_all};
 
 use super::Connection;
 use crate::config::{PipelineSpec, WebhookSpec};
@@ -53,32 +53,48 @@ impl Publisher {
 
     /// Publishes outputs to NATS or POSTs them to the webhook, and dead
     /// letters to NATS; one answer per message, `None` for delivered.
-    pub async fn send(&self, outputs: &[&Message], dead_letters: &[&Message]) -> (Vec<Option<Failure>>, Vec<Option<Failure>>) {
-        let outputs = async {
-            match &self.webhook {
-                Some(webhook) => webhook.deliver_in_order(outputs).await,
-                None => self.to_nats(outputs).await,
-            }
-        };
-        futures::join!(outputs, self.to_nats(dead_letters))
+    pub async fn send(&self, outputs: &[&Message], dead_letters: &[&Message]) -> Answers {
+        match &self.webhook {
+            Some(webhook) => futures::join!(webhook.deliver_in_order(outputs), async { self.to_nats(dead_letters).await.await }),
+            None => self.start(outputs, dead_letters).await.await,
+        }
     }
 
-    async fn to_nats(&self, messages: &[&Message]) -> Vec<Option<Failure>> {
+    /// Whether outputs may be sent before an earlier batch's are confirmed:
+    /// to NATS, yes; a webhook takes them one after the other, in order.
+    pub fn pipelines(&self) -> bool {
+        self.webhook.is_none()
+    }
+
+    /// Sends outputs and dead letters to NATS now, in order, and returns
+    /// what waits for their answers (JetStream's acknowledgements, or a
+    /// flush), which needs nothing of the batch: it may be awaited while
+    /// the next batch is processed and sent. Not for a webhook's outputs.
+    pub async fn start(&self, outputs: &[&Message], dead_letters: &[&Message]) -> BoxFuture<'static, Answers> {
+        debug_assert!(self.pipelines(), "a webhook's outputs are posted in order, not started");
+        let outputs = self.to_nats(outputs).await;
+        let dead_letters = self.to_nats(dead_letters).await;
+        Box::pin(async move { futures::join!(outputs, dead_letters) })
+    }
+
+    /// Sends `messages` and returns what waits for their answers.
+    async fn to_nats(&self, messages: &[&Message]) -> BoxFuture<'static, Vec<Option<Failure>>> {
         if messages.is_empty() {
-            return Vec::new();
+            return Box::pin(async { Vec::new() });
         }
         if self.jetstream {
             let mut acks = Vec::with_capacity(messages.len());
             for message in messages {
                 let published = self.connection.jetstream.publish_with_headers(message.subject.clone(), message.headers.clone(), message.body.clone()).await;
+                let subject = message.subject.clone();
                 acks.push(async move {
                     match published {
-                        Ok(ack) => ack.await.err().map(|e| stored_failure(&message.subject, &e)),
-                        Err(e) => Some(sent_failure(&message.subject, &e)),
+                        Ok(ack) => ack.await.err().map(|e| stored_failure(&subject, &e)),
+                        Err(e) => Some(sent_failure(&subject, &e)),
                     }
                 });
             }
-            join_all(acks).await
+            Box::pin(join_all(acks))
         } else {
             let mut answers = Vec::with_capacity(messages.len());
             for message in messages {
@@ -90,14 +106,21 @@ impl Publisher {
                     _ => Failure::Passing(format!("cannot publish to {}: {e}", message.subject)),
                 }));
             }
-            if let Err(error) = self.connection.client.flush().await {
-                let reason = format!("cannot flush published messages to NATS: {error}");
-                return answers.into_iter().map(|a| a.or_else(|| Some(Failure::Passing(reason.clone())))).collect();
-            }
-            answers
+            let client = self.connection.client.clone();
+            Box::pin(async move {
+                if let Err(error) = client.flush().await {
+                    let reason = format!("cannot flush published messages to NATS: {error}");
+                    return answers.into_iter().map(|a| a.or_else(|| Some(Failure::Passing(reason.clone())))).collect();
+                }
+                answers
+            })
         }
     }
 }
+
+/// One answer per message of a batch, outputs' then dead letters'; `None`
+/// for delivered.
+pub type Answers = (Vec<Option<Failure>>, Vec<Option<Failure>>);
 
 /// A JetStream publish that did not leave the client.
 fn sent_failure(subject: &str, error: &async_nats::jetstream::context::PublishError) -> Failure {

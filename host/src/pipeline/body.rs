@@ -6,6 +6,7 @@
 //! would read the first value and the next the last, so a producer could
 //! slip a value past validation that a later stage then acts on.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -65,18 +66,32 @@ impl<'de> Visitor<'de> for UniqueVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Unique, A::Error> {
-        // Objects are small: a list searched in order beats hashing here.
+        // Most objects are small: a list searched in order beats hashing
+        // them; past `SMALL_OBJECT` names, a set keeps a wide object (a
+        // megabyte of short names) from costing a search per name.
         let mut names: Vec<Name<'de>> = Vec::new();
+        let mut many: HashSet<Name<'de>> = HashSet::new();
         while let Some(name) = entries.next_key::<Name<'de>>()? {
-            if names.contains(&name) {
+            let twice = if many.is_empty() { names.contains(&name) } else { many.contains(&name) };
+            if twice {
                 return Err(de::Error::custom(format_args!("the property {:?} appears twice in one object", name.as_str())));
             }
             entries.next_value::<Unique>()?;
-            names.push(name);
+            if many.is_empty() {
+                names.push(name);
+                if names.len() > SMALL_OBJECT {
+                    many.extend(names.drain(..));
+                }
+            } else {
+                many.insert(name);
+            }
         }
         Ok(Unique)
     }
 }
+
+/// How many names an object has before they are kept in a set.
+const SMALL_OBJECT: usize = 32;
 
 /// A property name, borrowed from the body unless it has escapes.
 enum Name<'a> {
@@ -87,6 +102,14 @@ enum Name<'a> {
 impl PartialEq for Name<'_> {
     fn eq(&self, other: &Self) -> bool {
         self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Name<'_> {}
+
+impl std::hash::Hash for Name<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
@@ -125,6 +148,8 @@ mod tests {
     #[test]
     fn objects_pass_and_everything_else_is_explained() {
         assert_eq!(check(br#" {"a":1,"b":[{"a":2},{"a":3}],"c":{"d":null}} "#), Ok(()));
+        let wide = format!("{{{}}}", (0..100).map(|n| format!("\"k{n}\":{n}")).collect::<Vec<_>>().join(","));
+        assert_eq!(check(wide.as_bytes()), Ok(()), "names past the small-object list, all different");
         for (body, says) in [
             (&b""[..], "does not start with `{`"),
             (b"   \n\t ", "does not start with `{`"),
@@ -137,6 +162,10 @@ mod tests {
             (br#"{"x":{"b":1,"b":1}}"#, r#"the property "b" appears twice"#),
             (br#"{"a":1,"\u0061":2}"#, r#"the property "a" appears twice"#),
             (br#"{"a":"\ud800"}"#, "not valid JSON"),
+            (
+                format!("{{{},\"k7\":0}}", (0..100).map(|n| format!("\"k{n}\":{n}")).collect::<Vec<_>>().join(",")).as_bytes(),
+                r#"the property "k7" appears twice"#,
+            ),
         ] {
             let error = check(body).expect_err(&String::from_utf8_lossy(body));
             assert!(error.contains(says), "{:?}: {error}", String::from_utf8_lossy(body));

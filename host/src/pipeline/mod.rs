@@ -7,7 +7,7 @@
 //! - `body`: the host's check of a JSON body (one object, no name twice).
 //! - `dead_letter`: the envelope a rejected event is published in.
 
-mod body;
+pub mod body;
 pub mod chain;
 pub mod dead_letter;
 pub mod version;

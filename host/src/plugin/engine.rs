@@ -46,6 +46,11 @@ impl PluginEngine {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // `SLUICE_PERF_MAP=1`: name the plugins' compiled functions in
+        // /tmp/perf-<pid>.map, for `perf record` / `perf report` on a host.
+        if std::env::var_os("SLUICE_PERF_MAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).anyhow().context("cannot configure the WebAssembly engine")?;
 
         let mut linker = Linker::new(&engine);

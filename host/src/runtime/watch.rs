@@ -24,6 +24,10 @@ pub struct FileWatcher {
     trees: BTreeSet<PathBuf>,
     /// What the watcher itself is watching.
     watched: BTreeSet<(PathBuf, bool)>,
+    /// The first change of a burst still settling, and when to stop waiting
+    /// for quiet: kept here, so that a `changed` given up half-way (the
+    /// runtime's loop woken by something else) goes on where it stopped.
+    settling: Option<(PathBuf, tokio::time::Instant)>,
 }
 
 impl FileWatcher {
@@ -39,7 +43,7 @@ impl FileWatcher {
             Err(error) => tracing::warn!(%error, "File watching reported an error."),
         })
         .context("cannot start watching files")?;
-        Ok(Self { watcher, changes, files: BTreeSet::new(), trees: BTreeSet::new(), watched: BTreeSet::new() })
+        Ok(Self { watcher, changes, files: BTreeSet::new(), trees: BTreeSet::new(), watched: BTreeSet::new(), settling: None })
     }
 
     /// Watches exactly these files, and everything below these folders, from
@@ -70,14 +74,19 @@ impl FileWatcher {
     /// quiet from the watched files for [`SETTLE`], or [`MAX_SETTLE`] in
     /// all. Other files changing in the same folders (a log beside the
     /// pipeline file, a server's data) neither start nor hold it back.
+    /// Cancel-safe: a change seen by a call dropped before it returned is
+    /// the next call's.
     pub async fn changed(&mut self) -> Option<PathBuf> {
-        let first = self.next_wanted().await?;
-        let give_up = tokio::time::Instant::now() + MAX_SETTLE;
+        if self.settling.is_none() {
+            let first = self.next_wanted().await?;
+            self.settling = Some((first, tokio::time::Instant::now() + MAX_SETTLE));
+        }
+        let give_up = self.settling.as_ref().map(|(_, at)| *at)?;
         loop {
             let quiet_until = (tokio::time::Instant::now() + SETTLE).min(give_up);
             match tokio::time::timeout_at(quiet_until, self.next_wanted()).await {
                 Ok(Some(_)) if tokio::time::Instant::now() < give_up => continue,
-                _ => return Some(first),
+                _ => return self.settling.take().map(|(first, _)| first),
             }
         }
     }
@@ -126,5 +135,20 @@ mod tests {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writer.join().unwrap();
         assert_eq!(seen.expect("seen within 2 s, well before MAX_SETTLE").as_deref(), Some(absolute(&watched).as_path()));
+    }
+
+    #[tokio::test]
+    async fn a_change_seen_by_a_wait_given_up_half_way_is_the_next_waits() {
+        let folder = tempfile::tempdir().unwrap();
+        let watched = folder.path().join("pipeline.toml");
+        std::fs::write(&watched, "a").unwrap();
+        let mut watcher = FileWatcher::new().unwrap();
+        watcher.watch([watched.clone()], []).unwrap();
+        std::fs::write(&watched, "b").unwrap();
+        // Given up while the burst settles, as the runtime's loop does when
+        // its progress report is due.
+        assert!(tokio::time::timeout(SETTLE / 2, watcher.changed()).await.is_err(), "still settling");
+        let seen = tokio::time::timeout(Duration::from_secs(2), watcher.changed()).await;
+        assert_eq!(seen.expect("the change is not lost").as_deref(), Some(absolute(&watched).as_path()));
     }
 }

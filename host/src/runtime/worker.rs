@@ -3,6 +3,13 @@
 //! taken up only between two batches, so a swap never splits a batch, loses
 //! an event or processes one twice.
 //!
+//! A transform pipeline's worker does not wait for NATS to confirm a
+//! batch's messages before it runs the next: once they are sent, their
+//! answers are awaited, and the batch's inputs settled, beside the next
+//! batches (`IN_FLIGHT` at most). An input is still acked only once every
+//! message it produced is stored; shutdown settles what is in flight. A
+//! sink's batches and outputs to a webhook go one at a time, in order.
+//!
 //! One event never holds up another. Each message gets its own answer from
 //! NATS: a failure that may pass (the connection, a timeout) is retried in
 //! place until it does; a message NATS refuses for what it is (too large, a
@@ -21,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
@@ -30,7 +38,7 @@ use super::stats::Stats;
 use crate::config::InputSpec;
 use crate::nats::Connection;
 use crate::nats::input::{Batches, Delivery, Receipt, Source};
-use crate::nats::publish::{Failure, Message, Publisher};
+use crate::nats::publish::{Answers, Failure, Message, Publisher};
 use crate::nats::state::{Saved, StateStore};
 use crate::pipeline::{BatchResult, Chain, PipelineVersion, Reject};
 use crate::plugin::Event;
@@ -39,6 +47,10 @@ use crate::plugin::Event;
 /// doubles with each delivery, up to `LONGEST_REDELIVERY_DELAY`.
 const REDELIVERY_DELAY: Duration = Duration::from_secs(1);
 const LONGEST_REDELIVERY_DELAY: Duration = Duration::from_secs(30);
+/// Batches of a transform pipeline a worker may have sent and not yet seen
+/// confirmed while it runs the next: the consumer lets each worker have
+/// four batches unacked (`Source::open`).
+const IN_FLIGHT: usize = 3;
 /// Pause before reopening an input that ended unexpectedly.
 const REOPEN_DELAY: Duration = Duration::from_millis(500);
 /// First and longest pause before sending again what failed in place.
@@ -86,8 +98,20 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub async fn run(mut self, mut batches: Batches) -> anyhow::Result<()> {
-        let version = self.versions.borrow_and_update().clone();
+    pub async fn run(self, batches: Batches) -> anyhow::Result<()> {
+        // Its own view of the versions and of shutdown; the rest is shared
+        // with the batches it has in flight.
+        let (versions, shutdown) = (self.versions.clone(), self.shutdown.clone());
+        Arc::new(self).serve(batches, versions, shutdown).await
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        mut batches: Batches,
+        mut versions: watch::Receiver<Arc<PipelineVersion>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let version = versions.borrow_and_update().clone();
         let (name, max_events, max_wait) = (version.spec.name.clone(), version.spec.max_events, version.spec.max_wait);
         let mut chain = tokio::task::block_in_place(|| Chain::start(version))?;
         // Only a pipeline that ends in a sink keeps state and is told that time passes.
@@ -97,17 +121,20 @@ impl Worker {
         // (its heartbeat) as soon as it runs.
         let mut ticker = tokio::time::interval(chain.version.spec.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Batches whose messages are out and whose answers are awaited
+        // while the next one runs (outputs to NATS, not to a sink's state).
+        let mut in_flight = tokio::task::JoinSet::new();
         tracing::debug!(pipeline = %name, worker = self.index, "Worker started.");
         loop {
             let batch = tokio::select! {
                 biased;
-                _ = self.shutdown.changed() => break,
+                _ = shutdown.changed() => break,
                 _ = ticker.tick(), if has_sink => {
                     if self.fenced_out(&name) {
                         break;
                     }
-                    if self.versions.has_changed().unwrap_or(false) {
-                        self.swap(&mut chain);
+                    if versions.has_changed().unwrap_or(false) {
+                        self.swap(&mut chain, &mut versions);
                     }
                     self.tick(&mut chain, &kept).await;
                     continue;
@@ -120,8 +147,8 @@ impl Worker {
                 batches = self.source.reader(&self.connection, max_events, max_wait).await?;
                 continue;
             };
-            if self.versions.has_changed().unwrap_or(false) {
-                self.swap(&mut chain);
+            if versions.has_changed().unwrap_or(false) {
+                self.swap(&mut chain, &mut versions);
             }
             if has_sink {
                 if self.fenced_out(&name) {
@@ -132,8 +159,12 @@ impl Worker {
                     break;
                 }
             } else {
-                self.handle(&mut chain, batch).await;
+                self.handle(&mut chain, batch, &mut in_flight).await;
             }
+        }
+        // What is in flight is settled before the worker stops.
+        while let Some(done) = in_flight.join_next().await {
+            settled(Some(done));
         }
         tracing::debug!(pipeline = %name, worker = self.index, "Worker stopped.");
         Ok(())
@@ -155,8 +186,8 @@ impl Worker {
     /// Takes up the newest version, or keeps the current one if its instances
     /// cannot be started here. Instances start off the async threads: `init`
     /// may read granted files through WASI's blocking calls.
-    fn swap(&mut self, chain: &mut Chain) {
-        let version = self.versions.borrow_and_update().clone();
+    fn swap(&self, chain: &mut Chain, versions: &mut watch::Receiver<Arc<PipelineVersion>>) {
+        let version = versions.borrow_and_update().clone();
         // A sink's state goes over to the new version's sink.
         let state = chain.hand_over();
         let started = tokio::task::block_in_place(|| Chain::start(version.clone()).and_then(|mut new| new.take_over(state).map(|()| new)));
@@ -205,7 +236,11 @@ impl Worker {
         Kept { store: Some(store), counted_through }
     }
 
-    async fn handle(&self, chain: &mut Chain, batch: Vec<Delivery>) {
+    /// A batch for a transform pipeline: processed and its messages sent
+    /// now, in order; their answers awaited and its inputs settled beside
+    /// the next batches, at most `IN_FLIGHT` batches at a time (for outputs
+    /// to a webhook, which takes them in order, before the next batch).
+    async fn handle(self: &Arc<Self>, chain: &mut Chain, batch: Vec<Delivery>, in_flight: &mut tokio::task::JoinSet<()>) {
         Stats::add(&self.stats.received, batch.len());
         self.stats.batch_events.observe(batch.len() as f64);
         let batch = self.expired(&chain.version, batch).await;
@@ -236,7 +271,34 @@ impl Worker {
         if self.taps.any() {
             self.tap_outbound(&chain.version, &outbound).await;
         }
-        let Some(mut delivered) = self.deliver(stamp, outbound, &events, &receipts).await else { return self.fail(&receipts).await };
+        if !self.publisher.pipelines() {
+            return self.complete(chain.version.clone(), outbound, events, receipts, None, (dropped, faults)).await;
+        }
+        while in_flight.len() >= IN_FLIGHT {
+            settled(in_flight.join_next().await);
+        }
+        let sent = {
+            let (outputs, dead_letters) = split(&outbound);
+            self.publisher.start(&outputs, &dead_letters).await
+        };
+        let (worker, version) = (self.clone(), chain.version.clone());
+        in_flight.spawn(async move { worker.complete(version, outbound, events, receipts, Some(sent), (dropped, faults)).await });
+    }
+
+    /// The rest of a transform's batch once its messages are sent (`sent`,
+    /// their answers to come) or are to be: delivered, held back or given
+    /// up, then the inputs settled and the batch counted.
+    async fn complete(
+        &self,
+        version: Arc<PipelineVersion>,
+        outbound: Vec<Outbound>,
+        events: Vec<Event>,
+        receipts: Vec<Receipt>,
+        sent: Option<BoxFuture<'static, Answers>>,
+        (dropped, faults): (usize, usize),
+    ) {
+        let stamp = self.stamp(&version);
+        let Some(mut delivered) = self.deliver(stamp, outbound, sent, &events, &receipts).await else { return self.fail(&receipts).await };
         let mut held: BTreeMap<usize, String> = BTreeMap::new();
         for (outbound, reason) in std::mem::take(&mut delivered.given_up) {
             if let Origin::Input(origin) = outbound.source {
@@ -245,7 +307,7 @@ impl Worker {
         }
         for (index, receipt) in receipts.iter().enumerate() {
             match held.get(&index) {
-                Some(reason) => self.hold_back(stamp, &chain.version, &events[index], receipt, reason).await,
+                Some(reason) => self.hold_back(stamp, &version, &events[index], receipt, reason).await,
                 None => self.settle(receipt).await,
             }
         }
@@ -340,7 +402,7 @@ impl Worker {
     /// came first: nothing of it may be acked.
     async fn finish(&self, stamp: Stamp<'_>, chain: &mut Chain, kept: &Kept, outbound: Vec<Outbound>, step: Step<'_>) -> bool {
         let Step { inputs, receipts, through, dropped, faults } = step;
-        let Some(mut delivered) = self.deliver(stamp, outbound, inputs, receipts).await else { return false };
+        let Some(mut delivered) = self.deliver(stamp, outbound, None, inputs, receipts).await else { return false };
         for (outbound, reason) in std::mem::take(&mut delivered.given_up) {
             let original = match outbound.source {
                 // The dead letter of one of the sink's inputs: the sink has
@@ -372,16 +434,26 @@ impl Worker {
     /// stalls nothing (its input is redelivered later, which also covers a
     /// stream still being recovered after a server restart). An output the
     /// webhook refused for good is replaced by its dead letter
-    /// (`webhook_refused`). `None`: shutdown came first.
-    async fn deliver(&self, stamp: Stamp<'_>, mut pending: Vec<Outbound>, inputs: &[Event], receipts: &[Receipt]) -> Option<Delivered> {
+    /// (`webhook_refused`). `sent`: the answers to `pending` when it was sent
+    /// already. `None`: shutdown came first.
+    async fn deliver(
+        &self,
+        stamp: Stamp<'_>,
+        mut pending: Vec<Outbound>,
+        mut sent: Option<BoxFuture<'static, Answers>>,
+        inputs: &[Event],
+        receipts: &[Receipt],
+    ) -> Option<Delivered> {
         let mut delivered = Delivered::default();
         let mut delay = RETRY_DELAYS.0;
         loop {
-            let (outputs, dead_letters): (Vec<&Message>, Vec<&Message>) = {
-                let (o, d): (Vec<&Outbound>, Vec<&Outbound>) = pending.iter().partition(|o| o.kind == Kind::Output);
-                (o.into_iter().map(|o| &o.message).collect(), d.into_iter().map(|o| &o.message).collect())
+            let (mut output_answers, dead_letter_answers) = match sent.take() {
+                Some(sent) => sent.await,
+                None => {
+                    let (outputs, dead_letters) = split(&pending);
+                    self.publisher.send(&outputs, &dead_letters).await
+                }
             };
-            let (mut output_answers, dead_letter_answers) = self.publisher.send(&outputs, &dead_letters).await;
             // Answers back in the order of `pending`: outputs first, then dead letters.
             let mut answers = {
                 let mut dead_letter_answers = dead_letter_answers.into_iter();
@@ -489,7 +561,7 @@ impl Worker {
         let message = messages::dead_letter(stamp, reject, original, id);
         let subject = message.subject.clone();
         let outbound = vec![Outbound { message, kind: Kind::DeadLetter, source: Origin::Itself }];
-        let delivered = self.deliver(stamp, outbound, &[], receipts).await?;
+        let delivered = self.deliver(stamp, outbound, None, &[], receipts).await?;
         match delivered.given_up.first() {
             None => {
                 Stats::add(&self.stats.undeliverable, 1);
@@ -646,6 +718,20 @@ impl Worker {
             self.nak(receipt, REDELIVERY_DELAY).await;
         }
     }
+}
+
+/// A batch in flight came to an end; one that panicked left its inputs
+/// unsettled, for JetStream to hand out again after `ack_wait`.
+fn settled(done: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(error)) = done {
+        tracing::error!(%error, "A batch in flight stopped before its inputs were settled; they will be redelivered.");
+    }
+}
+
+/// The outputs and the dead letters among `outbound`, in its order.
+fn split(outbound: &[Outbound]) -> (Vec<&Message>, Vec<&Message>) {
+    let (outputs, dead_letters): (Vec<&Outbound>, Vec<&Outbound>) = outbound.iter().partition(|o| o.kind == Kind::Output);
+    (outputs.into_iter().map(|o| &o.message).collect(), dead_letters.into_iter().map(|o| &o.message).collect())
 }
 
 /// How many deliveries an input may have; a core input has one.

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use sluice_plugin::json::Properties;
 use sluice_plugin::{ConfigError, Event, Outcome, Transform, time, uuid};
 
 #[derive(Debug, Deserialize)]
@@ -41,7 +41,7 @@ fn default_vendor_property() -> String {
     "model_vendor".into()
 }
 
-struct Enrich {
+pub struct Enrich {
     config: Config,
 }
 
@@ -81,42 +81,42 @@ impl Enrich {
 
 sluice_plugin::transform!(Enrich);
 
-/// The enriched body.
+/// The enriched body: the properties it sets are written, every other is
+/// copied as it came.
 pub fn enrich(config: &Config, body: &[u8], now_ms: i64) -> Result<Vec<u8>, String> {
-    let mut event: Map<String, Value> = serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON object: {e}"))?;
-    let server_ms = match event.get("server_ts").and_then(Value::as_str).map(time::parse_rfc3339) {
+    let properties = Properties::parse(body)?;
+    let mut event = properties.edit();
+    let server_ms = match properties.str("server_ts").map(|ts| time::parse_rfc3339(&ts)) {
         Some(Ok(ms)) => ms,
         _ => {
-            event.insert("server_ts".into(), Value::String(time::format_rfc3339(now_ms)));
+            event.set("server_ts", &time::format_rfc3339(now_ms));
             now_ms
         }
     };
-    if let Some(Ok(client_ms)) = event.get("client_ts").and_then(Value::as_str).map(time::parse_rfc3339) {
+    if let Some(Ok(client_ms)) = properties.str("client_ts").map(|ts| time::parse_rfc3339(&ts)) {
         let skew = server_ms - client_ms;
-        event.insert("clock_skew_ms".into(), Value::from(skew));
-        event.insert("client_ts_trusted".into(), Value::Bool(skew.abs() <= config.max_clock_skew_ms));
+        event.set("clock_skew_ms", &skew);
+        event.set("client_ts_trusted", &(skew.abs() <= config.max_clock_skew_ms));
     }
-    if !event.get("event_id").is_some_and(Value::is_string) {
-        event.insert("event_id".into(), Value::String(uuid::from_content(body)));
+    if properties.str("event_id").is_none() {
+        event.set("event_id", &uuid::from_content(body));
     }
-    if let Some(Value::String(external)) = event.get(&config.vendor_property).cloned() {
-        match config.vendors.get(&external) {
+    if let Some(external) = properties.str(&config.vendor_property) {
+        match config.vendors.get(external.as_ref()) {
             Some(internal) => {
-                event.insert(config.vendor_property.clone(), Value::String(internal.clone()));
-                event.insert(format!("{}_external", config.vendor_property), Value::String(external));
+                event.set(&config.vendor_property, internal);
+                event.set(&format!("{}_external", config.vendor_property), &external);
             }
-            None => {
-                event.insert(format!("{}_unmapped", config.vendor_property), Value::Bool(true));
-            }
+            None => event.set(&format!("{}_unmapped", config.vendor_property), &true),
         }
     }
-    serde_json::to_vec(&event).map_err(|e| e.to_string())
+    Ok(event.to_vec())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn config() -> Config {
         Config { max_clock_skew_ms: 300_000, vendors: BTreeMap::from([("v-7".into(), "sf-alpha".into())]), vendor_property: "model_vendor".into() }

@@ -4,7 +4,8 @@
 //! - `uuid`: UUIDv4 checks, and ids derived from content;
 //! - `canonical`: canonical JSON (keys sorted, no insignificant white space);
 //! - `sketch`: quantiles over unbounded streams in bounded memory;
-//! - `config_path`: a path into a stage's config, as messages write it.
+//! - `config_path`: a path into a stage's config, as messages write it;
+//! - [`hex`]: bytes as lower-case hex.
 //!
 //! Everything here is plain Rust and is unit-tested on the host target.
 
@@ -13,3 +14,23 @@ pub mod config_path;
 pub mod sketch;
 pub mod time;
 pub mod uuid;
+
+/// Bytes as lower-case hex, two digits each.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0x0f)] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_is_two_lower_case_digits_a_byte() {
+        assert_eq!(super::hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(super::hex(&[]), "");
+    }
+}

@@ -42,6 +42,10 @@ pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
         }
         _ => return Err(fail()),
     };
+    // A leap second is the last second of a UTC day: 23:59:60 there.
+    if second == 60 && (hour * 60 + minute - offset_minutes).rem_euclid(24 * 60) != 23 * 60 + 59 {
+        return Err(fail());
+    }
     let days = days_from_civil(year, month, day);
     let seconds = days * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset_minutes * 60;
     Ok(seconds * 1000 + millis)
@@ -101,6 +105,15 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-11-24T11:15:30.123+01:00").unwrap(), ms);
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z").unwrap(), 0);
         assert_eq!(parse_rfc3339("2024-02-29T00:00:00.5Z").unwrap() % 1000, 500);
+    }
+
+    #[test]
+    fn a_leap_second_is_only_the_last_second_of_a_utc_day() {
+        assert_eq!(parse_rfc3339("1998-12-31T23:59:60Z"), parse_rfc3339("1998-12-31T23:59:59Z"));
+        assert!(parse_rfc3339("1998-12-31T15:59:60.123-08:00").is_ok());
+        for bad in ["1998-12-31T23:58:60Z", "1998-12-31T22:59:60Z", "1998-12-31T23:59:60+01:00", "1998-12-31T23:59:61Z"] {
+            assert!(parse_rfc3339(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -32,10 +32,11 @@
 //! counted as `value_missing`.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use sluice_plugin::json::{self, Properties};
 use sluice_plugin::{ConfigError, Event, Outcome, Transform, counters, metrics};
 
 #[derive(Deserialize)]
@@ -160,10 +161,10 @@ impl Transform for Measurer {
 
     fn process(&mut self, event: Event) -> Outcome {
         // Only the properties read are decoded: the rest stay raw text.
-        let Ok(properties) = serde_json::from_slice::<HashMap<Cow<'_, str>, &RawValue>>(&event.body) else {
+        let Ok(properties) = Properties::parse(&event.body) else {
             return Outcome::Keep;
         };
-        let name = properties.get("event").and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok());
+        let name = properties.str("event");
         for measure in &self.measures {
             let wanted = match (&measure.events, &name) {
                 (None, _) => true,
@@ -173,16 +174,14 @@ impl Transform for Measurer {
             if !wanted {
                 continue;
             }
-            let labels: Vec<Cow<'_, str>> = measure.properties.iter().map(|p| label(properties.get(p.as_str()).copied())).collect();
+            let labels: Vec<Cow<'_, str>> = measure.properties.iter().map(|p| label(properties.get(p))).collect();
             let labels: Vec<&str> = labels.iter().map(AsRef::as_ref).collect();
             match &measure.meter {
                 Meter::Counter(counter) => counter.add(&labels, 1),
-                Meter::Histogram { histogram, value, scale } => {
-                    match properties.get(value.as_str()).and_then(|raw| serde_json::from_str::<f64>(raw.get()).ok()) {
-                        Some(number) => histogram.observe(&labels, number * scale),
-                        None => counters::add("value_missing", 1),
-                    }
-                }
+                Meter::Histogram { histogram, value, scale } => match properties.f64(value) {
+                    Some(number) => histogram.observe(&labels, number * scale),
+                    None => counters::add("value_missing", 1),
+                },
             }
         }
         Outcome::Keep
@@ -194,7 +193,7 @@ fn label(raw: Option<&RawValue>) -> Cow<'_, str> {
     let Some(raw) = raw else { return Cow::Borrowed("") };
     let text = raw.get();
     match text.as_bytes().first() {
-        Some(b'"') => serde_json::from_str::<Cow<'_, str>>(text).unwrap_or(Cow::Borrowed("other")),
+        Some(b'"') => json::string(text).unwrap_or(Cow::Borrowed("other")),
         Some(b'{' | b'[') => Cow::Borrowed("other"),
         _ if text == "null" => Cow::Borrowed(""),
         _ => Cow::Borrowed(text),

@@ -25,7 +25,7 @@ pub use rules::{Redactor, Rules};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub struct Config {
     #[serde(flatten)]
     rules: Rules,
     /// The environment variable holding the HMAC key (granted with `env`).
@@ -37,7 +37,7 @@ fn default_key_env() -> String {
     "STORYFORGE_HASH_KEY".into()
 }
 
-struct Redact(Redactor);
+pub struct Redact(Redactor);
 
 impl Transform for Redact {
     const NAME: &'static str = "redact";

@@ -6,9 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::Sha256;
 use sluice_plugin::canonical;
+use sluice_plugin::json::{self, Edit, Properties};
 
 use crate::text;
 
@@ -63,10 +64,6 @@ fn default_opt_out() -> String {
     "analytics_opt_out".into()
 }
 
-/// An event's top-level property names, values left unparsed.
-#[derive(Deserialize)]
-struct TopLevel<'a>(#[serde(borrow)] std::collections::HashMap<std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue>);
-
 pub struct Redactor {
     rules: Rules,
     key: Vec<u8>,
@@ -77,60 +74,53 @@ impl Redactor {
         Self { rules, key }
     }
 
-    /// The redacted body, or `None` when there was nothing to redact.
+    /// The redacted body, or `None` when there was nothing to redact. Only
+    /// the properties redacted are rewritten; the rest is copied as it came.
     pub fn redact(&self, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        // Most events carry none of the properties redaction looks at; a
-        // scan of the top-level names, without building the event, tells.
-        if let Ok(names) = serde_json::from_slice::<TopLevel>(body)
-            && !names.0.keys().any(|name| self.concerns(name))
-        {
+        let properties = Properties::parse(body)?;
+        // Most events carry none of the properties redaction looks at.
+        if !properties.names().any(|name| self.concerns(name)) {
             return Ok(None);
         }
-        let mut event: Map<String, Value> = serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON object: {e}"))?;
-        if !self.apply(&mut event) {
-            return Ok(None);
-        }
-        serde_json::to_vec(&event).map(Some).map_err(|e| e.to_string())
+        let mut event = properties.edit();
+        Ok(self.apply(&properties, &mut event).then(|| event.to_vec()))
     }
 
-    /// Redacts `event` in place; says whether anything changed.
-    pub fn apply(&self, event: &mut Map<String, Value>) -> bool {
+    /// Redacts `event` (an edit of `properties`); says whether anything changed.
+    fn apply(&self, properties: &Properties, event: &mut Edit) -> bool {
         let mut changed = false;
-        if event.get(&self.rules.opt_out) == Some(&Value::Bool(true)) {
+        if properties.get(&self.rules.opt_out).is_some_and(|raw| raw.get() == "true") {
             for name in self.rules.identifying.iter().chain(&self.rules.ip).chain(&self.rules.free_text) {
-                changed |= event.remove(name).is_some();
+                changed |= event.remove(name);
             }
         }
         for name in &self.rules.ip {
-            if let Some(value) = event.get_mut(name) {
-                match value.as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
-                    Some(ip) => {
-                        let truncated = Value::String(truncate(ip).to_string());
-                        changed |= *value != truncated;
-                        *value = truncated;
-                    }
-                    None => {
-                        event.remove(name);
+            let Some(text) = event.get(name) else { continue };
+            match json::string(text).and_then(|s| s.parse::<IpAddr>().ok()) {
+                Some(ip) => {
+                    let truncated = truncate(ip).to_string();
+                    if json::string(text).as_deref() != Some(truncated.as_str()) {
+                        event.set(name, &truncated);
                         changed = true;
                     }
                 }
+                None => changed |= event.remove(name),
             }
         }
-        let name = event.get("event").and_then(Value::as_str).unwrap_or_default().to_string();
-        let by_event = self.rules.hashed_by_event.get(&name).into_iter().flatten();
+        let name = properties.str("event").unwrap_or_default();
+        let by_event = self.rules.hashed_by_event.get(name.as_ref()).into_iter().flatten();
         for property in self.rules.hashed.iter().chain(by_event) {
-            if let Some(value) = event.remove(property) {
-                event.insert(format!("{property}_hash"), Value::String(self.hash(&value)));
-                changed = true;
-            }
+            let Some(value) = event.get(property).and_then(|text| serde_json::from_str::<Value>(text).ok()) else { continue };
+            event.remove(property);
+            event.set(&format!("{property}_hash"), &self.hash(&value));
+            changed = true;
         }
         for name in &self.rules.free_text {
-            if let Some(Value::String(text)) = event.get_mut(name) {
-                let masked = text::mask(text);
-                if masked != *text {
-                    *text = masked;
-                    changed = true;
-                }
+            let Some(text) = event.get(name).and_then(json::string) else { continue };
+            let masked = text::mask(&text);
+            if masked != text {
+                event.set(name, &masked);
+                changed = true;
             }
         }
         changed
@@ -148,7 +138,7 @@ impl Redactor {
     pub fn hash(&self, value: &Value) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
         mac.update(&canonical::to_vec(value));
-        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+        sluice_plugin::hex(&mac.finalize().into_bytes())
     }
 }
 

@@ -24,11 +24,12 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use sluice_plugin::json::{self, Properties};
 use sluice_plugin::{ConfigError, Event, Outcome, Transform};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub struct Config {
     /// The output subject when no rule matches, with `{property}` placeholders.
     subject: String,
     #[serde(default)]
@@ -54,21 +55,21 @@ fn default_property() -> String {
     "event".into()
 }
 
-/// The event's top-level properties, each left unparsed until needed.
-#[derive(Deserialize)]
-struct Properties<'a>(#[serde(borrow)] HashMap<Cow<'a, str>, &'a RawValue>);
-
-impl Properties<'_> {
-    fn get(&self, name: &str) -> Option<Value> {
-        self.0.get(name).and_then(|raw| serde_json::from_str(raw.get()).ok())
-    }
-
-    fn matches(&self, rule: &Rule) -> bool {
-        rule.when.iter().all(|(name, expected)| self.get(name).as_ref() == Some(expected))
+/// Whether a property's JSON text is this value.
+fn equals(raw: &RawValue, expected: &Value) -> bool {
+    match expected {
+        Value::String(expected) => json::string(raw.get()).is_some_and(|s| s == *expected),
+        Value::Bool(expected) => raw.get() == if *expected { "true" } else { "false" },
+        Value::Null => raw.get() == "null",
+        _ => serde_json::from_str::<Value>(raw.get()).is_ok_and(|value| value == *expected),
     }
 }
 
-struct Route {
+fn matches(properties: &Properties, rule: &Rule) -> bool {
+    rule.when.iter().all(|(name, expected)| properties.get(name).is_some_and(|raw| equals(raw, expected)))
+}
+
+pub struct Route {
     config: Config,
 }
 
@@ -94,13 +95,9 @@ impl Transform for Route {
 sluice_plugin::transform!(Route);
 
 fn route(config: &Config, event: Event) -> Outcome {
-    let decision = match serde_json::from_slice::<Properties>(&event.body) {
+    let decision = match Properties::parse(&event.body) {
         Ok(properties) => decide(config, &properties),
-        // Keys with escapes cannot be borrowed; an owned parse handles them.
-        Err(_) => match serde_json::from_slice::<HashMap<String, Box<RawValue>>>(&event.body) {
-            Ok(owned) => decide(config, &Properties(owned.iter().map(|(k, v)| (Cow::Borrowed(k.as_str()), v.as_ref())).collect())),
-            Err(e) => Err(Outcome::reject("malformed", None, format!("expected a JSON object: {e}"))),
-        },
+        Err(message) => Err(Outcome::reject("malformed", None, message)),
     };
     match decision {
         Err(outcome) => outcome,
@@ -120,14 +117,14 @@ enum Decision {
 }
 
 fn decide(config: &Config, properties: &Properties) -> Result<Decision, Outcome> {
-    if let Some(Value::String(value)) = properties.get(&config.property)
-        && config.drop.contains(&value)
+    if let Some(value) = properties.str(&config.property)
+        && config.drop.iter().any(|d| *d == value)
     {
         return Ok(Decision::Drop(format!("{} = {value}", config.property)));
     }
-    let template = config.rules.iter().find(|r| properties.matches(r)).map_or(&config.subject, |r| &r.subject);
+    let template = config.rules.iter().find(|r| matches(properties, r)).map_or(&config.subject, |r| &r.subject);
     let subject = fill(template, properties)?;
-    let copies = config.copies.iter().filter(|c| properties.matches(c)).map(|c| fill(&c.subject, properties)).collect::<Result<_, _>>()?;
+    let copies = config.copies.iter().filter(|c| matches(properties, c)).map(|c| fill(&c.subject, properties)).collect::<Result<_, _>>()?;
     Ok(Decision::Route { subject, copies })
 }
 
@@ -142,9 +139,9 @@ fn fill(template: &str, properties: &Properties) -> Result<String, Outcome> {
             return Ok(subject);
         };
         let name = &rest[open + 1..open + close];
-        let token = match properties.get(name) {
-            Some(Value::String(s)) => s,
-            Some(Value::Number(n)) => n.to_string(),
+        let token = match properties.get(name).map(RawValue::get) {
+            Some(text) if text.starts_with('"') => json::string(text).unwrap_or_default(),
+            Some(number) if properties.f64(name).is_some() => Cow::Borrowed(number),
             Some(_) => return Err(Outcome::reject("invalid_property", Some(name), format!("`{name}` must be a string or number to route on"))),
             None => return Err(Outcome::reject("missing_property", Some(name), format!("`{name}` is needed to choose the subject"))),
         };

@@ -66,7 +66,7 @@ pub mod testing;
 
 pub use config::ConfigError;
 
-pub use sluice_kit::{canonical, sketch, time, uuid};
+pub use sluice_kit::{canonical, hex, sketch, time, uuid};
 
 #[doc(hidden)]
 pub mod bindings {
@@ -500,6 +500,9 @@ pub mod run_sink {
 #[macro_export]
 macro_rules! sink {
     ($plugin:ty) => {
+        // Exported only in WebAssembly: natively the crate is a library like
+        // any other (its tests, and a binary linking several plugins).
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             ::std::thread_local! {
                 static PLUGIN: ::std::cell::RefCell<::std::option::Option<$crate::run_sink::Slot<$plugin>>> = const { ::std::cell::RefCell::new(None) };
@@ -531,6 +534,9 @@ macro_rules! sink {
 #[macro_export]
 macro_rules! transform {
     ($plugin:ty) => {
+        // Exported only in WebAssembly: natively the crate is a library like
+        // any other (its tests, and a binary linking several plugins).
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             ::std::thread_local! {
                 static PLUGIN: ::std::cell::RefCell<::std::option::Option<$plugin>> = const { ::std::cell::RefCell::new(None) };

@@ -16,7 +16,7 @@ use sluice_plugin::{ConfigError, Event, Outcome, Transform};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub struct Config {
     /// Properties every event must have.
     #[serde(default)]
     require: Vec<String>,
@@ -25,7 +25,7 @@ struct Config {
     set: Map<String, Value>,
 }
 
-struct Tag {
+pub struct Tag {
     config: Config,
 }
 

@@ -12,6 +12,7 @@
 //!
 //! Stage config: `config = { unknown_events = "reject" }` (or `"keep"`).
 
+mod json;
 mod schema;
 
 use std::collections::BTreeMap;
@@ -20,11 +21,12 @@ use serde::Deserialize;
 use serde_json::Value;
 use sluice_plugin::{ConfigError, Event, Outcome, Transform};
 
+pub use json::Json;
 pub use schema::{Failure, Schema, SchemaSet};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub struct Config {
     #[serde(default = "default_unknown")]
     unknown_events: String,
     /// Where the schema files are, inside the plugin.
@@ -40,7 +42,7 @@ fn default_dir() -> String {
     "/files".into()
 }
 
-struct Validator {
+pub struct Validator {
     schemas: SchemaSet,
     reject_unknown: bool,
 }
@@ -70,11 +72,11 @@ sluice_plugin::transform!(Validator);
 
 impl Validator {
     fn check(&self, body: &[u8]) -> Outcome {
-        let value: Value = match serde_json::from_slice(body) {
-            Ok(value) => value,
-            Err(e) => return reject(Failure::new("malformed", None, format!("the body is not valid JSON: {e}"))),
+        let event = match Json::parse(body) {
+            Ok(event) => event,
+            Err(message) => return reject(Failure::new("malformed", None, message)),
         };
-        match self.schemas.validate(&value) {
+        match self.schemas.validate(&event) {
             Ok(()) => Outcome::Keep,
             Err(failure) if failure.code == "unknown_event" && !self.reject_unknown => Outcome::Keep,
             Err(failure) => reject(failure),

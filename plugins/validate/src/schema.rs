@@ -1,17 +1,30 @@
-//! The part of JSON Schema (draft 2020-12) that the StoryForge taxonomy uses,
+//! The part of JSON Schema (draft 2020-12) that `validate` implements,
 //! compiled once at `init`. A keyword this module does not implement is an
 //! error at `init`, never silently ignored: a schema means what it says.
+//! What it implements passes its part of the official JSON Schema Test
+//! Suite (`tests/suite.rs`).
 //!
-//! Supported: `type`, `enum`, `const`, `required`, `properties`,
+//! Assertions: `type`, `enum`, `const`, `required`, `properties`,
 //! `additionalProperties`, `items`, `allOf`, `$ref` (to another file of the
-//! folder), `format` (`uuid`: a UUIDv4; `date-time`: RFC 3339), `minimum`,
-//! `maximum`, `minLength`, `maxLength`; and the annotations `$schema`, `$id`,
-//! `title`, `description`.
+//! folder), `format`, `minimum`, `maximum`, `minLength`, `maxLength`; any
+//! subschema may be `true` or `false`. Formats: `date-time` (RFC 3339, a leap
+//! second only at 23:59:60 UTC), `uuid` (RFC 9562: any version), and
+//! `uuid-v4`, a UUID of version 4 and the RFC's variant, which StoryForge's
+//! ids are. Annotations, which assert nothing: `$schema`, `$id`, `$comment`,
+//! `title`, `description`, `default`, `examples`, `deprecated`, `readOnly`,
+//! `writeOnly`.
+//!
+//! A failure names the property by its path: `a.b` for property `b` of `a`,
+//! `a[2]` for an item, and a name that could read otherwise (with `.`, `[`,
+//! `]`, `"`, or empty) as a JSON string in brackets: `tags["a.b"]`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sluice_plugin::{time, uuid};
+
+use crate::json::Json;
 
 /// Why an event does not pass: a dead-letter code, the property, a message.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,15 +40,22 @@ impl Failure {
     }
 }
 
+/// A compiled schema: `true` (anything), `false` (nothing), or rules.
+#[derive(Debug)]
+pub enum Schema {
+    Bool(bool),
+    Rules(Box<Rules>),
+}
+
 #[derive(Debug, Default)]
-pub struct Schema {
-    types: Vec<String>,
+pub struct Rules {
+    types: Vec<Type>,
     enumeration: Option<Vec<Value>>,
     constant: Option<Value>,
     required: Vec<String>,
     properties: BTreeMap<String, Schema>,
-    additional: Option<Box<Additional>>,
-    items: Option<Box<Schema>>,
+    additional: Option<Schema>,
+    items: Option<Schema>,
     all_of: Vec<Schema>,
     format: Option<Format>,
     minimum: Option<f64>,
@@ -44,17 +64,62 @@ pub struct Schema {
     max_length: Option<usize>,
 }
 
-#[derive(Debug)]
-enum Additional {
-    Allowed(bool),
-    Each(Schema),
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Type {
+    Object,
+    Array,
+    String,
+    Number,
+    Integer,
+    Boolean,
+    Null,
+}
+
+impl Type {
+    const ALL: [(&'static str, Type); 7] = [
+        ("object", Type::Object),
+        ("array", Type::Array),
+        ("string", Type::String),
+        ("number", Type::Number),
+        ("integer", Type::Integer),
+        ("boolean", Type::Boolean),
+        ("null", Type::Null),
+    ];
+
+    fn named(name: &str) -> Option<Type> {
+        Type::ALL.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+    }
+
+    fn name(self) -> &'static str {
+        Type::ALL.iter().find(|(_, t)| *t == self).map_or("", |(n, _)| n)
+    }
+
+    fn of(self, value: &Json) -> bool {
+        match (self, value) {
+            (Type::Object, Json::Object(_)) | (Type::Array, Json::Array(_)) | (Type::String, Json::String(_)) => true,
+            (Type::Number, Json::Number(_)) | (Type::Boolean, Json::Bool(_)) | (Type::Null, Json::Null) => true,
+            (Type::Integer, Json::Number(n)) => n.is_integer(),
+            _ => false,
+        }
+    }
+
+    fn with_article(self) -> String {
+        match self {
+            Type::Object | Type::Array | Type::Integer => format!("an {}", self.name()),
+            Type::Null => "null".into(),
+            _ => format!("a {}", self.name()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Format {
-    Uuid,
     DateTime,
+    Uuid,
+    UuidV4,
 }
+
+const FORMATS: &str = "date-time, uuid, uuid-v4";
 
 /// Every event's schema, by event name.
 #[derive(Debug)]
@@ -84,24 +149,29 @@ impl SchemaSet {
         self.events.len()
     }
 
-    pub fn validate(&self, event: &Value) -> Result<(), Failure> {
-        let Some(object) = event.as_object() else {
+    /// Checks an event. A required property missing at the top level (or
+    /// in an `allOf` part of it) is reported first, as `missing_property`;
+    /// then the first other failure, in the order of the event's properties.
+    pub fn validate(&self, event: &Json) -> Result<(), Failure> {
+        let Json::Object(_) = event else {
             return Err(Failure::new("malformed", None, "an event must be a JSON object"));
         };
-        let name = match object.get("event") {
+        let name = match event.get("event") {
             None => return Err(Failure::new("missing_property", Some("event".into()), "`event` is required: it names the event")),
-            Some(Value::String(name)) => name,
+            Some(Json::String(name)) => name,
             Some(other) => return Err(Failure::new("invalid_property", Some("event".into()), format!("`event` must be a string, found {}", describe(other)))),
         };
-        let Some(schema) = self.events.get(name) else {
+        let Some(schema) = self.events.get(name.as_ref()) else {
             return Err(Failure::new("unknown_event", Some("event".into()), format!("{name:?} is not an event of the taxonomy")));
         };
-        let mut missing = None;
-        schema.first_missing(object, "", &mut missing);
-        if let Some(property) = missing {
-            return Err(Failure::new("missing_property", Some(property.clone()), format!("`{property}` is required for {name}")));
+        if let Some(property) = schema.first_missing(event) {
+            return Err(Failure::new(
+                "missing_property",
+                Some(Path::Property(&Path::Event, property).to_string()),
+                format!("`{property}` is required for {name}"),
+            ));
         }
-        schema.check(event, "").map_err(|(property, message)| Failure::new("invalid_property", Some(property), message))
+        schema.check(event, &Path::Event)
     }
 }
 
@@ -112,27 +182,28 @@ fn compile(value: &Value, files: &BTreeMap<String, Value>, file: &str, depth: us
     if depth > MAX_DEPTH {
         return Err("$ref nests too deep (is it circular?)".into());
     }
-    let object = value.as_object().ok_or("a schema must be an object")?;
-    let mut schema = Schema::default();
+    let object = match value {
+        Value::Bool(b) => return Ok(Schema::Bool(*b)),
+        Value::Object(object) => object,
+        _ => return Err("a schema must be an object, true or false".into()),
+    };
+    let sub = |v: &Value| compile(v, files, file, depth);
+    let mut rules = Rules::default();
     for (keyword, v) in object {
         match keyword.as_str() {
-            "$schema" | "$id" | "title" | "description" => {}
+            "$schema" | "$id" | "$comment" | "title" | "description" | "default" | "examples" | "deprecated" | "readOnly" | "writeOnly" => {}
             "type" => {
-                schema.types = match v {
-                    Value::String(t) => vec![t.clone()],
-                    Value::Array(ts) => ts.iter().map(|t| t.as_str().map(str::to_string).ok_or("`type` lists strings")).collect::<Result<_, _>>()?,
+                let names: Vec<&str> = match v {
+                    Value::String(t) => vec![t.as_str()],
+                    Value::Array(ts) => ts.iter().map(|t| t.as_str().ok_or("`type` lists strings")).collect::<Result<_, _>>()?,
                     _ => return Err("`type` must be a string or a list of strings".into()),
                 };
-                for t in &schema.types {
-                    if !["object", "array", "string", "number", "integer", "boolean", "null"].contains(&t.as_str()) {
-                        return Err(format!("unknown type {t:?}"));
-                    }
-                }
+                rules.types = names.iter().map(|t| Type::named(t).ok_or_else(|| format!("unknown type {t:?}"))).collect::<Result<_, _>>()?;
             }
-            "enum" => schema.enumeration = Some(v.as_array().ok_or("`enum` must be a list")?.clone()),
-            "const" => schema.constant = Some(v.clone()),
+            "enum" => rules.enumeration = Some(v.as_array().ok_or("`enum` must be a list")?.clone()),
+            "const" => rules.constant = Some(v.clone()),
             "required" => {
-                schema.required = v
+                rules.required = v
                     .as_array()
                     .ok_or("`required` must be a list")?
                     .iter()
@@ -141,77 +212,141 @@ fn compile(value: &Value, files: &BTreeMap<String, Value>, file: &str, depth: us
             }
             "properties" => {
                 for (name, property) in v.as_object().ok_or("`properties` must be an object")? {
-                    let compiled = compile(property, files, file, depth).map_err(|e| format!("property {name}: {e}"))?;
-                    schema.properties.insert(name.clone(), compiled);
+                    rules.properties.insert(name.clone(), sub(property).map_err(|e| format!("property {name}: {e}"))?);
                 }
             }
-            "additionalProperties" => {
-                schema.additional = Some(Box::new(match v {
-                    Value::Bool(b) => Additional::Allowed(*b),
-                    other => Additional::Each(compile(other, files, file, depth)?),
-                }))
+            "additionalProperties" => rules.additional = Some(sub(v)?),
+            "items" => {
+                if v.is_array() {
+                    return Err("`items` takes one schema in draft 2020-12 (a list of schemas is `prefixItems`, which validate does not support)".into());
+                }
+                rules.items = Some(sub(v)?);
             }
-            "items" => schema.items = Some(Box::new(compile(v, files, file, depth)?)),
             "allOf" => {
-                for part in v.as_array().ok_or("`allOf` must be a list")? {
-                    schema.all_of.push(compile(part, files, file, depth)?);
+                let parts = v.as_array().filter(|parts| !parts.is_empty()).ok_or("`allOf` must be a list of at least one schema")?;
+                for part in parts {
+                    rules.all_of.push(sub(part)?);
                 }
             }
             "$ref" => {
                 let target = v.as_str().ok_or("`$ref` must be a string")?;
-                let document = files.get(target).ok_or_else(|| format!("$ref {target:?}: no such file in the schema folder"))?;
-                schema.all_of.push(compile(document, files, target, depth + 1).map_err(|e| format!("{target}: {e}"))?);
+                let document =
+                    files.get(target).ok_or_else(|| format!("$ref {target:?}: no such file in the schema folder (a $ref names another file of it)"))?;
+                rules.all_of.push(compile(document, files, target, depth + 1).map_err(|e| format!("{target}: {e}"))?);
             }
             "format" => {
-                schema.format = Some(match v.as_str() {
-                    Some("uuid") => Format::Uuid,
+                rules.format = Some(match v.as_str() {
                     Some("date-time") => Format::DateTime,
-                    other => return Err(format!("unsupported format {other:?} (supported: uuid, date-time)")),
+                    Some("uuid") => Format::Uuid,
+                    Some("uuid-v4") => Format::UuidV4,
+                    Some(other) => return Err(format!("unsupported format {other:?} (supported: {FORMATS})")),
+                    None => return Err("`format` must be a string".into()),
                 })
             }
-            "minimum" => schema.minimum = Some(v.as_f64().ok_or("`minimum` must be a number")?),
-            "maximum" => schema.maximum = Some(v.as_f64().ok_or("`maximum` must be a number")?),
-            "minLength" => schema.min_length = Some(v.as_u64().ok_or("`minLength` must be a whole number")? as usize),
-            "maxLength" => schema.max_length = Some(v.as_u64().ok_or("`maxLength` must be a whole number")? as usize),
+            "minimum" => rules.minimum = Some(v.as_f64().ok_or("`minimum` must be a number")?),
+            "maximum" => rules.maximum = Some(v.as_f64().ok_or("`maximum` must be a number")?),
+            "minLength" => rules.min_length = Some(length(v, "minLength")?),
+            "maxLength" => rules.max_length = Some(length(v, "maxLength")?),
             other => return Err(format!("keyword {other:?} is not supported by sluice's validate plugin (in {file})")),
         }
     }
-    Ok(schema)
+    Ok(Schema::Rules(Box::new(rules)))
+}
+
+/// A length bound: a whole number not below 0 (`2.0` is one).
+fn length(v: &Value, keyword: &str) -> Result<usize, String> {
+    let whole = v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1e15).map(|f| f as u64));
+    whole.map(|n| n as usize).ok_or_else(|| format!("`{keyword}` must be a whole number, 0 or more"))
 }
 
 impl Schema {
-    /// The first required property absent from `object`, here or in an `allOf` part.
-    fn first_missing(&self, object: &Map<String, Value>, prefix: &str, missing: &mut Option<String>) {
-        for part in &self.all_of {
-            part.first_missing(object, prefix, missing);
-        }
-        if missing.is_none() {
-            *missing = self.required.iter().find(|r| !object.contains_key(r.as_str())).map(|r| join(prefix, r));
-        }
+    /// The first required property absent from the event, in this schema or
+    /// an `allOf` part of it (not below the top level).
+    fn first_missing<'s>(&'s self, event: &Json) -> Option<&'s str> {
+        let Schema::Rules(rules) = self else { return None };
+        rules.all_of.iter().find_map(|part| part.first_missing(event)).or_else(|| rules.missing(event))
     }
 
-    /// Checks `value`; an error names the property path and says what was wrong.
-    fn check(&self, value: &Value, path: &str) -> Result<(), (String, String)> {
+    /// Checks `value`; a failure names the property path and says what was wrong.
+    fn check(&self, value: &Json, path: &Path) -> Result<(), Failure> {
+        match self {
+            Schema::Bool(true) => Ok(()),
+            Schema::Bool(false) => Err(path.invalid(match path {
+                Path::Event => "the event is not allowed by its schema".to_string(),
+                _ => format!("{} is not allowed here", path.what()),
+            })),
+            Schema::Rules(rules) => rules.check(value, path),
+        }
+    }
+}
+
+impl Rules {
+    fn missing(&self, value: &Json) -> Option<&str> {
+        let Json::Object(entries) = value else { return None };
+        self.required.iter().find(|r| !entries.iter().any(|(name, _)| name == r.as_str())).map(String::as_str)
+    }
+
+    fn check(&self, value: &Json, path: &Path) -> Result<(), Failure> {
         for part in &self.all_of {
             part.check(value, path)?;
         }
-        let what = if path.is_empty() { "the event".to_string() } else { format!("`{path}`") };
-        let fail = |message: String| Err((path.to_string(), message));
-        if !self.types.is_empty() && !self.types.iter().any(|t| has_type(value, t)) {
-            return fail(format!("{what} must be {}, found {}", self.types.iter().map(|t| article(t)).collect::<Vec<_>>().join(" or "), describe(value)));
+        // Paths and messages are written only for a failure.
+        let fail = |message: String| Err(path.invalid(message));
+        let what = || path.what();
+        if !self.types.is_empty() && !self.types.iter().any(|t| t.of(value)) {
+            let types: Vec<String> = self.types.iter().map(|t| t.with_article()).collect();
+            return fail(format!("{} must be {}, found {}", what(), types.join(" or "), describe(value)));
         }
         if let Some(constant) = &self.constant
-            && value != constant
+            && !value.equals(constant)
         {
-            return fail(format!("{what} must be {constant}, found {}", describe(value)));
+            return fail(format!("{} must be {constant}, found {}", what(), describe(value)));
         }
         if let Some(allowed) = &self.enumeration
-            && !allowed.contains(value)
+            && !allowed.iter().any(|a| value.equals(a))
         {
             let list: Vec<String> = allowed.iter().map(|a| a.as_str().map_or_else(|| a.to_string(), str::to_string)).collect();
-            return fail(format!("{what} must be one of {}; found {}", list.join(", "), describe(value)));
+            return fail(format!("{} must be one of {}; found {}", what(), list.join(", "), describe(value)));
         }
-        if let Value::String(text) = value {
+        match value {
+            Json::String(text) => self.check_string(text, value, path)?,
+            Json::Number(number) => {
+                let n = number.as_f64();
+                if let Some(min) = self.minimum.filter(|min| n < *min) {
+                    return fail(format!("{} must be at least {min}, found {number}", what()));
+                }
+                if let Some(max) = self.maximum.filter(|max| n > *max) {
+                    return fail(format!("{} must be at most {max}, found {number}", what()));
+                }
+            }
+            Json::Object(entries) => {
+                if let Some(name) = self.missing(value) {
+                    let child = Path::Property(path, name);
+                    return Err(Failure::new("missing_property", Some(child.to_string()), format!("{} is required", child.what())));
+                }
+                for (name, property) in entries {
+                    let child = Path::Property(path, name);
+                    match (self.properties.get(name.as_ref()), &self.additional) {
+                        (Some(schema), _) | (None, Some(schema)) => schema.check(property, &child)?,
+                        (None, None) => {}
+                    }
+                }
+            }
+            Json::Array(items) => {
+                if let Some(schema) = &self.items {
+                    for (i, item) in items.iter().enumerate() {
+                        schema.check(item, &Path::Item(path, i))?;
+                    }
+                }
+            }
+            Json::Null | Json::Bool(_) => {}
+        }
+        Ok(())
+    }
+
+    fn check_string(&self, text: &str, value: &Json, path: &Path) -> Result<(), Failure> {
+        let fail = |message: String| Err(path.invalid(message));
+        if self.min_length.is_some() || self.max_length.is_some() {
             let length = text.chars().count();
             if self.min_length.is_some_and(|min| length < min) || self.max_length.is_some_and(|max| length > max) {
                 let bounds = match (self.min_length, self.max_length) {
@@ -221,81 +356,68 @@ impl Schema {
                     (None, Some(b)) => format!("at most {b} characters"),
                     (None, None) => unreachable!(),
                 };
-                return fail(format!("{what} must have {bounds}, found {}", describe(value)));
-            }
-            match self.format {
-                Some(Format::Uuid) if !uuid::is_uuid_v4(text) => return fail(format!("{what} must be a UUIDv4 string, found {}", describe(value))),
-                Some(Format::DateTime) if time::parse_rfc3339(text).is_err() => {
-                    return fail(format!("{what} must be an RFC 3339 date-time such as \"2026-11-24T10:15:30Z\", found {}", describe(value)));
-                }
-                _ => {}
+                return fail(format!("{} must have {bounds}, found {}", path.what(), describe(value)));
             }
         }
-        if let Some(number) = value.as_f64() {
-            if let Some(min) = self.minimum.filter(|min| number < *min) {
-                return fail(format!("{what} must be at least {min}, found {number}"));
+        match self.format {
+            Some(Format::Uuid) if !uuid::is_uuid(text) => fail(format!("{} must be a UUID string, found {}", path.what(), describe(value))),
+            Some(Format::UuidV4) if !uuid::is_uuid_v4(text) => fail(format!("{} must be a UUIDv4 string, found {}", path.what(), describe(value))),
+            Some(Format::DateTime) if time::parse_rfc3339(text).is_err() => {
+                fail(format!("{} must be an RFC 3339 date-time such as \"2026-11-24T10:15:30Z\", found {}", path.what(), describe(value)))
             }
-            if let Some(max) = self.maximum.filter(|max| number > *max) {
-                return fail(format!("{what} must be at most {max}, found {number}"));
-            }
+            _ => Ok(()),
         }
-        if let Value::Object(object) = value {
-            for (name, property) in object {
-                let child = join(path, name);
-                match (self.properties.get(name), self.additional.as_deref()) {
-                    (Some(schema), _) => schema.check(property, &child)?,
-                    (None, Some(Additional::Each(schema))) => schema.check(property, &child)?,
-                    (None, Some(Additional::Allowed(false))) => return Err((child, format!("`{name}` is not allowed here"))),
-                    (None, _) => {}
-                }
-            }
-        }
-        if let (Value::Array(items), Some(schema)) = (value, &self.items) {
-            for (i, item) in items.iter().enumerate() {
-                schema.check(item, &format!("{path}[{i}]"))?;
-            }
-        }
-        Ok(())
     }
 }
 
-fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+/// Where a value is in the event, written out only when it fails.
+enum Path<'a> {
+    Event,
+    Property(&'a Path<'a>, &'a str),
+    Item(&'a Path<'a>, usize),
 }
 
-fn has_type(value: &Value, t: &str) -> bool {
-    match t {
-        "object" => value.is_object(),
-        "array" => value.is_array(),
-        "string" => value.is_string(),
-        "number" => value.is_number(),
-        "integer" => value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0),
-        "boolean" => value.is_boolean(),
-        "null" => value.is_null(),
-        _ => false,
+impl Path<'_> {
+    /// How a message names the value.
+    fn what(&self) -> String {
+        match self {
+            Path::Event => "the event".into(),
+            path => format!("`{path}`"),
+        }
+    }
+
+    fn invalid(&self, message: String) -> Failure {
+        Failure::new("invalid_property", (!matches!(self, Path::Event)).then(|| self.to_string()), message)
     }
 }
 
-fn article(t: &str) -> String {
-    match t {
-        "object" | "array" | "integer" => format!("an {t}"),
-        "null" => "null".into(),
-        _ => format!("a {t}"),
+impl fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Path::Event => Ok(()),
+            Path::Property(parent, name) if name.is_empty() || name.contains(['.', '[', ']', '"']) => {
+                write!(f, "{parent}[{}]", Value::String(name.to_string()))
+            }
+            Path::Property(Path::Event, name) => f.write_str(name),
+            Path::Property(parent, name) => write!(f, "{parent}.{name}"),
+            Path::Item(parent, i) => write!(f, "{parent}[{i}]"),
+        }
     }
 }
 
 /// A value as an error message shows it: short, with its kind.
-fn describe(value: &Value) -> String {
-    let text = value.to_string();
-    let shown: String = text.chars().take(60).collect();
-    let shown = if shown.len() < text.len() { format!("{shown}…") } else { shown };
+fn describe(value: &Json) -> String {
+    let shown = |text: String| {
+        let cut: String = text.chars().take(60).collect();
+        if cut.len() < text.len() { format!("{cut}…") } else { cut }
+    };
     match value {
-        Value::Object(_) => "an object".into(),
-        Value::Array(_) => "an array".into(),
-        Value::Null => "null".into(),
-        Value::Bool(_) => format!("the boolean {shown}"),
-        Value::Number(_) => format!("the number {shown}"),
-        Value::String(_) => shown,
+        Json::Object(_) => "an object".into(),
+        Json::Array(_) => "an array".into(),
+        Json::Null => "null".into(),
+        Json::Bool(b) => format!("the boolean {b}"),
+        Json::Number(n) => format!("the number {}", shown(n.to_string())),
+        Json::String(_) => shown(value.to_value().to_string()),
     }
 }
 
@@ -306,7 +428,7 @@ mod tests {
 
     fn set() -> SchemaSet {
         let mut files = BTreeMap::new();
-        files.insert("standard.json".to_string(), json!({ "required": ["user_id"], "properties": { "user_id": { "type": "string", "format": "uuid" } } }));
+        files.insert("standard.json".to_string(), json!({ "required": ["user_id"], "properties": { "user_id": { "type": "string", "format": "uuid-v4" } } }));
         files.insert(
             "scene_locked.json".to_string(),
             json!({ "allOf": [{ "$ref": "standard.json" }], "required": ["score"], "properties": {
@@ -320,11 +442,16 @@ mod tests {
 
     const USER: &str = "6f1c2d3e-4b5a-4c7d-8e9f-0123456789ab";
 
+    fn validate(set: &SchemaSet, value: &Value) -> Result<(), Failure> {
+        let body = serde_json::to_vec(value).unwrap();
+        set.validate(&Json::parse(&body).unwrap())
+    }
+
     #[test]
     fn codes_properties_and_messages() {
         let set = set();
-        assert_eq!(set.validate(&json!({ "event": "scene_locked", "user_id": USER, "score": 0.5 })), Ok(()));
-        let fail = |v| set.validate(&v).unwrap_err();
+        assert_eq!(validate(&set, &json!({ "event": "scene_locked", "user_id": USER, "score": 0.5 })), Ok(()));
+        let fail = |v| validate(&set, &v).unwrap_err();
         let f = fail(json!({ "event": "scene_locked", "score": 0.5 }));
         assert_eq!((f.code, f.property.as_deref()), ("missing_property", Some("user_id")));
         let f = fail(json!({ "event": "scene_locked", "user_id": USER, "score": 1.5 }));
