@@ -15,6 +15,7 @@
 //! `--languages` runs the same `tag` logic in Rust, Python and JavaScript
 //! (plugins/tag, tag-py, tag-js) over core NATS instead, with the CPU time
 //! per event and the peak resident memory of each sluice process.
+//! `--storyforge` runs only the StoryForge file on one host.
 //! `--in-process` runs only the StoryForge ingest in this process, without
 //! NATS, in WebAssembly and natively (`in_process.rs`); the default run ends
 //! with it.
@@ -76,6 +77,8 @@ fn main() {
         let mut results = Vec::new();
         let runs: &[(Transport, Subject)] = if std::env::args().any(|a| a == "--languages") {
             &[(Transport::Core, Subject::Sluice), (Transport::Core, Subject::Tag("tag_py")), (Transport::Core, Subject::Tag("tag_js"))]
+        } else if std::env::args().any(|a| a == "--storyforge") {
+            &[(Transport::JetStream, Subject::StoryForge { hosts: 1 })]
         } else {
             &[
                 (Transport::Core, Subject::Relay),
@@ -103,7 +106,7 @@ fn main() {
         results
     });
     print_table(events, &results);
-    if !std::env::args().any(|a| a == "--languages") {
+    if !std::env::args().any(|a| a == "--languages" || a == "--storyforge") {
         in_process::run(events, support::HASH_KEY);
     }
 }
