@@ -189,7 +189,7 @@ impl<'de> serde::de::Visitor<'de> for PropertiesVisitor {
         let mut entries: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(map.size_hint().unwrap_or(24));
         let mut names = Names::default();
         while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
-            if !names.insert(&name) {
+            if !names.insert(name.clone()) {
                 return Err(serde::de::Error::custom(format_args!("the property {name:?} appears twice")));
             }
             entries.push((name, map.next_value()?));
@@ -211,14 +211,14 @@ impl<'a> Names<'a> {
     const SMALL: usize = 32;
 
     /// Adds a name; false if the object had it already.
-    pub fn insert(&mut self, name: &Cow<'a, str>) -> bool {
+    pub fn insert(&mut self, name: Cow<'a, str>) -> bool {
         if !self.set.is_empty() {
-            return self.set.insert(name.clone());
+            return self.set.insert(name);
         }
-        if self.list.contains(name) {
+        if self.list.contains(&name) {
             return false;
         }
-        self.list.push(name.clone());
+        self.list.push(name);
         if self.list.len() > Self::SMALL {
             self.set.extend(self.list.drain(..));
         }

@@ -168,7 +168,7 @@ impl<'de> Visitor<'de> for JsonVisitor {
         let mut entries: Vec<(Cow<'de, str>, Json<'de>)> = Vec::new();
         let mut names = Names::default();
         while let Some(Json::String(name)) = map.next_key::<Json<'de>>()? {
-            if !names.insert(&name) {
+            if !names.insert(name.clone()) {
                 return Err(de::Error::custom(format_args!("the property {name:?} appears twice in one object")));
             }
             entries.push((name, map.next_value()?));
