@@ -103,7 +103,10 @@ impl Source {
                     .get_stream(stream)
                     .await
                     .with_context(|| format!("it reads from stream `{stream}`, which the server does not have: declare it with [[stream]] or create it"))?;
-                let in_flight = spec.workers * spec.max_events * 4;
+                // Room for each worker's batches in flight (`worker::IN_FLIGHT`),
+                // the one it runs and the next ones filling: at the cap, a
+                // batch cannot fill and waits out its `max_wait`.
+                let in_flight = spec.workers * spec.max_events * 8;
                 let consumer = stream_handle
                     .create_consumer(pull::Config {
                         durable_name: Some(durable.clone()),

@@ -49,7 +49,7 @@ const REDELIVERY_DELAY: Duration = Duration::from_secs(1);
 const LONGEST_REDELIVERY_DELAY: Duration = Duration::from_secs(30);
 /// Batches of a transform pipeline a worker may have sent and not yet seen
 /// confirmed while it runs the next: the consumer lets each worker have
-/// four batches unacked (`Source::open`).
+/// eight batches unacked (`Source::open`).
 const IN_FLIGHT: usize = 3;
 /// Pause before reopening an input that ended unexpectedly.
 const REOPEN_DELAY: Duration = Duration::from_millis(500);
