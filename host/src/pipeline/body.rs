@@ -6,10 +6,10 @@
 //! would read the first value and the next the last, so a producer could
 //! slip a value past validation that a later stage then acts on.
 
-use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use sluice_kit::names::{Name, Names};
 
 /// Why a body is not a JSON object the pipeline can take.
 pub fn check(body: &[u8]) -> Result<(), String> {
@@ -66,78 +66,14 @@ impl<'de> Visitor<'de> for UniqueVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Unique, A::Error> {
-        // Most objects are small: a list searched in order beats hashing
-        // them; past `SMALL_OBJECT` names, a set keeps a wide object (a
-        // megabyte of short names) from costing a search per name.
-        let mut names: Vec<Name<'de>> = Vec::new();
-        let mut many: HashSet<Name<'de>> = HashSet::new();
-        while let Some(name) = entries.next_key::<Name<'de>>()? {
-            let twice = if many.is_empty() { names.contains(&name) } else { many.contains(&name) };
-            if twice {
-                return Err(de::Error::custom(format_args!("the property {:?} appears twice in one object", name.as_str())));
+        let mut names = Names::default();
+        while let Some(Name(name)) = entries.next_key::<Name<'de>>()? {
+            if !names.insert(name.clone()) {
+                return Err(de::Error::custom(format_args!("the property {name:?} appears twice in one object")));
             }
             entries.next_value::<Unique>()?;
-            if many.is_empty() {
-                names.push(name);
-                if names.len() > SMALL_OBJECT {
-                    many.extend(names.drain(..));
-                }
-            } else {
-                many.insert(name);
-            }
         }
         Ok(Unique)
-    }
-}
-
-/// How many names an object has before they are kept in a set.
-const SMALL_OBJECT: usize = 32;
-
-/// A property name, borrowed from the body unless it has escapes.
-enum Name<'a> {
-    Borrowed(&'a str),
-    Owned(String),
-}
-
-impl PartialEq for Name<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for Name<'_> {}
-
-impl std::hash::Hash for Name<'_> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
-    }
-}
-
-impl Name<'_> {
-    fn as_str(&self) -> &str {
-        match self {
-            Name::Borrowed(name) => name,
-            Name::Owned(name) => name,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Name<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor;
-        impl<'de> Visitor<'de> for NameVisitor {
-            type Value = Name<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a property name")
-            }
-            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Name<'de>, E> {
-                Ok(Name::Borrowed(name))
-            }
-            fn visit_str<E>(self, name: &str) -> Result<Name<'de>, E> {
-                Ok(Name::Owned(name.to_string()))
-            }
-        }
-        deserializer.deserialize_str(NameVisitor)
     }
 }
 

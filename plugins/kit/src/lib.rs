@@ -5,12 +5,14 @@
 //! - `canonical`: canonical JSON (keys sorted, no insignificant white space);
 //! - `sketch`: quantiles over unbounded streams in bounded memory;
 //! - `config_path`: a path into a stage's config, as messages write it;
+//! - `names`: the names of a JSON object as it is read, to refuse one given twice;
 //! - [`hex`]: bytes as lower-case hex.
 //!
 //! Everything here is plain Rust and is unit-tested on the host target.
 
 pub mod canonical;
 pub mod config_path;
+pub mod names;
 pub mod sketch;
 pub mod time;
 pub mod uuid;

@@ -2,10 +2,10 @@
 //! top-level [`Properties`], read and changed without building the rest.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+pub use sluice_kit::names::{Name, Names};
 
 /// "a string", "an object", ...: for messages that say what was found.
 pub fn kind(value: &Value) -> &'static str {
@@ -195,56 +195,6 @@ impl<'de> serde::de::Visitor<'de> for PropertiesVisitor {
             entries.push((name, map.next_value()?));
         }
         Ok(Properties { entries })
-    }
-}
-
-/// The names of one object as it is read, to refuse one given twice: a list
-/// searched in order while the object is small (most are: no hashing), a
-/// set past 32 names (a megabyte of short names costs no search per name).
-#[derive(Default)]
-pub struct Names<'a> {
-    list: Vec<Cow<'a, str>>,
-    set: HashSet<Cow<'a, str>>,
-}
-
-impl<'a> Names<'a> {
-    const SMALL: usize = 32;
-
-    /// Adds a name; false if the object had it already.
-    pub fn insert(&mut self, name: Cow<'a, str>) -> bool {
-        if !self.set.is_empty() {
-            return self.set.insert(name);
-        }
-        if self.list.contains(&name) {
-            return false;
-        }
-        self.list.push(name);
-        if self.list.len() > Self::SMALL {
-            self.set.extend(self.list.drain(..));
-        }
-        true
-    }
-}
-
-/// A property name, borrowed from the body unless it has escapes.
-struct Name<'a>(Cow<'a, str>);
-
-impl<'de> serde::Deserialize<'de> for Name<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor;
-        impl<'de> serde::de::Visitor<'de> for NameVisitor {
-            type Value = Name<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a property name")
-            }
-            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Borrowed(name)))
-            }
-            fn visit_str<E>(self, name: &str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Owned(name.to_string())))
-            }
-        }
-        deserializer.deserialize_str(NameVisitor)
     }
 }
 
