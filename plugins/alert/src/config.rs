@@ -67,7 +67,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sluice_plugin::{ConfigError, time};
+use sluice_plugin::ConfigError;
+use sluice_plugin::time::{self, duration_ms};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -514,49 +515,9 @@ fn check_rule(raw: RuleConfig, key: String, config: &Config, resolution_ms: i64,
     })
 }
 
-/// Milliseconds in a duration such as `90s`, `15m`, `1h`, `1h30m` or `500ms`.
-pub fn duration_ms(text: &str) -> Result<i64, String> {
-    let fail = || format!("{text:?} is not a duration such as 30s, 15m, 1h or 1h30m");
-    let mut total: i64 = 0;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(fail());
-    }
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(fail());
-        }
-        let number: i64 = rest[..digits].parse().map_err(|_| fail())?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(fail()),
-        };
-        rest = &rest[unit_len..];
-        total = number.checked_mul(unit).and_then(|ms| total.checked_add(ms)).ok_or_else(fail)?;
-    }
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_as_people_write_them() {
-        assert_eq!(duration_ms("15m"), Ok(900_000));
-        assert_eq!(duration_ms("1h30m"), Ok(5_400_000));
-        assert_eq!(duration_ms("500ms"), Ok(500));
-        assert!(duration_ms("15").is_err());
-        assert!(duration_ms("m").is_err());
-        assert!(duration_ms("3 weeks").is_err());
-    }
 
     /// The settings, or the refusal as the host's log writes it.
     fn parse(json: &str) -> Result<Settings, String> {

@@ -46,11 +46,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
-use sluice_plugin::sketch::Sketch;
-use sluice_plugin::time;
+use serde_json::{Map, Value};
+use sluice_plugin::labels::{self, Labels};
+use sluice_plugin::windows::{self, EventClock, LeftOut, Summary, step_start};
 
-use crate::config::{HEARTBEAT, Measure, Rule, Settings, Silence};
+use crate::config::{Measure, Rule, Settings};
+use crate::render::{self, Announcement, Reading};
 
 /// The version of the snapshot format.
 const SNAPSHOT_VERSION: u32 = 1;
@@ -67,13 +68,11 @@ pub struct Alert {
 pub struct Tally {
     /// Events that are a sample of at least one rule.
     pub sampled: u64,
-    /// Events later than the allowance, ignored.
-    pub late: u64,
+    /// Events later than the allowance, or further ahead of the wall clock
+    /// than it, ignored.
+    pub left_out: LeftOut,
     /// Events without a readable event time or name, or not JSON objects.
     pub unreadable: u64,
-    /// Events timed further ahead of the wall clock than the late
-    /// allowance, ignored.
-    pub future: u64,
     /// Samples without the numeric field their rule measures.
     pub missing_field: u64,
     /// Samples of a group past `max_groups`, ignored.
@@ -84,8 +83,9 @@ pub struct Tally {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
     version: u32,
-    /// The latest event time, in Unix milliseconds.
-    watermark_ms: Option<i64>,
+    /// Event time (the latest event's), and the wall time of the last tick.
+    #[serde(flatten)]
+    clock: EventClock,
     /// The last boundary at which the windows were evaluated.
     evaluated_ms: Option<i64>,
     /// The first boundary this state was evaluated from: a count is decided
@@ -94,9 +94,6 @@ pub struct State {
     watching_since_ms: Option<i64>,
     /// The latest time of any sample.
     last_sample_ms: Option<i64>,
-    /// The wall time of the last tick, and whether events came since.
-    last_tick_ns: Option<u64>,
-    events_since_tick: bool,
     /// The wall time of the last heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_heartbeat_ns: Option<u64>,
@@ -108,12 +105,10 @@ impl Default for State {
     fn default() -> Self {
         Self {
             version: SNAPSHOT_VERSION,
-            watermark_ms: None,
+            clock: EventClock::default(),
             evaluated_ms: None,
             watching_since_ms: None,
             last_sample_ms: None,
-            last_tick_ns: None,
-            events_since_tick: false,
             last_heartbeat_ns: None,
             series: BTreeMap::new(),
         }
@@ -121,20 +116,12 @@ impl Default for State {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Series {
-    rule: String,
-    labels: BTreeMap<String, String>,
-    /// Aggregates by the start of their step (Unix milliseconds).
-    steps: BTreeMap<i64, Step>,
-    alert: AlertState,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct Step {
-    samples: u64,
-    hits: u64,
-    sum: f64,
-    sketch: Option<Sketch>,
+pub(crate) struct Series {
+    pub(crate) rule: String,
+    pub(crate) labels: Labels,
+    /// Summaries by the start of their step (Unix milliseconds).
+    steps: BTreeMap<i64, Summary>,
+    pub(crate) alert: AlertState,
 }
 
 /// Where one alert is in its life. The damping fields are optional in the
@@ -142,7 +129,7 @@ struct Step {
 /// pending or clearing mark) and a rollback keeps the alert states.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
-enum AlertState {
+pub(crate) enum AlertState {
     Ok {
         /// The boundary since which the condition has held, while `for` runs.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,7 +182,7 @@ impl Engine {
     pub fn consume<'a>(&mut self, bodies: impl IntoIterator<Item = &'a [u8]>, now_ms: i64, tally: &mut Tally) -> Vec<Alert> {
         let mut alerts = Vec::new();
         for body in bodies {
-            self.state.events_since_tick = true;
+            self.state.clock.saw_events();
             let Ok(Value::Object(event)) = serde_json::from_slice::<Value>(body) else {
                 tally.unreadable += 1;
                 continue;
@@ -205,20 +192,12 @@ impl Engine {
                 continue;
             };
             let Some(rules) = self.by_event.get(name).cloned() else { continue };
-            let Some(at_ms) = event.get(&self.settings.time_field).and_then(Value::as_str).and_then(|t| time::parse_rfc3339(t).ok()) else {
+            let Some(at_ms) = windows::event_time(&event, &self.settings.time_field) else {
                 tally.unreadable += 1;
                 continue;
             };
-            if at_ms > now_ms + self.settings.late_ms {
-                // A clock far ahead would make every later event late.
-                tally.future += 1;
-                continue;
-            }
-            if self.state.watermark_ms.is_some_and(|watermark| at_ms < watermark - self.settings.late_ms) {
-                tally.late += 1;
-                continue;
-            }
-            if self.state.watermark_ms.is_none_or(|watermark| at_ms > watermark) {
+            let Some(ahead) = self.state.clock.admit(at_ms, now_ms, self.settings.late_ms, &mut tally.left_out) else { continue };
+            if ahead {
                 self.advance_to(at_ms, &mut alerts);
             }
             tally.sampled += 1;
@@ -233,38 +212,16 @@ impl Engine {
     /// event time moves on by the wall time that passed.
     pub fn tick(&mut self, now_ns: u64) -> Vec<Alert> {
         let mut alerts = Vec::new();
-        let previous = self.state.last_tick_ns.replace(now_ns);
-        let quiet = !std::mem::take(&mut self.state.events_since_tick);
-        if let (Some(previous), Some(watermark), true) = (previous, self.state.watermark_ms, quiet) {
-            let passed_ms = (now_ns.saturating_sub(previous) / 1_000_000) as i64;
-            if passed_ms > 0 {
-                self.advance_to(watermark + passed_ms, &mut alerts);
-            }
+        if let Some(to_ms) = self.state.clock.tick(now_ns) {
+            self.advance_to(to_ms, &mut alerts);
         }
         if let Some(heartbeat) = &self.settings.heartbeat
             && self.state.last_heartbeat_ns.is_none_or(|last| now_ns.saturating_sub(last) >= heartbeat.every_ms as u64 * 1_000_000)
         {
             self.state.last_heartbeat_ns = Some(now_ns);
-            alerts.push(self.heartbeat(&heartbeat.every, now_ns));
+            alerts.push(render::heartbeat(&self.settings, &heartbeat.every, self.state.series.values(), self.state.clock.watermark_ms, now_ns));
         }
         alerts
-    }
-
-    /// Says that the alerting runs, at wall time `now_ns`, with how many
-    /// alerts are firing and how far event time has come.
-    fn heartbeat(&self, every: &str, now_ns: u64) -> Alert {
-        let (mut firing, mut silenced) = (0, 0);
-        for series in self.state.series.values() {
-            if let AlertState::Firing { silenced: held, .. } = series.alert {
-                if held { silenced += 1 } else { firing += 1 }
-            }
-        }
-        let at = time::format_rfc3339((now_ns / 1_000_000) as i64);
-        let event_time = self.state.watermark_ms.map(time::format_rfc3339);
-        let summary =
-            format!("alerting runs at {at}: {firing} alert(s) firing, {silenced} silenced; event time {}", event_time.as_deref().unwrap_or("not started"));
-        let body = json!({ "heartbeat": true, "at": at, "every": every, "event_time": event_time, "firing": firing, "silenced": silenced, "summary": summary });
-        Alert { subject: format!("{}.{HEARTBEAT}", self.settings.subject_prefix), body }
     }
 
     pub fn snapshot(&self) -> Vec<u8> {
@@ -311,7 +268,7 @@ impl Engine {
 
     fn add_sample(&mut self, index: usize, name: &str, event: &Map<String, Value>, at_ms: i64, tally: &mut Tally) {
         let rule = &self.settings.rules[index];
-        if !matches_all(event, &rule.filter) {
+        if !labels::matches_all(event, &rule.filter) {
             return;
         }
         let (value, hit) = match &rule.measure {
@@ -322,12 +279,14 @@ impl Engine {
                     return;
                 }
             },
-            Measure::Share { event: wanted, filter } => (0.0, wanted.as_deref().is_none_or(|w| w == name) && matches_all(event, filter)),
+            Measure::Share { event: wanted, filter } => (0.0, wanted.as_deref().is_none_or(|w| w == name) && labels::matches_all(event, filter)),
             Measure::Count => (0.0, false),
         };
-        let step_ms = at_ms.div_euclid(self.settings.resolution_ms) * self.settings.resolution_ms;
+        let step_ms = step_start(at_ms, self.settings.resolution_ms);
+        let sketch = matches!(rule.measure, Measure::Quantile { .. }).then_some(self.settings.accuracy);
+        let valued = matches!(rule.measure, Measure::Quantile { .. } | Measure::Mean { .. });
         for labels in groups(rule, event) {
-            let key = series_key(&rule.key, &labels);
+            let key = labels::series_key(&rule.key, &labels);
             if !self.state.series.contains_key(&key) {
                 let tracked = self.state.series.values().filter(|s| s.rule == rule.key).count();
                 if tracked >= self.settings.max_groups {
@@ -339,11 +298,10 @@ impl Engine {
             }
             let Some(series) = self.state.series.get_mut(&key) else { continue };
             let step = series.steps.entry(step_ms).or_default();
-            step.samples += 1;
-            step.hits += u64::from(hit);
-            step.sum += value;
-            if matches!(rule.measure, Measure::Quantile { .. }) {
-                step.sketch.get_or_insert_with(|| Sketch::new(self.settings.accuracy)).add(value);
+            if valued {
+                step.add(value, hit, sketch);
+            } else {
+                step.count(hit);
             }
         }
         self.state.last_sample_ms = self.state.last_sample_ms.max(Some(at_ms));
@@ -351,11 +309,11 @@ impl Engine {
 
     /// Moves event time to `to_ms`, evaluating every boundary it passes.
     fn advance_to(&mut self, to_ms: i64, alerts: &mut Vec<Alert>) {
-        self.state.watermark_ms = Some(to_ms);
+        self.state.clock.watermark_ms = Some(to_ms);
         let resolution = self.settings.resolution_ms;
         // A window is evaluated once no event that may still count for it
         // can come: the allowance has passed its end.
-        let target = (to_ms - self.settings.late_ms).div_euclid(resolution) * resolution;
+        let Some(target) = self.state.clock.final_through(self.settings.late_ms, resolution) else { return };
         let Some(evaluated) = self.state.evaluated_ms else {
             self.state.evaluated_ms = Some(target);
             self.state.watching_since_ms = Some(target);
@@ -384,8 +342,8 @@ impl Engine {
     /// what it watches.
     fn watch_counts(&mut self) {
         for rule in self.settings.rules.iter().filter(|rule| rule.measure == Measure::Count) {
-            let labels = BTreeMap::new();
-            let key = series_key(&rule.key, &labels);
+            let labels = Labels::new();
+            let key = labels::series_key(&rule.key, &labels);
             self.state.series.entry(key).or_insert_with(|| Series { rule: rule.key.clone(), labels, steps: BTreeMap::new(), alert: AlertState::QUIET });
         }
     }
@@ -404,7 +362,7 @@ impl Engine {
                 // Part of this window is from before the plugin watched.
                 return true;
             }
-            let (samples, value) = measure(rule, series.steps.range(start..boundary).map(|(_, step)| step), settings.accuracy);
+            let (samples, value) = measure(rule, series.steps.range(start..boundary).map(|(_, step)| step));
             let holds = value.is_some_and(|v| rule.condition.holds(v));
             let reading = Reading { value, samples, at_ms: boundary };
             let silence = settings.silence(rule, &series.labels, boundary);
@@ -415,7 +373,7 @@ impl Engine {
                         if boundary - held_since >= rule.hold_ms {
                             let silenced = silence.is_some();
                             series.alert = AlertState::Firing { since_ms: boundary, announced_ms: boundary, clearing_since_ms: None, silenced };
-                            alerts.push(alert(settings, rule, series, &reading, held_since, Announcement::Fired, silence));
+                            alerts.push(render::alert(settings, rule, series, &reading, held_since, Announcement::Fired, silence));
                         } else {
                             series.alert = AlertState::Ok { pending_since_ms: Some(held_since) };
                         }
@@ -435,7 +393,7 @@ impl Engine {
                         let announced_ms = if announcement.is_some() { boundary } else { announced_ms };
                         series.alert = AlertState::Firing { since_ms, announced_ms, clearing_since_ms: None, silenced: silenced && silence.is_some() };
                         if let Some(announcement) = announcement {
-                            alerts.push(alert(settings, rule, series, &reading, since_ms, announcement, silence));
+                            alerts.push(render::alert(settings, rule, series, &reading, since_ms, announcement, silence));
                         }
                     } else {
                         let failing_since = clearing_since_ms.unwrap_or(boundary);
@@ -443,7 +401,7 @@ impl Engine {
                         if empty || boundary - failing_since >= rule.keep_firing_ms {
                             // An incident on-call never heard of ends as quietly.
                             let announcement = if silenced { Announcement::SilencedEnd } else { Announcement::Resolved };
-                            alerts.push(alert(settings, rule, series, &reading, failing_since, announcement, silence));
+                            alerts.push(render::alert(settings, rule, series, &reading, failing_since, announcement, silence));
                             series.alert = AlertState::QUIET;
                         } else {
                             series.alert = AlertState::Firing { since_ms, announced_ms, clearing_since_ms: Some(failing_since), silenced };
@@ -457,199 +415,24 @@ impl Engine {
 }
 
 /// The sample count and the measured value over some steps.
-fn measure<'a>(rule: &Rule, steps: impl Iterator<Item = &'a Step>, accuracy: f64) -> (u64, Option<f64>) {
-    let (mut samples, mut hits, mut sum) = (0u64, 0u64, 0.0f64);
-    let mut sketch = None::<Sketch>;
-    for step in steps {
-        samples += step.samples;
-        hits += step.hits;
-        sum += step.sum;
-        if let Some(more) = &step.sketch {
-            sketch.get_or_insert_with(|| Sketch::new(accuracy)).merge(more);
-        }
-    }
-    if samples == 0 && rule.measure != Measure::Count {
-        return (0, None);
-    }
+fn measure<'a>(rule: &Rule, steps: impl Iterator<Item = &'a Summary>) -> (u64, Option<f64>) {
+    let window = Summary::merged(steps);
     let value = match &rule.measure {
-        Measure::Quantile { q, .. } => sketch.and_then(|s| s.quantile(*q)),
-        Measure::Mean { .. } => Some(sum / samples as f64),
-        Measure::Share { .. } => Some(hits as f64 / samples as f64),
-        Measure::Count => Some(samples as f64),
+        Measure::Quantile { q, .. } => window.quantile(*q),
+        Measure::Mean { .. } => window.mean(),
+        Measure::Share { .. } => window.share(),
+        Measure::Count => Some(window.samples as f64),
     };
-    (samples, value)
-}
-
-/// Why an alert is published.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Announcement {
-    /// It began to fire.
-    Fired,
-    /// It is still firing and its `repeat` interval passed.
-    Repeat,
-    /// It fired under a silence, which is over while it still fires.
-    AfterSilence,
-    /// It resolved.
-    Resolved,
-    /// It resolves, having fired under a silence and never been announced.
-    SilencedEnd,
-}
-
-impl Announcement {
-    /// The alert's `state`.
-    fn state(self) -> &'static str {
-        match self {
-            Announcement::Fired | Announcement::Repeat | Announcement::AfterSilence => "firing",
-            Announcement::Resolved | Announcement::SilencedEnd => "resolved",
-        }
-    }
-}
-
-/// A window's measure at one boundary.
-struct Reading {
-    value: Option<f64>,
-    samples: u64,
-    at_ms: i64,
-}
-
-/// The alert a series emits at a reading; `condition_since` is when its
-/// condition began to hold (firing) or to fail (resolved), earlier than the
-/// change itself by `for` or `keep_firing_for`. `silence` is the silence
-/// covering it at the reading, if any.
-fn alert(
-    settings: &Settings,
-    rule: &Rule,
-    series: &Series,
-    reading: &Reading,
-    condition_since: i64,
-    announcement: Announcement,
-    silence: Option<&Silence>,
-) -> Alert {
-    let state = announcement.state();
-    let Reading { value, samples, at_ms } = *reading;
-    let since = match series.alert {
-        AlertState::Firing { since_ms, .. } => since_ms,
-        AlertState::Ok { .. } => at_ms,
-    };
-    let value = value.map(|v| (v * 10_000.0).round() / 10_000.0);
-    let labels_text: Vec<String> = series.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let key = if labels_text.is_empty() { rule.key.clone() } else { format!("{}{{{}}}", rule.key, labels_text.join(",")) };
-    let what = match &rule.measure {
-        Measure::Quantile { field, q } => format!("p{} of {field}", (q * 100.0).round()),
-        Measure::Mean { field } => format!("mean {field}"),
-        Measure::Share { .. } => "share".to_string(),
-        Measure::Count => "count".to_string(),
-    };
-    let repeat = announcement == Announcement::Repeat;
-    let damped = condition_since != at_ms && matches!(announcement, Announcement::Fired | Announcement::Resolved | Announcement::SilencedEnd);
-    // A firing or repeat under a silence, and the end of an incident that
-    // was never announced, are kept off the on-call tools.
-    let silenced = announcement == Announcement::SilencedEnd || (state == "firing" && silence.is_some());
-    let mut summary = format!(
-        "{key} {state}: {what} = {} over {} samples in the last {} ({} {})",
-        value.map_or("none".to_string(), |v| v.to_string()),
-        samples,
-        rule.window_text,
-        rule.condition.word(),
-        rule.condition.threshold()
-    );
-    if damped {
-        let how = if state == "firing" { "held" } else { "failed" };
-        summary.push_str(&format!("; condition {how} since {}", time::format_rfc3339(condition_since)));
-    }
-    match (announcement, silence) {
-        (Announcement::AfterSilence, _) => summary.push_str(&format!("; firing since {}, held back by a silence until now", time::format_rfc3339(since))),
-        (Announcement::SilencedEnd, _) => summary.push_str("; it fired under a silence and was never announced"),
-        (_, Some(silence)) if silenced => summary.push_str(&format!("; silenced until {}: {}", time::format_rfc3339(silence.until_ms), silence.reason)),
-        _ => {}
-    }
-    let mut body = json!({
-        "rule": rule.id,
-        "state": state,
-        "key": key,
-        "value": value,
-        "threshold": rule.condition.threshold(),
-        "condition": rule.condition.word(),
-        "window": rule.window_text,
-        "owner": rule.owner,
-        "severity": rule.severity,
-        "labels": series.labels,
-        "changed_at": time::format_rfc3339(at_ms),
-        "firing_since": time::format_rfc3339(since),
-        "samples": samples,
-        "summary": summary,
-    });
-    let fields = body.as_object_mut().expect("a JSON object");
-    if let Some(check) = &rule.check {
-        fields.insert("check".into(), json!(check));
-    }
-    if let Some(stage) = &settings.stage {
-        fields.insert("stage".into(), json!(stage));
-    }
-    if let Some(description) = &rule.description {
-        fields.insert("description".into(), json!(description));
-    }
-    if let Some(runbook) = &rule.runbook {
-        fields.insert("runbook".into(), json!(runbook));
-    }
-    if repeat {
-        fields.insert("repeat".into(), json!(true));
-    }
-    if announcement == Announcement::AfterSilence {
-        fields.insert("after_silence".into(), json!(true));
-    }
-    if silenced {
-        fields.insert("silenced".into(), json!(true));
-        if let Some(silence) = silence {
-            fields.insert("silence".into(), json!({ "until": time::format_rfc3339(silence.until_ms), "reason": silence.reason }));
-        }
-    }
-    if damped {
-        fields.insert("condition_since".into(), json!(time::format_rfc3339(condition_since)));
-    }
-    Alert { subject: format!("{}.{}", settings.subject_prefix, rule.id), body }
-}
-
-/// Whether every `field = value` of `filter` holds of the event.
-fn matches_all(event: &Map<String, Value>, filter: &Map<String, Value>) -> bool {
-    filter.iter().all(|(field, value)| event.get(field) == Some(value))
+    (window.samples, value)
 }
 
 /// The label sets an event counts towards: one without `group_by`; with it,
 /// one per value of the field (an object's entries are experiment/variant).
-fn groups(rule: &Rule, event: &Map<String, Value>) -> Vec<BTreeMap<String, String>> {
-    let Some(field) = &rule.group_by else { return vec![BTreeMap::new()] };
-    match event.get(field) {
-        Some(Value::Object(entries)) => entries
-            .iter()
-            .filter_map(|(experiment, variant)| {
-                let variant = scalar(variant)?;
-                Some(BTreeMap::from([("experiment".to_string(), experiment.clone()), ("variant".to_string(), variant)]))
-            })
-            .collect(),
-        Some(value) => scalar(value).map(|v| vec![BTreeMap::from([(field.clone(), v)])]).unwrap_or_default(),
-        None => Vec::new(),
+fn groups(rule: &Rule, event: &Map<String, Value>) -> Vec<Labels> {
+    match &rule.group_by {
+        Some(field) => labels::of_field(field, event.get(field)),
+        None => vec![Labels::new()],
     }
-}
-
-fn scalar(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-fn series_key(rule: &str, labels: &BTreeMap<String, String>) -> String {
-    let mut key = rule.to_string();
-    for (name, value) in labels {
-        key.push('|');
-        key.push_str(name);
-        key.push('=');
-        key.push_str(value);
-    }
-    key
 }
 
 #[cfg(test)]
@@ -841,7 +624,7 @@ mod tests {
         let beyond = event("scene_generated", T0 + 4 * MINUTE, json!({ "latency_ms": 1000 }));
         let ahead = event("scene_generated", NOW + 6 * MINUTE, json!({ "latency_ms": 1000 }));
         engine.consume([within.as_slice(), beyond.as_slice(), ahead.as_slice(), b"not json".as_slice()], NOW, &mut tally);
-        assert_eq!((tally.sampled, tally.late, tally.future, tally.unreadable), (1, 1, 1, 1));
+        assert_eq!((tally.sampled, tally.left_out.late, tally.left_out.future, tally.unreadable), (1, 1, 1, 1));
     }
 
     #[test]

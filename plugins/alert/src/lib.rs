@@ -8,10 +8,12 @@
 //! that it runs, for a dead man's switch.
 //!
 //! - `config`: the rules and their defaults, as the pipeline file gives them;
-//! - `engine`: windows, evaluation and the alert state machine.
+//! - `engine`: windows, evaluation and the alert state machine;
+//! - `render`: what an alert and a heartbeat say.
 
 pub mod config;
 pub mod engine;
+mod render;
 
 use engine::{Alert, Engine, State, Tally};
 use sluice_plugin::log::{self, Level};
@@ -35,18 +37,14 @@ impl Sink for AlertSink {
         let now_ms = clock::now_ms();
         let mut tally = Tally::default();
         let alerts = self.engine.with_state(state, |engine| engine.consume(batch.iter().map(|e| e.body.as_slice()), now_ms, &mut tally));
-        for (name, count) in [
+        counters::add_all(&[
             ("sampled", tally.sampled),
-            ("late", tally.late),
-            ("future", tally.future),
+            ("late", tally.left_out.late),
+            ("future", tally.left_out.future),
             ("unreadable", tally.unreadable),
             ("missing_field", tally.missing_field),
             ("over_group_limit", tally.over_group_limit),
-        ] {
-            if count > 0 {
-                counters::add(name, count);
-            }
-        }
+        ]);
         events(alerts)
     }
 
@@ -70,8 +68,7 @@ fn events(alerts: Vec<Alert>) -> Vec<Event> {
                 let level = if alert.body.get("heartbeat").is_some() { Level::Debug } else { Level::Info };
                 log::log(level, summary, &[("subject", &alert.subject)]);
             }
-            let headers = vec![("Content-Type".into(), "application/json".into())];
-            Event { subject: alert.subject, headers, body: alert.body.to_string().into_bytes() }
+            Event::json(alert.subject, &alert.body)
         })
         .collect()
 }

@@ -4,6 +4,8 @@
 //! - `uuid`: UUIDv4 checks, and ids derived from content;
 //! - `canonical`: canonical JSON (keys sorted, no insignificant white space);
 //! - `sketch`: quantiles over unbounded streams in bounded memory;
+//! - `windows`: event time, its late allowance, and the summaries of window steps;
+//! - `labels`: the labels an event's fields give the series it counts towards;
 //! - `config_path`: a path into a stage's config, as messages write it;
 //! - `names`: the names of a JSON object as it is read, to refuse one given twice;
 //! - [`hex`]: bytes as lower-case hex.
@@ -12,10 +14,12 @@
 
 pub mod canonical;
 pub mod config_path;
+pub mod labels;
 pub mod names;
 pub mod sketch;
 pub mod time;
 pub mod uuid;
+pub mod windows;
 
 /// Bytes as lower-case hex, two digits each.
 pub fn hex(bytes: &[u8]) -> String {

@@ -66,7 +66,7 @@ pub mod testing;
 
 pub use config::ConfigError;
 
-pub use sluice_kit::{canonical, hex, sketch, time, uuid};
+pub use sluice_kit::{canonical, hex, labels, sketch, time, uuid, windows};
 
 #[doc(hidden)]
 pub mod bindings {
@@ -177,6 +177,13 @@ pub trait Transform: Sized {
     }
 }
 
+impl Event {
+    /// A JSON event on `subject`, as a sink emits one (an alert, a rollup).
+    pub fn json(subject: String, body: &serde_json::Value) -> Self {
+        Event { subject, headers: vec![("Content-Type".into(), "application/json".into())], body: body.to_string().into_bytes() }
+    }
+}
+
 impl Outcome {
     /// Refuses the event: it goes to the dead-letter subject with `code`
     /// (machine-readable, e.g. `missing_property`), the property at fault if
@@ -242,6 +249,15 @@ pub mod counters {
         crate::bindings::sluice::plugin::counters::add(name, delta);
         #[cfg(not(target_arch = "wasm32"))]
         crate::testing::count(name, delta);
+    }
+
+    /// Adds each `(name, delta)` whose delta is not zero: a batch's tally.
+    pub fn add_all(deltas: &[(&str, u64)]) {
+        for &(name, delta) in deltas {
+            if delta > 0 {
+                add(name, delta);
+            }
+        }
     }
 }
 
