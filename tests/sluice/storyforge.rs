@@ -10,7 +10,7 @@ use crate::support::{Nats, Sluice, Workspace, root};
 
 #[test]
 fn every_storyforge_case_passes() {
-    for (file, cases) in [("pipelines/storyforge.toml", 96), ("pipelines/storyforge-pager.toml", 12)] {
+    for (file, cases) in [("pipelines/storyforge.toml", 103), ("pipelines/storyforge-pager.toml", 12)] {
         let (status, log) = Sluice::command(&["test", file]).wait();
         assert!(status.success(), "{file}: {log}");
         let totals = log.plain().find(|l| l.ends_with(" failed")).expect("a closing line");
@@ -45,6 +45,38 @@ fn a_failing_case_is_reported_with_what_differed() {
     assert!(log.contains(":: expects the wrong subject"), "{log}");
     assert!(log.contains(r#"output 0: expected subject "storyforge.analytics.signed_up", found "storyforge.analytics.onboarding_completed""#), "{log}");
     assert!(log.contains("expected 1 reject(s), found 0"), "{log}");
+    assert!(log.contains("0 passed, 2 failed"), "{log}");
+}
+
+#[test]
+fn a_rollup_case_compares_only_the_subjects_it_names_and_says_which_group_is_missing() {
+    let workspace = Workspace::new();
+    let cases = workspace.path("cases.toml");
+    std::fs::write(
+        &cases,
+        r#"
+        pipeline = "storyforge-aggregates"
+        clock = "2026-11-25T00:00:00Z"
+        only = ["storyforge.aggregates.cache_hits.minute"]
+        [[case]]
+        name = "a group that is not there"
+        series = [
+          { from = "2026-11-24T10:00:00Z", every = "1s", count = 3, input = { event = "scene_generated", cache_hit = "l2", latency_ms = 1000, duration_s = 1 } },
+          { from = "2026-11-24T10:02:00Z", every = "1s", count = 1, input = { event = "brain_selected" } },
+        ]
+        expect = [{ subject = "storyforge.aggregates.cache_hits.minute", body = { count = 3 }, has = { groups = [{ labels = { cache_hit = "l2" }, count = 3 }, { labels = { cache_hit = "l1" } }] } }]
+        [[case]]
+        name = "a filter that is not a subject"
+        only = ["storyforge.aggregates.cache_*"]
+        series = [{ from = "2026-11-24T10:03:00Z", every = "1s", count = 1, input = { event = "brain_selected" } }]
+        "#,
+    )
+    .unwrap();
+    let (status, log) = Sluice::command(&["test", "pipelines/storyforge.toml", cases.to_str().unwrap()]).wait();
+    assert!(!status.success());
+    assert!(log.contains(r#"output 0: `groups` has no element matching {"labels":{"cache_hit":"l1"}}"#), "{log}");
+    assert!(!log.contains("expected 1 output(s)"), "the other rollups of the minute are not compared: {log}");
+    assert!(log.contains("only: subject \"storyforge.aggregates.cache_*\": `*` and `>` must stand alone as a whole token"), "{log}");
     assert!(log.contains("0 passed, 2 failed"), "{log}");
 }
 
