@@ -316,7 +316,7 @@ fn run_case(chain: &mut Chain, file: &CaseFile, case: &Case, default_subject: &s
         let emitted = chain.tick(now).map_err(|e| format!("the sink failed on tick: {e:#}"))?;
         result.outputs.extend(emitted.into_iter().map(|event| Output { origin: 0, event }));
     }
-    chain.commit();
+    chain.commit().map_err(|e| format!("the sink cannot give its state: {e:#}"))?;
     let only = case.only.as_ref().unwrap_or(&file.only);
     for filter in only {
         crate::subject::check(filter, true).map_err(|e| format!("only: {e}"))?;

@@ -52,13 +52,13 @@ fn in_process(root: &Path, batches: &[Vec<Event>], events: usize) -> anyhow::Res
     let mut alerts = 0;
     for (i, batch) in batches.iter().enumerate() {
         alerts += chain.process(batch)?.outputs.len();
-        chain.commit();
+        chain.commit()?;
         if i % 400 == 0 {
             eprintln!("{} of {events} events", i * 512);
         }
     }
     let elapsed = started.elapsed();
-    let state = chain.hand_over().map_or(0, |s| s.len());
+    let state = chain.hand_over()?.map_or(0, |s| s.len());
     println!("alert pipeline (storyforge-alerts), in-process, batches of 512, a snapshot after each");
     println!("  events:                {events} ({} bytes on average)", bytes / events.max(1));
     println!("  events/s:              {:.0}", events as f64 / elapsed.as_secs_f64());
@@ -109,18 +109,7 @@ fn over_nats(root: &Path, batches: Vec<Vec<Event>>, events: usize) -> anyhow::Re
         let client = async_nats::connect(&server.url).await?;
         let jetstream = async_nats::jetstream::new(client);
         let started = Instant::now();
-        let mut acks = Vec::with_capacity(1000);
-        for event in batches.into_iter().flatten() {
-            acks.push(jetstream.publish(event.subject, event.body.into()).await?);
-            if acks.len() == 1000 {
-                for ack in acks.drain(..) {
-                    ack.await?;
-                }
-            }
-        }
-        for ack in acks {
-            ack.await?;
-        }
+        support::publish_stored(&jetstream, batches.into_iter().flatten().map(|event| (event.subject, event.body))).await;
         let published = started.elapsed();
         // Progress reports of the alerts pipeline, as the count of events it received.
         tokio::task::block_in_place(|| sluice.wait_for_count("storyforge-alerts", "received", events as u64, Duration::from_secs(600)));
@@ -141,6 +130,5 @@ fn over_nats(root: &Path, batches: Vec<Vec<Event>>, events: usize) -> anyhow::Re
 
 /// Resident memory of a process (`self` or a pid), in KiB.
 fn rss_kib(process: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{process}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0)
+    support::usage::memory_kib(process, "VmRSS")
 }

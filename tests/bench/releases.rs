@@ -224,15 +224,8 @@ async fn publish_steadily(js: jetstream::Context, rate: u64, stop: Arc<AtomicBoo
     seq
 }
 
-/// User and system CPU time of a process so far, from /proc.
 fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_nanos(ticks * 1_000_000_000 / per_second)
+    support::usage::cpu_time(&pid.to_string())
 }
 
 fn ms(from: Instant, to: Instant) -> String {

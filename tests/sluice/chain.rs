@@ -292,11 +292,11 @@ fn a_sink_keeps_state_between_batches_and_speaks_on_tick() {
 fn a_new_version_takes_over_the_sink_state() {
     let mut old = tally_chain();
     old.process(&[on("in.a"), on("in.b")]).expect("batch");
-    old.commit();
+    old.commit().expect("the sink gives its state");
     // A batch whose outputs were not published is not handed over.
     old.process(&[on("in.c")]).expect("batch");
     let mut new = tally_chain();
-    new.take_over(old.hand_over()).expect("the state is accepted");
+    new.take_over(old.hand_over().expect("the sink gives its state")).expect("the state is accepted");
     new.process(&[on("in.a")]).expect("batch");
     assert_eq!(summary(&new.tick(1).expect("tick")), serde_json::json!({ "in.a": 2, "in.b": 1 }));
 }
@@ -305,7 +305,7 @@ fn a_new_version_takes_over_the_sink_state() {
 fn a_sink_rolled_back_forgets_the_batch_that_was_not_published() {
     let mut chain = tally_chain();
     chain.process(&[on("in.a")]).expect("batch");
-    chain.commit();
+    chain.commit().expect("the sink gives its state");
     chain.process(&[on("in.a"), on("in.b")]).expect("batch");
     // Publishing that batch failed: it will be given again.
     chain.rollback().expect("restarts from the committed state");

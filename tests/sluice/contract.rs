@@ -98,14 +98,14 @@ fn counts(events: &[Event]) -> serde_json::Value {
 fn a_sinks_state_carries_over_a_swap_from_its_0_1_0_build_to_its_0_2_0_build_and_back() {
     let mut older = tally("tally_0_1");
     older.process(&[on("in.a"), on("in.a"), on("in.b")]).expect("batch");
-    older.commit();
+    older.commit().expect("the sink gives its state");
     let mut newer = tally("tally");
-    newer.take_over(older.hand_over()).expect("the 0.2.0 build takes the 0.1.0 state");
+    newer.take_over(older.hand_over().expect("the sink gives its state")).expect("the 0.2.0 build takes the 0.1.0 state");
     newer.process(&[on("in.a")]).expect("batch");
-    newer.commit();
+    newer.commit().expect("the sink gives its state");
     // Rolled back: the 0.1.0 build takes the state the 0.2.0 one kept.
     let mut again = tally("tally_0_1");
-    again.take_over(newer.hand_over()).expect("the 0.1.0 build takes the 0.2.0 state");
+    again.take_over(newer.hand_over().expect("the sink gives its state")).expect("the 0.1.0 build takes the 0.2.0 state");
     again.process(&[on("in.c")]).expect("batch");
     assert_eq!(counts(&again.tick(1).expect("tick")), serde_json::json!({ "in.a": 3, "in.b": 1, "in.c": 1 }));
     assert!(again.tick(2).expect("tick").is_empty(), "a 0.1.0 sink's tick is served");

@@ -150,3 +150,72 @@ async fn a_sink_state_larger_than_a_nats_message_is_kept_in_parts_across_a_sigki
     assert!(counts.values().all(|count| count == 1), "each event counted once");
     restarted.terminate();
 }
+
+/// The tally of `tally_pipeline`, storing its state at most every 300 ms,
+/// its summaries kept in a stream that drops a republished one.
+fn periodic_tally_pipeline() -> String {
+    r#"
+    [[stream]]
+    name = "RAW"
+    subjects = ["raw.>"]
+
+    [[stream]]
+    name = "COUNTS"
+    subjects = ["counts.>"]
+    duplicate_window = "2m"
+
+    [[pipeline]]
+    name = "tally"
+    input = { subject = "raw.>", stream = "RAW", ack_wait = "2s" }
+    output = { jetstream = true }
+    dead_letter = "dlq"
+    workers = 1
+    tick = "1h"
+    batch = { max_events = 100, max_wait = "5ms" }
+    state_every = "300ms"
+
+      [[pipeline.stage]]
+      name = "tally"
+      component = "{plugin:tally}"
+      config = { subject_prefix = "counts" }
+    "#
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_storing_its_state_periodically_counts_each_event_once_across_a_sigkill() {
+    const EVENTS: usize = 20_000;
+    let nats = Nats::start().await;
+    let workspace = Workspace::new();
+    let file = workspace.write_pipeline(&periodic_tally_pipeline());
+    let (sluice, metrics) = Sluice::run_with_metrics(&file, nats.url(), 1);
+    let events: Vec<(String, Vec<u8>)> = (0..EVENTS).map(|n| (format!("raw.s{}", n % 50), b"{}".to_vec())).collect();
+    nats.publish_stored(events[..5_000].to_vec()).await;
+    let counts = kept_counts(&nats, 5_000).await;
+    assert_eq!(counts.values().map(|n| n.as_u64().unwrap()).sum::<u64>(), 5_000, "the stored state counts each event once");
+    // Fifty batches or more, stored a few times: at most every 300 ms.
+    let scraped = crate::metrics::samples(&crate::metrics::get(&metrics, "/metrics").await.1);
+    let stores = crate::metrics::value(&scraped, "sluice_sink_state_store_duration_seconds_count", &[("pipeline", "tally")]).unwrap_or(0.0);
+    let batches = crate::metrics::value(&scraped, "sluice_batch_events_count", &[("pipeline", "tally")]).unwrap_or(0.0);
+    assert!(stores >= 1.0 && stores * 5.0 < batches, "{stores} stores for {batches} batches");
+
+    // Killed while events come: what it counted and did not store is
+    // redelivered, counted again from the stored state, and no more.
+    let publisher = {
+        let jetstream = nats.jetstream.clone();
+        let rest = events[5_000..].to_vec();
+        tokio::spawn(async move { crate::support::publish_stored(&jetstream, rest).await })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    sluice.kill();
+    publisher.await.unwrap();
+    let restarted = Sluice::run(&file, nats.url(), 1);
+    restarted.wait_for("Sink state restored.", 1, WAIT);
+    let kept = kept_counts(&nats, EVENTS as u64).await;
+    // The first tick after the restart summed up the restored counts and began afresh.
+    let summaries = nats.stream_messages("COUNTS").await;
+    let summarised: u64 = summaries.iter().flat_map(|m| json(m)["counts"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).collect::<Vec<_>>()).sum();
+    let counted: u64 = kept.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(summarised + counted, EVENTS as u64, "every event counted once: {summarised} summarised, {counted} counted since");
+    restarted.terminate();
+}

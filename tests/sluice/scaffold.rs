@@ -80,9 +80,9 @@ fn state_survives_a_hand_over(component: &Path) {
     let on = |name: &str| sluice::plugin::Event { subject: "in.web".into(), headers: vec![], body: format!(r#"{{"event":"{name}"}}"#).into_bytes() };
     let mut old = start();
     old.process(&[on("a"), on("a"), on("b")]).expect("batch");
-    old.commit();
+    old.commit().expect("the sink gives its state");
     let mut new = start();
-    new.take_over(old.hand_over()).expect("the state is taken over");
+    new.take_over(old.hand_over().expect("the sink gives its state")).expect("the state is taken over");
     new.process(&[on("b")]).expect("batch");
     let summary = new.tick(1_795_392_000_000_000_000).expect("tick");
     assert_eq!(summary.len(), 1, "{}: one summary", component.display());

@@ -166,17 +166,7 @@ async fn a_day_of_events_comes_out_once_each_on_the_right_subject_with_no_person
     assert!(inputs.len() >= 3000);
     nats.publish_stored(inputs.iter().enumerate().map(|(n, body)| (format!("storyforge.raw.web.{}", n % 4), body.clone()))).await;
 
-    // Wait until the pipeline has taken and acked everything.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let stream = nats.jetstream.get_stream("STORYFORGE_RAW").await.unwrap();
-        let info = stream.consumer_info("storyforge-ingest").await.unwrap();
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the pipeline did not finish: {info:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    drained(&nats, "STORYFORGE_RAW", "storyforge-ingest", Instant::now() + Duration::from_secs(120)).await;
     sluice.terminate();
 
     let ids: Vec<String> = inputs.iter().map(|b| event_id(b)).collect();
@@ -249,4 +239,137 @@ fn personal_data(inputs: &[Vec<u8>]) -> BTreeSet<String> {
     }
     secrets.extend(["@example.com", "@example.org", "555-0134", "7946 0958", "192.0.2.77"].map(String::from));
     secrets
+}
+
+/// Waits until the consumer has taken and acked everything its stream holds.
+async fn drained(nats: &Nats, stream: &str, durable: &str, deadline: Instant) {
+    loop {
+        let info = nats.jetstream.get_stream(stream).await.unwrap().consumer_info(durable).await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{durable} did not finish: {info:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The rollups of one subject in the aggregates stream, by window start.
+fn rollups(messages: &[async_nats::Message], subject: &str) -> BTreeMap<String, Vec<Value>> {
+    let mut by_start: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for message in messages.iter().filter(|m| m.subject.as_str() == subject) {
+        let body: Value = serde_json::from_slice(&message.payload).unwrap();
+        by_start.entry(body["start"].as_str().unwrap().to_string()).or_default().push(body);
+    }
+    by_start
+}
+
+/// The `all` group of a rollup with these labels.
+fn group<'a>(rollup: &'a Value, labels: &Value) -> Option<&'a Value> {
+    rollup["groups"].as_array().unwrap().iter().find(|g| g["cut"] == "all" && &g["labels"] == labels)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_day_replayed_through_sluice_gives_its_rollups_exactly_once() {
+    let nats = Nats::start().await;
+    let sluice = Sluice::run(&root().join("pipelines/storyforge.toml"), nats.url(), 3);
+    let mut inputs = sample_day();
+    // A last event two days on closes the day's windows and decides the
+    // day's sign-ups for their first lock.
+    let closing = String::from_utf8(inputs.iter().find(|b| b.starts_with(br#"{"event":"brain_selected""#)).unwrap().clone()).unwrap();
+    let mut closing: Value = serde_json::from_str(&closing).unwrap();
+    closing["client_ts"] = "2026-11-25T00:02:00.000Z".into();
+    closing["server_ts"] = "2026-11-25T00:02:00.000Z".into();
+    inputs.push(closing.to_string().into_bytes());
+    // In order, a minute of event time at a time, each taken in by the
+    // ingest before the next: as the day came, only faster. (Published all
+    // at once, the ingest's two workers would interleave batches spanning
+    // hours of this sparse day, further apart than the late allowance.)
+    let minute = |body: &Vec<u8>| serde_json::from_slice::<Value>(body).ok().and_then(|v| v["server_ts"].as_str().map(|t| t[..16].to_string()));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut at = 0;
+    while at < inputs.len() {
+        let this = minute(&inputs[at]);
+        let end = at + inputs[at..].iter().take_while(|body| this.is_some() && minute(body) == this).count().max(1);
+        nats.publish_stored(inputs[at..end].iter().map(|body| ("storyforge.raw.web".to_string(), body.clone()))).await;
+        drained(&nats, "STORYFORGE_RAW", "storyforge-ingest", deadline).await;
+        at = end;
+    }
+    drained(&nats, "STORYFORGE_CLEAN", "storyforge-aggregates", deadline).await;
+    sluice.terminate();
+
+    // What the rollups must say, from the clean events themselves.
+    let clean: Vec<Value> = nats
+        .stream_messages("STORYFORGE_CLEAN")
+        .await
+        .iter()
+        .filter(|m| m.subject.starts_with("storyforge.analytics."))
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    let day = |event: &Value| event["server_ts"].as_str().unwrap().starts_with("2026-11-23");
+    let generated: Vec<&Value> = clean.iter().filter(|e| e["event"] == "scene_generated" && day(e)).collect();
+    let mut per_minute: BTreeMap<String, u64> = BTreeMap::new();
+    for event in &generated {
+        *per_minute.entry(format!("{}:00.000Z", &event["server_ts"].as_str().unwrap()[..16])).or_default() += 1;
+    }
+    assert!(generated.len() > 300, "the day has generations: {}", generated.len());
+
+    let aggregates = nats.stream_messages("STORYFORGE_AGGREGATES").await;
+    // Every minute with generations, once, with their exact count.
+    let minutes = rollups(&aggregates, "storyforge.aggregates.scenes.minute");
+    for (start, count) in &per_minute {
+        let published = minutes.get(start).unwrap_or_else(|| panic!("no scenes rollup for the minute {start}"));
+        assert_eq!(published.len(), 1, "the minute {start} is published once");
+        assert_eq!(group(&published[0], &serde_json::json!({ "event": "scene_generated" })).unwrap()["count"], *count, "{start}");
+    }
+
+    // The day's latency per vendor, route and safety mode: exact counts and
+    // sums, percentiles within the sketch's error of the exact ones.
+    let days = rollups(&aggregates, "storyforge.aggregates.generation_latency.day");
+    let latency_day = &days.get("2026-11-23T00:00:00.000Z").expect("the day's latency rollup")[..];
+    assert_eq!(latency_day.len(), 1, "the day is published once");
+    let latency_day = &latency_day[0];
+    assert_eq!(latency_day["count"], generated.len() as u64);
+    let mut by_group: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
+    for event in &generated {
+        let key = |f: &str| event[f].as_str().unwrap().to_string();
+        by_group.entry((key("model_vendor"), key("provider_route"), key("safety_mode"))).or_default().push(event["latency_ms"].as_f64().unwrap());
+    }
+    let error = latency_day["quantile_error"].as_f64().unwrap();
+    for ((vendor, route, mode), mut values) in by_group {
+        let labels = serde_json::json!({ "model_vendor": vendor, "provider_route": route, "safety_mode": mode });
+        let published = group(latency_day, &labels).unwrap_or_else(|| panic!("no group {labels}"));
+        assert_eq!(published["count"], values.len() as u64, "{labels}");
+        let sum: f64 = values.iter().sum();
+        assert!((published["sum"].as_f64().unwrap() - sum).abs() < 1e-3, "{labels}: sum {} vs {sum}", published["sum"]);
+        values.sort_by(f64::total_cmp);
+        for (name, q) in [("p50", 0.5), ("p95", 0.95), ("p99", 0.99)] {
+            let exact = values[(q * (values.len() - 1) as f64).floor() as usize];
+            let estimate = published[name].as_f64().unwrap();
+            assert!((estimate - exact).abs() <= error * exact + 1e-6, "{labels} {name}: {estimate} vs exact {exact}");
+        }
+    }
+
+    // The day's sign-ups, decided for their first lock within 24 hours.
+    // A user's first sign-up counts; one sent again is the same user.
+    let ts = |e: &Value| sluice_kit::time::parse_rfc3339(e["server_ts"].as_str().unwrap()).unwrap();
+    let mut signed_up: BTreeMap<&str, &Value> = BTreeMap::new();
+    for sign_up in clean.iter().filter(|e| e["event"] == "user_signed_up" && day(e)) {
+        let first = signed_up.entry(sign_up["user_id"].as_str().unwrap()).or_insert(sign_up);
+        if ts(sign_up) < ts(first) {
+            *first = sign_up;
+        }
+    }
+    let locked_in_time = signed_up
+        .iter()
+        .filter(|(user, sign_up)| {
+            clean.iter().any(|e| e["event"] == "scene_locked" && e["user_id"] == **user && (0..=86_400_000).contains(&(ts(e) - ts(sign_up))))
+        })
+        .count();
+    let shares = rollups(&aggregates, "storyforge.aggregates.first_locked_scene_within_24h.day");
+    let share = &shares.get("2026-11-23T00:00:00.000Z").expect("the day's lock share")[..];
+    assert_eq!(share.len(), 1);
+    let users: u64 = share[0]["groups"].as_array().unwrap().iter().filter(|g| g["cut"] == "all").map(|g| g["users"].as_u64().unwrap()).sum();
+    let reached: u64 = share[0]["groups"].as_array().unwrap().iter().filter(|g| g["cut"] == "all").map(|g| g["reached"].as_u64().unwrap()).sum();
+    assert!(!signed_up.is_empty());
+    assert_eq!((users, reached), (signed_up.len() as u64, locked_in_time as u64));
 }

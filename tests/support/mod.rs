@@ -8,6 +8,7 @@
 
 mod pipeline;
 mod process;
+pub mod usage;
 
 pub use pipeline::{Pipeline, PipelineFile};
 pub use process::{Log, Sluice};
@@ -18,6 +19,23 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use futures::StreamExt;
 use sluice::nats::ManagedServer;
+
+/// Publishes through JetStream, awaiting the acknowledgements a thousand at
+/// a time (the client holds only so many unacknowledged publishes).
+pub async fn publish_stored(jetstream: &jetstream::Context, messages: impl IntoIterator<Item = (String, Vec<u8>)>) {
+    let mut acks = Vec::new();
+    for (subject, body) in messages {
+        acks.push(jetstream.publish(subject, body.into()).await.expect("publish to JetStream"));
+        if acks.len() == 1000 {
+            for ack in acks.drain(..) {
+                ack.await.expect("JetStream stores the message");
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.expect("JetStream stores the message");
+    }
+}
 
 /// The HMAC key the tests give the StoryForge pipeline.
 pub const HASH_KEY: &str = "test-key-0123456789abcdef";
@@ -62,18 +80,7 @@ impl Nats {
     /// Publishes through JetStream, awaiting the acknowledgements a thousand
     /// at a time (the client holds only so many unacknowledged publishes).
     pub async fn publish_stored(&self, messages: impl IntoIterator<Item = (String, Vec<u8>)>) {
-        let mut acks = Vec::new();
-        for (subject, body) in messages {
-            acks.push(self.jetstream.publish(subject, body.into()).await.expect("publish to JetStream"));
-            if acks.len() == 1000 {
-                for ack in acks.drain(..) {
-                    ack.await.expect("JetStream stores the message");
-                }
-            }
-        }
-        for ack in acks {
-            ack.await.expect("JetStream stores the message");
-        }
+        publish_stored(&self.jetstream, messages).await;
     }
 
     /// Every message a stream holds, read with a fresh ordered consumer.

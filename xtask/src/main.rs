@@ -7,7 +7,8 @@
 //!   tests, xtask and plugins, warnings refused), build the plugins, run the
 //!   plugins' unit tests and then every test of the host.
 //! - `cargo xtask bench`: set up, build in release mode, run the throughput
-//!   benchmark (`--alerts`: the alert pipeline's; `--releases`: fleet deploys').
+//!   benchmark (`--alerts`: the alert pipeline's; `--aggregates`: the
+//!   aggregates'; `--releases`: fleet deploys').
 //! - `cargo xtask plugins`: build the plugins only.
 //!
 //! Set-up installs what the project needs and the toolchain lacks: the
@@ -58,22 +59,17 @@ fn main() -> Result<()> {
         "bench" => {
             setup()?;
             build_plugins()?;
-            // `--alerts` picks the alert pipeline's benchmark, `--releases` the fleet deploys'.
+            // `--alerts` picks the alert pipeline's benchmark, `--aggregates` the
+            // aggregates', `--releases` the fleet deploys'.
             let picked = |flag: &str| rest.iter().any(|a| a == flag);
-            let bench = if picked("--alerts") {
-                "alerts"
-            } else if picked("--releases") {
-                "releases"
-            } else {
-                "throughput"
-            };
+            let bench = ["alerts", "aggregates", "releases"].into_iter().find(|b| picked(&format!("--{b}"))).unwrap_or("throughput");
             if bench == "throughput" {
                 let native = build_native_chain()?;
                 // SAFETY: set before any thread of ours starts; children inherit it.
                 unsafe { std::env::set_var("SLUICE_CHAIN_NATIVE", native) };
             }
             let mut args = vec!["bench", "--package", "sluice", "--bench", bench, "--"];
-            args.extend(rest.iter().filter(|a| *a != "--alerts" && *a != "--releases").map(String::as_str));
+            args.extend(rest.iter().filter(|a| !["--alerts", "--aggregates", "--releases"].contains(&a.as_str())).map(String::as_str));
             cargo(&args)
         }
         _ => bail!("usage: cargo xtask (demo | test | bench | plugins)"),

@@ -279,6 +279,24 @@ impl Checker {
                 }
             }),
         };
+        // Inputs wait unacked until the state that counted them is stored:
+        // well within ack_wait, or JetStream hands them out again.
+        let ack_wait = match input.as_ref() {
+            Some(InputSpec::JetStream { ack_wait, .. }) => *ack_wait,
+            _ => DEFAULT_ACK_WAIT,
+        };
+        let state_every = match &raw.state_every {
+            None => Some(None),
+            Some(d) => self.parsed(d, |d| {
+                let every = units::duration(d).and_then(|d| within(d, (Duration::from_millis(10), Duration::from_secs(60)), "state_every"))?;
+                if every * 3 > ack_wait {
+                    return Err(format!(
+                        "state_every = {d:?} must be at most a third of the input's ack_wait ({ack_wait:?}): inputs wait unacked until the state is stored"
+                    ));
+                }
+                Ok(Some(every))
+            }),
+        };
         let webhook = match &raw.output.webhook {
             None => Some(None),
             Some(w) => self.webhook(w).map(Some),
@@ -309,6 +327,7 @@ impl Checker {
             format: format?,
             tick: tick?,
             state_bucket: state_bucket?,
+            state_every: state_every?,
             webhook: webhook?,
             stages: stages.into_iter().collect::<Option<Vec<_>>>()?,
         })

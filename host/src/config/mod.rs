@@ -127,6 +127,9 @@ pub struct PipelineSpec {
     pub tick: Duration,
     /// The key-value bucket that keeps a sink's state across restarts.
     pub state_bucket: String,
+    /// A sink's state is stored at most this often (and its inputs acked
+    /// then); `None`: after every batch.
+    pub state_every: Option<Duration>,
     /// Outputs go to this HTTP endpoint rather than to NATS.
     pub webhook: Option<WebhookSpec>,
     pub stages: Vec<StageSpec>,

@@ -110,6 +110,8 @@ pub struct Pipeline {
     pub tick: Option<Spanned<String>>,
     /// The key-value bucket that keeps a sink's state across restarts.
     pub state_bucket: Option<Spanned<String>>,
+    /// Store a sink's state at most this often, not after every batch.
+    pub state_every: Option<Spanned<String>>,
     #[serde(default)]
     pub stage: Vec<Spanned<Stage>>,
 }

@@ -24,6 +24,10 @@ pub struct Delivery {
     pub receipt: Receipt,
 }
 
+/// The most inputs a sink with `state_every` holds unacked, waiting for
+/// its state to be stored; it stores sooner rather than hold more.
+pub const HELD_INPUTS: usize = 65_536;
+
 /// What is left of a delivery once its event is taken: its name, and how to
 /// ack or nak it.
 pub struct Receipt {
@@ -106,7 +110,10 @@ impl Source {
                 // Room for each worker's batches in flight (`worker::IN_FLIGHT`),
                 // the one it runs and the next ones filling: at the cap, a
                 // batch cannot fill and waits out its `max_wait`.
-                let in_flight = spec.workers * spec.max_events * 8;
+                // A sink that stores its state periodically holds its inputs
+                // unacked until then, up to `HELD_INPUTS`.
+                let held = if spec.state_every.is_some() { HELD_INPUTS } else { 0 };
+                let in_flight = spec.workers * spec.max_events * 8 + held;
                 let consumer = stream_handle
                     .create_consumer(pull::Config {
                         durable_name: Some(durable.clone()),

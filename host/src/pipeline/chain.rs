@@ -6,6 +6,11 @@
 //! contract), the instance is replaced and the batch is run again event by
 //! event, so that only the event that causes the fault is refused and every
 //! other event of the batch goes on.
+//!
+//! A sink's state is taken (`snapshot`) after every call, unless its
+//! pipeline stores it periodically (`state_every`): then it is taken only
+//! when committed or handed over, and the calls since are kept, so that a
+//! faulted instance is restored from the last state and given them again.
 
 use std::sync::Arc;
 
@@ -65,22 +70,109 @@ pub struct Chain {
 /// instance is replaced by one restored from `state` (the last call that
 /// succeeded); `committed` is the state after the last batch whose outputs
 /// were published, to which a batch that could not be published rolls back.
+///
+/// With `since` (a pipeline with `state_every`), `state` is the last state
+/// taken, and the instance is it with the calls of `since` made again: the
+/// first `published` of them are of batches whose outputs are out.
 struct LiveSink {
     instance: SinkInstance,
     state: Option<Vec<u8>>,
     committed: Option<Vec<u8>>,
+    since: Option<Vec<Made>>,
+    published: usize,
+}
+
+/// A call into a sink.
+#[derive(Clone, Copy)]
+enum Call<'a> {
+    Consume(&'a [Event]),
+    Tick(u64),
+}
+
+/// A call the sink took, kept to be made again.
+enum Made {
+    Consume(Vec<Event>),
+    Tick(u64),
+}
+
+impl Made {
+    fn call(&self) -> Call<'_> {
+        match self {
+            Made::Consume(events) => Call::Consume(events),
+            Made::Tick(now_ns) => Call::Tick(*now_ns),
+        }
+    }
+}
+
+impl Call<'_> {
+    fn make(self, instance: &mut SinkInstance) -> Result<Vec<Event>, Fault> {
+        match self {
+            Call::Consume(events) => instance.consume(events),
+            Call::Tick(now_ns) => instance.tick(now_ns),
+        }
+    }
+
+    fn kept(self) -> Made {
+        match self {
+            Call::Consume(events) => Made::Consume(events.to_vec()),
+            Call::Tick(now_ns) => Made::Tick(now_ns),
+        }
+    }
+}
+
+impl LiveSink {
+    /// A new instance from the last state, given the calls since again
+    /// (their events are out already, so what they emit is dropped).
+    fn restart(&mut self, prepared: &PreparedSink) -> Result<()> {
+        self.instance = prepared.restart(self.state.as_deref())?;
+        for made in self.since.iter().flatten() {
+            made.call().make(&mut self.instance).map_err(|fault| anyhow::anyhow!("the sink faulted again on a call it had taken before the fault: {fault}"))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the state now: the calls since are in it.
+    fn take_state(&mut self, prepared: &PreparedSink) -> Result<()> {
+        if self.since.as_ref().is_none_or(Vec::is_empty) {
+            return Ok(());
+        }
+        let snapshot = match self.instance.snapshot() {
+            Ok(snapshot) => snapshot,
+            Err(fault) => {
+                tracing::warn!(pipeline = %prepared.context.pipeline, stage = %prepared.spec.name, %fault, "Sink faulted taking its state; restarting it and taking it again.");
+                self.restart(prepared)?;
+                self.instance.snapshot().map_err(|fault| anyhow::anyhow!("the sink cannot give its state: {fault}"))?
+            }
+        };
+        self.state = Some(snapshot);
+        self.since = Some(Vec::new());
+        self.published = 0;
+        Ok(())
+    }
 }
 
 impl Chain {
     pub fn start(version: Arc<PipelineVersion>) -> Result<Self> {
         let instances = version.stages.iter().map(|stage| stage.start()).collect::<Result<_>>()?;
-        let sink = version.sink.as_ref().map(|sink| sink.start(None).map(|instance| LiveSink { instance, state: None, committed: None })).transpose()?;
+        let lazy = version.spec.state_every.is_some();
+        let sink = version
+            .sink
+            .as_ref()
+            .map(|sink| sink.start(None).map(|instance| LiveSink { instance, state: None, committed: None, since: lazy.then(Vec::new), published: 0 }))
+            .transpose()?;
         Ok(Self { version, instances, sink, tapped: Vec::new() })
     }
 
-    /// The sink's committed state, to hand to the next version's chain.
-    pub fn hand_over(&self) -> Option<Vec<u8>> {
-        self.sink.as_ref().and_then(|sink| sink.committed.clone())
+    /// The sink's state, to hand to the next version's chain, between
+    /// batches: the committed one, or, when the state is taken only
+    /// periodically, the one it has now.
+    pub fn hand_over(&mut self) -> Result<Option<Vec<u8>>> {
+        let (Some(prepared), Some(sink)) = (self.version.sink.as_ref(), self.sink.as_mut()) else { return Ok(None) };
+        if sink.since.is_some() {
+            sink.take_state(prepared)?;
+            return Ok(sink.state.clone());
+        }
+        Ok(sink.committed.clone())
     }
 
     /// Takes over the state an earlier chain's sink handed over, or one kept
@@ -90,23 +182,42 @@ impl Chain {
             sink.instance.restore(&state)?;
             sink.state = Some(state.clone());
             sink.committed = Some(state);
+            if let Some(since) = sink.since.as_mut() {
+                since.clear();
+                sink.published = 0;
+            }
         }
         Ok(())
     }
 
     /// The outputs of everything the sink was given so far are published: its
     /// state becomes the one to keep. Returns it, for keeping elsewhere too.
-    pub fn commit(&mut self) -> Option<&[u8]> {
-        let sink = self.sink.as_mut()?;
+    /// An error: the sink could not give its state (nothing may be acked).
+    pub fn commit(&mut self) -> Result<Option<&[u8]>> {
+        let (Some(prepared), Some(sink)) = (self.version.sink.as_ref(), self.sink.as_mut()) else { return Ok(None) };
+        sink.take_state(prepared)?;
         sink.committed.clone_from(&sink.state);
-        sink.committed.as_deref()
+        Ok(sink.committed.as_deref())
     }
 
-    /// The outputs since the last commit could not be published: the sink
-    /// goes back to the committed state, so that the events it is given again
-    /// are not counted twice.
+    /// The outputs of the sink's calls so far are published, though its
+    /// state is not committed yet: a rollback keeps them.
+    pub fn published(&mut self) {
+        if let Some(sink) = self.sink.as_mut() {
+            sink.published = sink.since.as_ref().map_or(0, Vec::len);
+        }
+    }
+
+    /// The outputs since the last commit (or, storing periodically, since
+    /// the last `published`) could not be published: the sink goes back to
+    /// before them, so that the events it is given again are not counted
+    /// twice.
     pub fn rollback(&mut self) -> Result<()> {
         let (Some(prepared), Some(sink)) = (self.version.sink.as_ref(), self.sink.as_mut()) else { return Ok(()) };
+        if let Some(since) = sink.since.as_mut() {
+            since.truncate(sink.published);
+            return sink.restart(prepared);
+        }
         sink.instance = prepared.restart(sink.committed.as_deref())?;
         sink.state.clone_from(&sink.committed);
         Ok(())
@@ -116,11 +227,11 @@ impl Chain {
     /// to publish. A chain without a sink has nothing to do.
     pub fn tick(&mut self, now_ns: u64) -> Result<Vec<Event>> {
         let (Some(prepared), Some(sink)) = (self.version.sink.as_ref(), self.sink.as_mut()) else { return Ok(Vec::new()) };
-        let emitted = match step(sink, |instance| instance.tick(now_ns)) {
+        let emitted = match step(sink, Call::Tick(now_ns)) {
             Ok(emitted) => emitted,
             Err(fault) => {
                 tracing::warn!(pipeline = %prepared.context.pipeline, stage = %prepared.spec.name, %fault, "Sink faulted on tick; restarting it from its last state.");
-                sink.instance = prepared.restart(sink.state.as_deref())?;
+                sink.restart(prepared)?;
                 return Ok(Vec::new());
             }
         };
@@ -282,11 +393,15 @@ fn run_stage(
 }
 
 /// One call into a sink, then a snapshot of the state it left: both must
-/// succeed for the new state to count.
-fn step<T>(sink: &mut LiveSink, call: impl FnOnce(&mut SinkInstance) -> Result<T, Fault>) -> Result<T, Fault> {
-    let value = call(&mut sink.instance)?;
-    sink.state = Some(sink.instance.snapshot()?);
-    Ok(value)
+/// succeed for the new state to count. Storing periodically, the call is
+/// kept instead of the snapshot.
+fn step(sink: &mut LiveSink, call: Call<'_>) -> Result<Vec<Event>, Fault> {
+    let emitted = call.make(&mut sink.instance)?;
+    match sink.since.as_mut() {
+        Some(since) => since.push(call.kept()),
+        None => sink.state = Some(sink.instance.snapshot()?),
+    }
+    Ok(emitted)
 }
 
 /// Hands the batch to the sink. Its own events become the outputs, each
@@ -301,21 +416,21 @@ fn run_sink(
     result: &mut BatchResult,
 ) -> Result<(Vec<Event>, Vec<usize>)> {
     let credit = origins.last().copied().unwrap_or_default();
-    let emitted = match step(sink, |instance| instance.consume(&events)) {
+    let emitted = match step(sink, Call::Consume(&events)) {
         Ok(emitted) => emitted,
         Err(fault) => {
             result.faults += 1;
             tracing::warn!(pipeline = %prepared.context.pipeline, stage = %prepared.spec.name, %fault, "Sink faulted on a batch; restarting it from its last state and feeding it event by event.");
-            sink.instance = prepared.restart(sink.state.as_deref())?;
+            sink.restart(prepared)?;
             let mut emitted = Vec::new();
             for (event, origin) in events.iter().zip(&origins) {
-                match step(sink, |instance| instance.consume(std::slice::from_ref(event))) {
+                match step(sink, Call::Consume(std::slice::from_ref(event))) {
                     Ok(more) => emitted.extend(more),
                     Err(fault) => {
                         result.faults += 1;
                         let name = prepared.spec.name.clone();
                         result.rejects.push(Reject { origin: *origin, stage: name, code: fault.code().into(), property: None, message: fault.to_string() });
-                        sink.instance = prepared.restart(sink.state.as_deref())?;
+                        sink.restart(prepared)?;
                     }
                 }
             }

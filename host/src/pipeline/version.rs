@@ -136,6 +136,9 @@ impl PipelineVersion {
         if sink.is_some() && spec.workers != 1 {
             anyhow::bail!("pipeline `{}` ends in a sink, which keeps its state in one instance: set `workers = 1` (it has {})", spec.name, spec.workers);
         }
+        if sink.is_none() && spec.state_every.is_some() {
+            anyhow::bail!("pipeline `{}` sets `state_every`, but keeps no state: only a pipeline that ends in a sink stores one", spec.name);
+        }
         let id = super::hex(&hasher.finalize()[..8]);
         Ok(Arc::new(Self { spec: spec.clone(), id, stages, sink }))
     }

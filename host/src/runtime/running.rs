@@ -159,7 +159,8 @@ impl RunningPipeline {
     /// Whether `new` can replace the running version between two batches, or
     /// needs the workers restarted (a different input, worker count, batch
     /// shape, output or tick; a sink added or taken away, or its state kept
-    /// in another bucket: a worker fixes those when it starts).
+    /// in another bucket or stored at another pace: a worker fixes those
+    /// when it starts).
     pub fn can_swap_to(&self, new: &PipelineVersion) -> bool {
         let running = self.version();
         let (old, spec) = (&running.spec, &new.spec);
@@ -172,6 +173,7 @@ impl RunningPipeline {
             && old.webhook == spec.webhook
             && running.sink.is_some() == new.sink.is_some()
             && old.state_bucket == spec.state_bucket
+            && old.state_every == spec.state_every
     }
 
     /// Hands a new version to the workers; each takes it up after its current batch.

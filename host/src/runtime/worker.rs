@@ -21,7 +21,10 @@
 //! A pipeline that ends in a sink (one worker) also keeps the sink's state in
 //! a key-value bucket after each batch and tick, before acking, and reads it
 //! back at start. Batches and ticks share one path: publish, store the state,
-//! settle. The sink sees every event once and in order.
+//! settle. The sink sees every event once and in order. With `state_every`,
+//! the state is stored at most that often (and on every tick, swap and
+//! shutdown), and the inputs it counted are held unacked until then: a large
+//! state is not written after every batch.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,7 +40,7 @@ use super::messages::{self, Kind, Outbound, Source as Origin, Stamp};
 use super::stats::Stats;
 use crate::config::InputSpec;
 use crate::nats::Connection;
-use crate::nats::input::{Batches, Delivery, Receipt, Source};
+use crate::nats::input::{Batches, Delivery, HELD_INPUTS, Receipt, Source};
 use crate::nats::publish::{Answers, Failure, Message, Publisher};
 use crate::nats::state::{Saved, StateStore};
 use crate::pipeline::{BatchResult, Chain, PipelineVersion, Reject};
@@ -57,11 +60,30 @@ const REOPEN_DELAY: Duration = Duration::from_millis(500);
 const RETRY_DELAYS: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
 
 /// Where a sink's state is kept, and how far into the input it reaches.
-#[derive(Default)]
 struct Kept {
     store: Option<StateStore>,
-    /// Stream sequence of the last input the sink has counted.
+    /// Stream sequence of the last input the stored state has counted.
     counted_through: u64,
+    /// Stream sequence of the last input the live sink has counted.
+    consumed_through: u64,
+    /// Inputs the live sink counted, acked once its state is stored.
+    held: Vec<Receipt>,
+    /// When the state was last stored.
+    stored_at: std::time::Instant,
+    /// The live sink took a batch or tick whose outputs are not out (shutdown
+    /// came first): its state is not to be stored as it is.
+    unpublished: bool,
+}
+
+impl Kept {
+    fn new(store: Option<StateStore>, counted_through: u64) -> Self {
+        Self { store, counted_through, consumed_through: counted_through, held: Vec::new(), stored_at: std::time::Instant::now(), unpublished: false }
+    }
+
+    /// Whether the state is to be stored after a batch of `events`.
+    fn due(&self, every: Option<Duration>, events: usize, max_events: usize) -> bool {
+        every.is_none_or(|every| self.stored_at.elapsed() >= every || self.held.len() + events + max_events > HELD_INPUTS)
+    }
 }
 
 /// What a sink's batch or tick brought, for `finish`: the inputs (none for
@@ -116,7 +138,7 @@ impl Worker {
         let mut chain = tokio::task::block_in_place(|| Chain::start(version))?;
         // Only a pipeline that ends in a sink keeps state and is told that time passes.
         let has_sink = chain.version.sink.is_some();
-        let mut kept = if has_sink { self.restore(&mut chain).await } else { Kept::default() };
+        let mut kept = if has_sink { self.restore(&mut chain).await } else { Kept::new(None, 0) };
         // The first tick comes at once: an alert stage announces itself
         // (its heartbeat) as soon as it runs.
         let mut ticker = tokio::time::interval(chain.version.spec.tick);
@@ -125,10 +147,21 @@ impl Worker {
         // while the next one runs (outputs to NATS, not to a sink's state).
         let mut in_flight = tokio::task::JoinSet::new();
         tracing::debug!(pipeline = %name, worker = self.index, "Worker started.");
+        let state_every = chain.version.spec.state_every;
         loop {
+            // Inputs a sink holds are acked once its state is stored: when no
+            // batch comes to store it, the time does.
+            let store_at = tokio::time::Instant::from_std(kept.stored_at + state_every.unwrap_or_default());
             let batch = tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                _ = tokio::time::sleep_until(store_at), if !kept.held.is_empty() => {
+                    if self.fenced_out(&name) {
+                        break;
+                    }
+                    self.store_held(&mut chain, &mut kept).await;
+                    continue;
+                }
                 _ = ticker.tick(), if has_sink => {
                     if self.fenced_out(&name) {
                         break;
@@ -136,7 +169,7 @@ impl Worker {
                     if versions.has_changed().unwrap_or(false) {
                         self.swap(&mut chain, &mut versions);
                     }
-                    self.tick(&mut chain, &kept).await;
+                    self.tick(&mut chain, &mut kept).await;
                     continue;
                 }
                 batch = batches.next() => batch,
@@ -162,9 +195,14 @@ impl Worker {
                 self.handle(&mut chain, batch, &mut in_flight).await;
             }
         }
-        // What is in flight is settled before the worker stops.
+        // What is in flight is settled before the worker stops; what a sink
+        // holds is stored and settled, unless another host holds the lease
+        // now (it is handed the held inputs again).
         while let Some(done) = in_flight.join_next().await {
             settled(Some(done));
+        }
+        if !kept.held.is_empty() && self.fence.as_ref().is_none_or(|fence| fence.holds()) {
+            self.store_held(&mut chain, &mut kept).await;
         }
         tracing::debug!(pipeline = %name, worker = self.index, "Worker stopped.");
         Ok(())
@@ -189,7 +227,13 @@ impl Worker {
     fn swap(&self, chain: &mut Chain, versions: &mut watch::Receiver<Arc<PipelineVersion>>) {
         let version = versions.borrow_and_update().clone();
         // A sink's state goes over to the new version's sink.
-        let state = chain.hand_over();
+        let state = match tokio::task::block_in_place(|| chain.hand_over()) {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::error!(pipeline = %version.spec.name, worker = self.index, error = format!("{error:#}"), "Cannot take the sink's state to hand it over; keeping the running version.");
+                return;
+            }
+        };
         let started = tokio::task::block_in_place(|| Chain::start(version.clone()).and_then(|mut new| new.take_over(state).map(|()| new)));
         match started {
             Ok(new) => {
@@ -212,7 +256,7 @@ impl Worker {
             Ok(store) => store,
             Err(error) => {
                 tracing::error!(pipeline = %spec.name, error = format!("{error:#}"), "Cannot keep the sink's state in NATS; it lives in memory only and a restart starts it empty.");
-                return Kept::default();
+                return Kept::new(None, 0);
             }
         };
         let loaded = store.load().await.and_then(|saved| match saved {
@@ -233,7 +277,7 @@ impl Worker {
                 0
             }
         };
-        Kept { store: Some(store), counted_through }
+        Kept::new(Some(store), counted_through)
     }
 
     /// A batch for a transform pipeline: processed and its messages sent
@@ -322,13 +366,18 @@ impl Worker {
         Stats::add(&self.stats.received, batch.len());
         self.stats.batch_events.observe(batch.len() as f64);
         let (counted, fresh): (Vec<Delivery>, Vec<Delivery>) =
-            batch.into_iter().partition(|d| d.receipt.sequence.is_some_and(|sequence| sequence <= kept.counted_through));
+            batch.into_iter().partition(|d| d.receipt.sequence.is_some_and(|sequence| sequence <= kept.consumed_through));
         if !counted.is_empty() {
             tracing::info!(pipeline = %chain.version.spec.name, events = counted.len(), "Inputs already counted in the kept state; acking them without counting them again.");
-            for delivery in &counted {
-                self.ack(&delivery.receipt).await;
+            for delivery in counted {
+                // Counted by the live sink only: acked once its state is stored.
+                if delivery.receipt.sequence.is_some_and(|sequence| sequence > kept.counted_through) {
+                    kept.held.push(delivery.receipt);
+                } else {
+                    self.ack(&delivery.receipt).await;
+                }
+                Stats::add(&self.stats.already_counted, 1);
             }
-            Stats::add(&self.stats.already_counted, counted.len());
         }
         let fresh = self.expired(&chain.version, fresh).await;
         if fresh.is_empty() {
@@ -338,7 +387,7 @@ impl Worker {
         if self.taps.any() {
             self.tap_inputs(&chain.version, &events).await;
         }
-        let through = receipts.iter().filter_map(|r| r.sequence).max().unwrap_or(0).max(kept.counted_through);
+        let through = receipts.iter().filter_map(|r| r.sequence).max().unwrap_or(0).max(kept.consumed_through);
         let mut delay = RETRY_DELAYS.0;
         self.tap_stages(chain);
         let mut result = loop {
@@ -368,18 +417,48 @@ impl Worker {
         if self.taps.any() {
             self.tap_outbound(&version, &outbound).await;
         }
+        let store = kept.due(version.spec.state_every, receipts.len(), version.spec.max_events);
         let step = Step { inputs: &events, receipts: &receipts, through, dropped, faults };
-        if !self.finish(stamp, chain, kept, outbound, step).await {
+        if !self.finish(stamp, chain, kept, outbound, step, store).await {
+            kept.unpublished = true;
             return self.fail(&receipts).await;
         }
-        kept.counted_through = through;
-        for receipt in &receipts {
-            self.settle(receipt).await;
+        kept.consumed_through = through;
+        kept.held.extend(receipts);
+        if store {
+            self.settle_held(kept).await;
+        }
+    }
+
+    /// Acks the inputs the stored state counted.
+    async fn settle_held(&self, kept: &mut Kept) {
+        kept.counted_through = kept.consumed_through;
+        kept.stored_at = std::time::Instant::now();
+        for receipt in std::mem::take(&mut kept.held) {
+            self.settle(&receipt).await;
+        }
+    }
+
+    /// Stores the state the live sink has and acks what it counted, when no
+    /// batch came to do it or the worker stops: without what it took after
+    /// its last published outputs, if shutdown cut a batch or tick short.
+    async fn store_held(&self, chain: &mut Chain, kept: &mut Kept) {
+        if kept.unpublished
+            && let Err(error) = tokio::task::block_in_place(|| chain.rollback())
+        {
+            tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "Cannot take the sink back to its published outputs; its held inputs are left unacked.");
+            return;
+        }
+        if self.store(chain, kept, kept.consumed_through).await {
+            self.settle_held(kept).await;
+        } else {
+            // Tried: the next try comes after `state_every` again.
+            kept.stored_at = std::time::Instant::now();
         }
     }
 
     /// Tells the sink that time passed and publishes what that causes.
-    async fn tick(&self, chain: &mut Chain, kept: &Kept) {
+    async fn tick(&self, chain: &mut Chain, kept: &mut Kept) {
         let now = chain.version.sink.as_ref().map_or(0, |sink| sink.context.clock.now_ns());
         let events = match tokio::task::block_in_place(|| chain.tick(now)) {
             Ok(events) => events,
@@ -392,15 +471,19 @@ impl Worker {
         let stamp = self.stamp(&version);
         let outbound = messages::emitted(stamp, events);
         // Shutting down: the state of before the tick stays kept, and the next start ticks again.
-        let step = Step { inputs: &[], receipts: &[], through: kept.counted_through, dropped: 0, faults: 0 };
-        let _ = self.finish(stamp, chain, kept, outbound, step).await;
+        let step = Step { inputs: &[], receipts: &[], through: kept.consumed_through, dropped: 0, faults: 0 };
+        if self.finish(stamp, chain, kept, outbound, step, true).await {
+            self.settle_held(kept).await;
+        } else {
+            kept.unpublished = true;
+        }
     }
 
     /// What a sink's batch or tick shares: publish its messages, dead-letter
     /// those NATS keeps refusing (a sink cannot hold back one input: it has
-    /// counted them all), then store the sink's state. False when shutdown
-    /// came first: nothing of it may be acked.
-    async fn finish(&self, stamp: Stamp<'_>, chain: &mut Chain, kept: &Kept, outbound: Vec<Outbound>, step: Step<'_>) -> bool {
+    /// counted them all), then store the sink's state (when `store`). False
+    /// when shutdown came first: nothing of it may be acked.
+    async fn finish(&self, stamp: Stamp<'_>, chain: &mut Chain, kept: &Kept, outbound: Vec<Outbound>, step: Step<'_>, store: bool) -> bool {
         let Step { inputs, receipts, through, dropped, faults } = step;
         let Some(mut delivered) = self.deliver(stamp, outbound, None, inputs, receipts).await else { return false };
         for (outbound, reason) in std::mem::take(&mut delivered.given_up) {
@@ -421,8 +504,12 @@ impl Worker {
                 delivered.dead_letters += 1;
             }
         }
-        if !self.store(chain, kept, through).await {
-            return false;
+        if store {
+            if !self.store(chain, kept, through).await {
+                return false;
+            }
+        } else {
+            chain.published();
         }
         self.count(&delivered, dropped, faults);
         true
@@ -580,7 +667,15 @@ impl Worker {
     /// Commits the sink's state and stores it where it is kept, trying again
     /// in place until it is stored. False when shutdown came first.
     async fn store(&self, chain: &mut Chain, kept: &Kept, sequence: u64) -> bool {
-        let (Some(snapshot), Some(store)) = (chain.commit().map(<[u8]>::to_vec), kept.store.as_ref()) else { return true };
+        let snapshot = match tokio::task::block_in_place(|| chain.commit().map(|state| state.map(<[u8]>::to_vec))) {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                Stats::add(&self.stats.failed_batches, 1);
+                tracing::error!(pipeline = %chain.version.spec.name, error = format!("{error:#}"), "Cannot take the sink's state; its inputs are left unacked.");
+                return false;
+            }
+        };
+        let (Some(snapshot), Some(store)) = (snapshot, kept.store.as_ref()) else { return true };
         let saved = Saved { sequence, snapshot };
         let mut delay = RETRY_DELAYS.0;
         let state = &self.stats.sink_state;

@@ -2,9 +2,10 @@
 //! window, how many reached each milestone (their first `scene_locked`
 //! within 24 h, their first `export_succeeded` within 48 h) in time.
 //!
-//! Each user is followed from their sign-up until every milestone is
-//! reached or the longest `within` has passed (by event time, past the late
-//! allowance); then they leave the state. A user is 16 bytes of key (the
+//! Each user is followed from their sign-up until the longest `within` has
+//! passed (by event time, past the late allowance); then they leave the
+//! state. A user who reached every milestone stays until then too, so that a
+//! sign-up sent again in that time is still the same user, not a new one. A user is 16 bytes of key (the
 //! first half of the SHA-256 of their id, so ids of any length cost the
 //! same), their sign-up time, their profile (the cohort groups they count
 //! in, interned: users who share a source, goal and experiments share one)
@@ -157,10 +158,7 @@ impl Activation {
                 reached.push(milestone.name.as_str());
             }
         }
-        let (profile, all_reached) = (user.profile, user.reached.count_ones() as usize == self.config.milestones.len());
-        if all_reached {
-            state.users.remove(&key);
-        }
+        let profile = user.profile;
         for width in &self.config.widths {
             let start_ms = step_start(signed_up_ms, width.ms);
             let Some(window) = state.windows.iter_mut().find(|w| w.width_ms == width.ms && w.start_ms == start_ms) else { continue };
@@ -271,11 +269,9 @@ impl Activation {
         while let Some(key) = state.expiry.front().copied() {
             match state.users.get(&key) {
                 Some(user) if user.signed_up_ms.saturating_add(longest) >= decided_ms => break,
-                Some(_) => {
+                _ => {
                     state.users.remove(&key);
                 }
-                // Gone already: every milestone reached.
-                None => {}
             }
             state.expiry.pop_front();
         }
@@ -499,6 +495,18 @@ mod tests {
         let export = out.iter().find(|o| o.subject == "agg.exported_48h.day").expect("decided at 2026-11-26T00:01");
         assert_eq!((&export.body["count"], &export.body["groups"][0]["reached"]), (&json!(3), &json!(1)));
         assert_eq!(engine.users_followed(), 0, "every user is decided and let go");
+    }
+
+    #[test]
+    fn a_sign_up_sent_again_is_the_same_user_even_after_every_milestone() {
+        let mut engine = Engine::new(settings());
+        let mut bodies = sign_ups();
+        // u1 has locked and exported by 48 h; signs up again at 48 h 30 s.
+        bodies.insert(6, event("user_signed_up", "u1", T0 + 48 * HOUR + 30_000, json!({ "source": "ads", "goal": "creator" })));
+        let (out, _) = feed(&mut engine, &bodies);
+        let share = out.iter().find(|o| o.subject == "agg.locked_24h.day").unwrap();
+        assert_eq!(share.body["count"], 3, "still three users on the first day");
+        assert!(out.iter().all(|o| !o.body["start"].as_str().unwrap().starts_with("2026-11-25")), "no cohort on the day of the repeat");
     }
 
     #[test]
