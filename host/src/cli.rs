@@ -124,6 +124,47 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// Dead letters back through their pipeline, once: each original event
+    /// (subject, headers, body) published again with a message id derived
+    /// from it, so that replaying twice publishes nothing twice; then which
+    /// of them failed again, and why.
+    Replay {
+        /// The dead letters: a stream, or a subject a stream stores
+        /// (`storyforge.dlq.validate`).
+        #[arg(long)]
+        from: String,
+        /// Only letters of this stage.
+        #[arg(long)]
+        stage: Option<String>,
+        /// Only letters of this code.
+        #[arg(long)]
+        code: Option<String>,
+        /// Only letters stored at or after this time (RFC 3339), or this long ago (`24h`).
+        #[arg(long, value_parser = parse_instant)]
+        since: Option<i64>,
+        /// Only letters stored before this time (RFC 3339), or this long ago.
+        #[arg(long, value_parser = parse_instant)]
+        until: Option<i64>,
+        /// Where the originals go: a subject, or a filter their own subjects
+        /// must match to go back on them (`storyforge.raw.>`).
+        #[arg(long)]
+        to: String,
+        /// Publish nothing: run each original through the current version of
+        /// its pipeline in --pipeline FILE and say what would become of it.
+        #[arg(long, requires = "pipeline")]
+        dry_run: bool,
+        /// The pipeline file, for --dry-run.
+        #[arg(long, value_name = "FILE")]
+        pipeline: Option<PathBuf>,
+        /// Replay events replayed before too.
+        #[arg(long)]
+        again: bool,
+        /// How long to watch for replayed events failing again.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        wait: Duration,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
     /// A release's history: revision, time, who, message, version ids.
     Releases {
         name: String,
@@ -276,6 +317,17 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     config::units::duration(text)
 }
 
+/// An instant as RFC 3339, or a duration ago, in Unix milliseconds.
+fn parse_instant(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = sluice_kit::time::parse_rfc3339(text) {
+        return Ok(ms);
+    }
+    let ago = config::units::duration(text)
+        .map_err(|_| format!("expected an RFC 3339 time such as 2026-11-24T10:00:00Z or a duration ago such as 24h, found {text:?}"))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Ok(now.saturating_sub(ago).as_millis() as i64)
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
@@ -312,6 +364,11 @@ pub fn main() -> ExitCode {
                 _ => runtime::tap::Point::Output,
             };
             on_runtime(tap(pipeline, point, limit, nats))
+        }
+        Command::Replay { from, stage, code, since, until, to, dry_run, pipeline, again, wait, nats } => {
+            let options =
+                crate::replay::Options { from, stage, code, since_ms: since, until_ms: until, to, dry_run: pipeline.filter(|_| dry_run), again, wait };
+            on_runtime(async move { crate::replay::run(&nats.connect("replay").await?, &options).await })
         }
         Command::Releases { name, prune, grace, nats } => on_runtime(releases(name, prune.then_some(grace), nats)),
         Command::Rollback { name, to, message, nats } => on_runtime(rollback(name, to, message, nats)),

@@ -13,6 +13,7 @@
 //! - `runtime`: `sluice run`: workers, hot swap on file changes, progress, shutdown.
 //! - `release`: releases over NATS: `sluice deploy`, `releases`, `rollback`.
 //! - `test_cases`: `sluice test`: cases beside a pipeline, run without NATS.
+//! - `replay`: `sluice replay`: dead letters back through their pipeline, once.
 //! - `cli`: the command line.
 //! - `subject`: NATS subject checks and wildcard matching.
 
@@ -23,6 +24,7 @@ pub mod nats;
 pub mod pipeline;
 pub mod plugin;
 pub mod release;
+pub mod replay;
 pub mod runtime;
 pub mod scaffold;
 pub mod subject;

@@ -11,12 +11,15 @@
 //! - `contract`: a plugin on `sluice:plugin@0.1.0` beside plugins on `@0.2.0`
 //!   in one pipeline over NATS; `validate` at the line of a refused key.
 //! - `release`: `sluice deploy`, `releases` and `rollback` over NATS.
+//! - `replay`: `sluice replay`: dead letters back through the StoryForge
+//!   ingest after its schema is widened, once; a dry run changes nothing.
 //! - `run`: the `sluice` binary against a real nats-server: routing, dead
 //!   letters, bad input, poison events, queue groups, refusing bad config.
 //! - `tap`: `sluice tap` on a running pipeline's outputs, inputs and dead
 //!   letters, up to a limit; no host running it is an error.
 //! - `swap`: hot swaps under load, and changes that must not be swapped in.
-//! - `crash`: SIGKILL mid-stream and restart with a JetStream input.
+//! - `crash`: SIGKILL mid-stream and restart with a JetStream input, and a
+//!   sink storing its state periodically (`state_every`) counting each event once.
 //! - `fleet`: hosts following a release: new revisions, refusals, status,
 //!   `deploy --wait`, rollback.
 //! - `hostile`: generated hostile bodies and pipeline files, in-process and
@@ -34,8 +37,9 @@
 //!   events handed out too often: one dead letter each, nothing held up.
 //! - `security`: servers that ask for a token, a password, an NKey, a
 //!   credentials file or TLS with a client certificate; wrong secrets refused.
-//! - `storyforge`: the StoryForge pipeline: its `sluice test` cases, and a
-//!   day of mixed events through `sluice run` over NATS.
+//! - `storyforge`: the StoryForge pipeline: its `sluice test` cases, a day
+//!   of mixed events through `sluice run` over NATS, and that day's rollups
+//!   and activation share, exact.
 
 mod alerts;
 mod chain;
@@ -50,6 +54,7 @@ mod poison;
 mod polyglot;
 mod prometheus;
 mod release;
+mod replay;
 mod run;
 mod scaffold;
 mod security;
