@@ -12,8 +12,10 @@
 //!   consumes them: events per second from the first publish to the last
 //!   event counted, CPU per event and peak memory of the sluice process.
 //!
-//! Run with `cargo xtask bench --aggregates` (or `-- --events N`). It is a
-//! measurement, not a test: it asserts nothing about speed.
+//! Run with `cargo xtask bench --aggregates` (or `-- --events N`;
+//! `-- --every-batch` runs only over NATS, storing the state after every
+//! batch, to compare). It is a measurement, not a test: it asserts nothing
+//! about speed.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -37,9 +39,14 @@ fn main() -> anyhow::Result<()> {
     let events = std::env::args().skip_while(|a| a != "--events").nth(1).and_then(|n| n.parse().ok()).unwrap_or(1_000_000usize);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let day = day(events);
-    in_process(&root, "a day of analytics events", &day)?;
-    in_process(&root, "sign-ups within two days, every one followed", &sign_ups(events))?;
-    over_nats(&root, day)
+    // `--every-batch`: only over NATS, the state stored after every batch as
+    // without `state_every`, to compare.
+    let every_batch = std::env::args().any(|a| a == "--every-batch");
+    if !every_batch {
+        in_process(&root, "a day of analytics events", &day)?;
+        in_process(&root, "sign-ups within two days, every one followed", &sign_ups(events))?;
+    }
+    over_nats(&root, day, every_batch)
 }
 
 /// The `storyforge-aggregates` pipeline's chain, on a clock ten days after
@@ -151,8 +158,11 @@ fn sign_ups(events: usize) -> Vec<Vec<Event>> {
 
 /// A pipeline file of the streams and the aggregates pipeline of
 /// storyforge.toml alone, its plugins found from `target/bench`.
-fn aggregates_only(root: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let text = std::fs::read_to_string(root.join("pipelines/storyforge.toml"))?;
+fn aggregates_only(root: &Path, every_batch: bool) -> anyhow::Result<std::path::PathBuf> {
+    let mut text = std::fs::read_to_string(root.join("pipelines/storyforge.toml"))?;
+    if every_batch {
+        text = text.replace("state_every = \"1s\"", "");
+    }
     let first_pipeline = text.find("[[pipeline]]").expect("storyforge.toml has pipelines");
     let aggregates = text.find("# Rollups for the dashboards").expect("storyforge.toml has the aggregates");
     let file = format!("{}{}", &text[..first_pipeline], &text[aggregates..]).replace("../target/wasm32-wasip2/release", "../wasm32-wasip2/release");
@@ -163,9 +173,9 @@ fn aggregates_only(root: &Path) -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
-fn over_nats(root: &Path, batches: Vec<Vec<Event>>) -> anyhow::Result<()> {
+fn over_nats(root: &Path, batches: Vec<Vec<Event>>, every_batch: bool) -> anyhow::Result<()> {
     let events: usize = batches.iter().map(Vec::len).sum();
-    let file = aggregates_only(root)?;
+    let file = aggregates_only(root, every_batch)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let server = ManagedServer::start().await?;
@@ -183,7 +193,8 @@ fn over_nats(root: &Path, batches: Vec<Vec<Event>>) -> anyhow::Result<()> {
         let peak = memory_kib(&pid, "VmHWM");
         sluice.terminate();
         server.stop().await;
-        println!("aggregate pipeline (storyforge-aggregates) alone, sluice run over NATS, JetStream in and out, state stored once a second");
+        let stored = if every_batch { "after every batch" } else { "once a second" };
+        println!("aggregate pipeline (storyforge-aggregates) alone, sluice run over NATS, JetStream in and out, state stored {stored}");
         println!("  events:                {events} (published in {:.1} s)", published.as_secs_f64());
         println!(
             "  events/s:              {:.0} (first publish to last event counted, within the 1 s progress interval)",
