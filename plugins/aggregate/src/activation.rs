@@ -27,7 +27,7 @@ use sluice_plugin::time;
 use sluice_plugin::windows::step_start;
 
 use crate::config::{self, Settings};
-use crate::engine::{ABSENT, ALL, Output, Tally, other_labels as other};
+use crate::engine::{self, ALL, Output, Tally, other_labels as other};
 
 /// Most distinct profiles kept; past it, unused ones are dropped, and if
 /// all are in use a new user counts in the `(other)` profile.
@@ -219,21 +219,14 @@ impl Activation {
 
     /// The groups a user counts in, from their sign-up event.
     fn profile(&self, event: &Map<String, Value>, settings: &Settings) -> Profile {
-        let base: Labels =
-            self.config.by.iter().map(|field| (field.clone(), event.get(field).and_then(labels::scalar).unwrap_or_else(|| ABSENT.to_string()))).collect();
+        let base = engine::by_labels(&self.config.by, event);
         let mut traits = Labels::new();
         let mut groups = vec![(ALL.to_string(), base.clone())];
         for cohort in &settings.cohorts {
-            if let Some(value) = event.get(cohort).and_then(labels::scalar) {
+            if let Some(value) = event.get(cohort).and_then(engine::label) {
                 traits.insert(cohort.clone(), value);
             }
-            let cuts = labels::of_field(cohort, event.get(cohort));
-            let cuts = if cuts.is_empty() { vec![Labels::from([(cohort.clone(), ABSENT.to_string())])] } else { cuts };
-            for cut in cuts {
-                let mut labels = base.clone();
-                labels.extend(cut);
-                groups.push((cohort.clone(), labels));
-            }
+            groups.extend(engine::cut(&base, cohort, event.get(cohort)).into_iter().map(|labels| (cohort.clone(), labels)));
         }
         Profile { traits, groups }
     }

@@ -272,27 +272,17 @@ impl Engine {
     /// The groups an event counts towards: its `by` labels, and those again
     /// with each cohort's labels.
     fn targets(&self, rollup: &Rollup, event: &Map<String, Value>) -> Vec<Target> {
-        let base: Labels =
-            rollup.by.iter().map(|field| (field.clone(), event.get(field).and_then(labels::scalar).unwrap_or_else(|| ABSENT.to_string()))).collect();
+        let base = by_labels(&rollup.by, event);
         let mut targets = vec![Target::new(ALL, base.clone())];
         if !rollup.cohorts {
             return targets;
         }
         for cohort in &self.settings.cohorts {
-            let cuts = match event.get(cohort) {
-                Some(value) => labels::of_field(cohort, Some(value)),
-                // Read from the user's sign-up while the activation follows them.
-                None => self
-                    .activation
-                    .as_ref()
-                    .and_then(|a| a.trait_of(&self.state.activation, event, cohort, &self.settings))
-                    .map(|value| vec![Labels::from([(cohort.clone(), value)])])
-                    .unwrap_or_default(),
-            };
-            let cuts = if cuts.is_empty() { vec![Labels::from([(cohort.clone(), ABSENT.to_string())])] } else { cuts };
-            for cut in cuts {
-                let mut labels = base.clone();
-                labels.extend(cut);
+            // A field the event lacks is read from the user's sign-up while
+            // the activation follows them.
+            let remembered = || self.activation.as_ref().and_then(|a| a.trait_of(&self.state.activation, event, cohort, &self.settings)).map(Value::String);
+            let value = event.get(cohort).cloned().or_else(remembered);
+            for labels in cut(&base, cohort, value.as_ref()) {
                 targets.push(Target::new(cohort, labels));
             }
         }
@@ -395,6 +385,45 @@ fn quantile_name(q: f64) -> String {
 /// Rounded to 6 decimals, so that sums of decimals read as written.
 fn round(value: f64) -> f64 {
     (value * 1e6).round() / 1e6
+}
+
+/// The most bytes of a label value; a longer one counts as `(too long)`, so
+/// that a hostile field cannot make every group large.
+const MAX_LABEL_BYTES: usize = 128;
+pub const TOO_LONG: &str = "(too long)";
+
+/// A value as a label: scalars as they are, within `MAX_LABEL_BYTES`.
+pub(crate) fn label(value: &Value) -> Option<String> {
+    labels::scalar(value).map(|text| if text.len() > MAX_LABEL_BYTES { TOO_LONG.to_string() } else { text })
+}
+
+/// The labels of the `by` fields of an event; one it lacks is `(absent)`.
+pub(crate) fn by_labels(by: &[String], event: &Map<String, Value>) -> Labels {
+    by.iter().map(|field| (field.clone(), event.get(field).and_then(label).unwrap_or_else(|| ABSENT.to_string()))).collect()
+}
+
+/// `base` cut by a cohort field holding `value`: once with `field = value`,
+/// or once per entry of an object (`experiment`, `variant`); with
+/// `field = (absent)` when there is none.
+pub(crate) fn cut(base: &Labels, field: &str, value: Option<&Value>) -> Vec<Labels> {
+    let mut cuts = labels::of_field(field, value);
+    for labels in &mut cuts {
+        for value in labels.values_mut() {
+            if value.len() > MAX_LABEL_BYTES {
+                *value = TOO_LONG.to_string();
+            }
+        }
+    }
+    if cuts.is_empty() {
+        cuts.push(Labels::from([(field.to_string(), ABSENT.to_string())]));
+    }
+    cuts.into_iter()
+        .map(|cut| {
+            let mut labels = base.clone();
+            labels.extend(cut);
+            labels
+        })
+        .collect()
 }
 
 /// The labels of the group that counts what `max_groups` left out: every
@@ -503,6 +532,24 @@ mod tests {
             ]
         );
         assert_eq!(minute["count"], 3, "the total counts each event once, not once per cut");
+    }
+
+    #[test]
+    fn a_label_value_too_long_counts_as_one_group() {
+        let mut engine = engine(latency_config());
+        let long = "v".repeat(129);
+        let bodies = [
+            event("scene_generated", T0, json!({ "model_vendor": long, "latency_ms": 1, "experiment_assignments": { "copy": "x".repeat(500) } })),
+            event("scene_generated", T0 + 1, json!({ "model_vendor": "w".repeat(200), "latency_ms": 1 })),
+            event("scene_generated", T0 + 2, json!({ "model_vendor": "v".repeat(128), "latency_ms": 1 })),
+            event("scene_generated", T0 + 3 * MINUTE, json!({ "model_vendor": "v1", "latency_ms": 1 })),
+        ];
+        let (out, _) = feed(&mut engine, &bodies);
+        let minute = &out.iter().find(|o| o.subject == "agg.latency.minute").unwrap().body;
+        let all: Vec<&Value> = minute["groups"].as_array().unwrap().iter().filter(|g| g["cut"] == ALL).collect();
+        assert_eq!(all.len(), 2, "128 bytes is a label, more is (too long): {all:?}");
+        assert!(all.iter().any(|g| g["labels"]["model_vendor"] == TOO_LONG && g["count"] == 2));
+        assert!(minute["groups"].as_array().unwrap().iter().any(|g| g["labels"]["variant"] == TOO_LONG));
     }
 
     #[test]
