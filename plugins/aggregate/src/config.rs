@@ -21,6 +21,11 @@
 //! events = ["export_succeeded", "export_failed"]
 //! share = { event = "export_succeeded" }    # hits and their share of the count
 //!
+//! [[pipeline.stage.config.rollup]]
+//! name = "scenes_per_project"
+//! events = ["scene_locked"]
+//! distinct = "project_id"                   # distinct projects, and events per project
+//!
 //! [pipeline.stage.config.activation]
 //! signed_up = "user_signed_up"
 //! by = ["source", "goal"]
@@ -89,6 +94,10 @@ pub struct RollupConfig {
     #[serde(default)]
     pub quantiles: Vec<f64>,
     pub share: Option<ShareConfig>,
+    /// Count the distinct values of this field too (and the events per value).
+    pub distinct: Option<String>,
+    /// Some of the stage's window lengths only (default: all).
+    pub windows: Option<Vec<String>>,
     /// Leave the pipeline's cohorts out of this rollup.
     #[serde(default = "yes")]
     pub cohorts: bool,
@@ -208,6 +217,9 @@ pub struct Rollup {
     pub value: Option<String>,
     pub quantiles: Vec<f64>,
     pub share: Option<Share>,
+    pub distinct: Option<String>,
+    /// The window lengths it is published for, in ms.
+    pub widths: Vec<i64>,
     pub cohorts: bool,
 }
 
@@ -295,7 +307,7 @@ impl Settings {
         let mut rollups = Vec::with_capacity(config.rollup.len());
         for (n, raw) in config.rollup.into_iter().enumerate() {
             let name = raw.name.clone();
-            let rollup = check_rollup(raw).map_err(|e| ConfigError::new(format!("rollup `{name}`: {e}")).within(&format!("rollup[{n}]")))?;
+            let rollup = check_rollup(raw, &widths).map_err(|e| ConfigError::new(format!("rollup `{name}`: {e}")).within(&format!("rollup[{n}]")))?;
             if !names.insert(rollup.name.clone()) {
                 return Err(ConfigError::at(&format!("rollup[{n}].name"), format!("rollup `{name}` is declared twice")));
             }
@@ -329,8 +341,18 @@ impl Settings {
     }
 }
 
-fn check_rollup(raw: RollupConfig) -> Result<Rollup, String> {
+fn check_rollup(raw: RollupConfig, all: &[Width]) -> Result<Rollup, String> {
     subject_token("name", &raw.name)?;
+    let widths = match &raw.windows {
+        None => all.iter().map(|w| w.ms).collect(),
+        Some(texts) => {
+            let mine = widths(texts)?;
+            if let Some(other) = mine.iter().find(|w| !all.contains(w)) {
+                return Err(format!("window {:?} is not one of the stage's `windows`", other.name));
+            }
+            mine.iter().map(|w| w.ms).collect()
+        }
+    };
     if raw.events.is_empty() {
         return Err("`events` names no event".into());
     }
@@ -354,6 +376,8 @@ fn check_rollup(raw: RollupConfig) -> Result<Rollup, String> {
         value: raw.value,
         quantiles: raw.quantiles,
         share: raw.share.map(|share| Share { event: share.event, filter: share.filter }),
+        distinct: raw.distinct,
+        widths,
         cohorts: raw.cohorts,
     })
 }
@@ -417,6 +441,7 @@ mod tests {
         refused(r#"{ "rollup": [{ "name": "a", "events": ["x"] }, { "name": "a", "events": ["y"] }] }"#, "declared twice");
         refused(r#"{ "rollup": [{ "name": "a", "events": ["x"], "sahre": {} }] }"#, "unknown field `sahre`");
         refused(r#"{ }"#, "nothing to aggregate");
+        refused(r#"{ "windows": ["1m", "1h"], "rollup": [{ "name": "a", "events": ["x"], "windows": ["1d"] }] }"#, "not one of the stage's");
         refused(r#"{ "activation": { "milestones": [] } }"#, "no milestones");
         refused(r#"{ "activation": { "milestones": [{ "name": "m", "event": "e", "within": "a day" }] } }"#, "not a duration");
         refused(

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use sluice_plugin::distinct::{self, Distinct};
 use sluice_plugin::labels::{self, Labels};
 use sluice_plugin::time;
 use sluice_plugin::windows::{self, EventClock, LeftOut, Summary, step_start};
@@ -97,6 +98,9 @@ struct Group {
     cut: String,
     labels: Labels,
     summary: Summary,
+    /// The distinct values of the rollup's `distinct` field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    distinct: Option<Distinct>,
 }
 
 /// One group an event counts towards: its cut, labels and series key.
@@ -205,7 +209,7 @@ impl Engine {
     /// traffic.
     pub fn tick(&mut self, now_ns: u64) -> Vec<Output> {
         let mut outputs = Vec::new();
-        if let Some(to_ms) = self.state.clock.tick(now_ns) {
+        if let Some(to_ms) = self.state.clock.tick(now_ns, self.settings.late_ms) {
             self.advance_to(to_ms, &mut outputs);
         }
         outputs
@@ -238,8 +242,10 @@ impl Engine {
         };
         let hit = rollup.share.as_ref().is_some_and(|share| share.event.as_deref().is_none_or(|e| e == name) && labels::matches_all(event, &share.filter));
         let targets = self.targets(rollup, event);
+        // An event without the field counts, but adds no distinct value.
+        let distinct_value = rollup.distinct.as_ref().and_then(|field| event.get(field)).and_then(labels::scalar);
         let sketch = (!rollup.quantiles.is_empty()).then_some(self.settings.accuracy);
-        for width in &self.settings.widths {
+        for width in self.settings.widths.iter().filter(|w| rollup.widths.contains(&w.ms)) {
             let start_ms = step_start(at_ms, width.ms);
             let window = match self.state.windows.iter().position(|w| w.width_ms == width.ms && w.start_ms == start_ms) {
                 Some(at) => &mut self.state.windows[at],
@@ -259,7 +265,10 @@ impl Engine {
                 } else {
                     (target.key.clone(), target.labels.clone())
                 };
-                let group = groups.groups.entry(key).or_insert_with(|| Group { cut: target.cut.clone(), labels, summary: Summary::default() });
+                let group = groups.groups.entry(key).or_insert_with(|| Group { cut: target.cut.clone(), labels, summary: Summary::default(), distinct: None });
+                if let Some(value) = &distinct_value {
+                    group.distinct.get_or_insert_with(Distinct::default).add(value.as_bytes());
+                }
                 let summary = &mut group.summary;
                 match value {
                     Some(value) => summary.add(value, hit, sketch),
@@ -346,6 +355,10 @@ impl Engine {
                     // that was really at its rank.
                     fields.insert("quantile_error".into(), json!(self.settings.accuracy));
                 }
+                if let Some(field) = &rollup.distinct {
+                    fields.insert("distinct_of".into(), json!(field));
+                    fields.insert("distinct_error".into(), json!(distinct::ERROR));
+                }
                 if groups.over_limit > 0 {
                     fields.insert("over_group_limit".into(), json!(groups.over_limit));
                 }
@@ -372,6 +385,11 @@ fn row(rollup: &Rollup, group: &Group) -> Value {
     if rollup.share.is_some() {
         fields.insert("hits".into(), json!(summary.hits));
         fields.insert("share".into(), json!(summary.share().map(round)));
+    }
+    if rollup.distinct.is_some() {
+        let estimate = group.distinct.as_ref().map_or(0.0, Distinct::estimate).round();
+        fields.insert("distinct".into(), json!(estimate as u64));
+        fields.insert("per_distinct".into(), json!((estimate > 0.0).then(|| round(summary.samples as f64 / estimate))));
     }
     row
 }
@@ -532,6 +550,24 @@ mod tests {
             ]
         );
         assert_eq!(minute["count"], 3, "the total counts each event once, not once per cut");
+    }
+
+    #[test]
+    fn a_distinct_field_counts_its_values_and_the_events_per_value() {
+        let mut config = latency_config();
+        config["rollup"] = json!([{ "name": "per_project", "events": ["scene_locked"], "distinct": "project_id", "cohorts": false }]);
+        let mut engine = engine(config);
+        let mut bodies: Vec<Vec<u8>> = (0..300).map(|n| event("scene_locked", T0 + n, json!({ "project_id": format!("p{}", n % 100) }))).collect();
+        bodies.push(event("scene_locked", T0 + 400, json!({})));
+        bodies.push(event("scene_locked", T0 + 3 * MINUTE, json!({ "project_id": "p1" })));
+        let (out, _) = feed(&mut engine, &bodies);
+        let minute = &out.iter().find(|o| o.subject == "agg.per_project.minute").unwrap().body;
+        assert_eq!((&minute["distinct_of"], &minute["distinct_error"]), (&json!("project_id"), &json!(distinct::ERROR)));
+        let group = &minute["groups"][0];
+        assert_eq!(group["count"], 301, "an event without the field still counts");
+        let distinct = group["distinct"].as_f64().unwrap();
+        assert!((distinct - 100.0).abs() <= 3.0 * distinct::ERROR * 100.0, "within three standard errors of 100: {distinct}");
+        assert!((group["per_distinct"].as_f64().unwrap() - 301.0 / distinct).abs() < 1e-3);
     }
 
     #[test]

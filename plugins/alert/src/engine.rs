@@ -11,7 +11,8 @@
 //! count for it has come. So the same events give the same alerts however
 //! they are batched, and in whatever order they arrive within the allowance.
 //! When no event arrives between two ticks, event time moves on by the wall
-//! time between them, so alerts resolve without traffic.
+//! time between them, so alerts resolve without traffic (while event time
+//! is live: see `sluice_kit::windows`).
 //!
 //! Alerts. A rule (or one group of it) fires when its window holds at least
 //! `min_samples` samples and its condition holds; it then emits one `firing`
@@ -212,7 +213,7 @@ impl Engine {
     /// event time moves on by the wall time that passed.
     pub fn tick(&mut self, now_ns: u64) -> Vec<Alert> {
         let mut alerts = Vec::new();
-        if let Some(to_ms) = self.state.clock.tick(now_ns) {
+        if let Some(to_ms) = self.state.clock.tick(now_ns, self.settings.late_ms) {
             self.advance_to(to_ms, &mut alerts);
         }
         if let Some(heartbeat) = &self.settings.heartbeat
@@ -901,7 +902,8 @@ mod tests {
         assert_eq!(feed(&mut engine, &exports(0, 40)), Vec::<Value>::new());
         // Then none: ticks move event time on. The window ending 10:55 is
         // the first with nothing in it, decided at 11:00 (the allowance).
-        let wall = 2_000_000_000_000_000_000u64;
+        // The wall clock reads the time of the last export: the stream is live.
+        let wall = ((T0 + 40 * MINUTE) as u64) * 1_000_000;
         let second = 1_000_000_000u64;
         assert!(engine.tick(wall).is_empty());
         assert!(engine.tick(wall + 60 * second).is_empty(), "events came before that tick");

@@ -4,6 +4,7 @@
 //! - `uuid`: UUIDv4 checks, and ids derived from content;
 //! - `canonical`: canonical JSON (keys sorted, no insignificant white space);
 //! - `sketch`: quantiles over unbounded streams in bounded memory;
+//! - `distinct`: how many distinct values a stream holds, in bounded memory;
 //! - `windows`: event time, its late allowance, and the summaries of window steps;
 //! - `labels`: the labels an event's fields give the series it counts towards;
 //! - `config_path`: a path into a stage's config, as messages write it;
@@ -14,6 +15,7 @@
 
 pub mod canonical;
 pub mod config_path;
+pub mod distinct;
 pub mod labels;
 pub mod names;
 pub mod sketch;

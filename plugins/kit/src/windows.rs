@@ -9,7 +9,9 @@
 //! step boundary is final once the watermark is the allowance past that
 //! boundary: no event that may still count for it can come after. When no
 //! event comes between two ticks, event time moves on by the wall time
-//! between them, so windows close without traffic.
+//! between them, so windows close without traffic; only while it is live
+//! (within the allowance and an hour of the wall clock), so that a backfill
+//! of old events that pauses is not pushed on by the pause.
 //!
 //! A window keeps one [`Summary`] per step: counts, a sum, the least and
 //! greatest values and, for quantiles, a [`Sketch`]; summaries merge, so steps
@@ -18,6 +20,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::sketch::Sketch;
+
+/// How far behind the wall clock (past the late allowance) event time may
+/// be and still move on with it when the events stop.
+const LIVE_MS: i64 = 3_600_000;
 
 /// Where an event stands against the clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,13 +100,19 @@ impl EventClock {
     }
 
     /// A tick at wall time `now_ns`: the event time it moves the watermark
-    /// to, when no event came since the previous tick and time passed.
-    pub fn tick(&mut self, now_ns: u64) -> Option<i64> {
+    /// to, when no event came since the previous tick and time passed, and
+    /// event time is live: within `late_ms` and an hour of the wall clock.
+    /// Events of days ago (a backfill, a replay) that pause while they are
+    /// read do not push event time on by the pause: a later one of them
+    /// would be late for nothing.
+    pub fn tick(&mut self, now_ns: u64, late_ms: i64) -> Option<i64> {
         let previous = self.last_tick_ns.replace(now_ns);
         let quiet = !std::mem::take(&mut self.events_since_tick);
         let (previous, watermark) = (previous?, self.watermark_ms?);
+        let now_ms = (now_ns / 1_000_000) as i64;
+        let live = watermark >= now_ms.saturating_sub(late_ms.saturating_add(LIVE_MS));
         let passed_ms = (now_ns.saturating_sub(previous) / 1_000_000) as i64;
-        (quiet && passed_ms > 0).then(|| watermark.saturating_add(passed_ms))
+        (quiet && live && passed_ms > 0).then(|| watermark.saturating_add(passed_ms))
     }
 
     /// The latest boundary of `step_ms` steps (from the Unix epoch) up to
@@ -213,10 +225,23 @@ mod tests {
     #[test]
     fn a_quiet_tick_moves_event_time_by_the_wall_time_that_passed() {
         let mut clock = EventClock { watermark_ms: Some(MINUTE), ..Default::default() };
-        assert_eq!(clock.tick(1_000_000_000), None, "the first tick only starts the wall clock");
-        assert_eq!(clock.tick(3_000_000_000), Some(MINUTE + 2_000));
+        assert_eq!(clock.tick(1_000_000_000, MINUTE), None, "the first tick only starts the wall clock");
+        assert_eq!(clock.tick(3_000_000_000, MINUTE), Some(MINUTE + 2_000));
         clock.saw_events();
-        assert_eq!(clock.tick(5_000_000_000), None, "events came: their times move the clock");
+        assert_eq!(clock.tick(5_000_000_000, MINUTE), None, "events came: their times move the clock");
+    }
+
+    #[test]
+    fn events_of_long_ago_are_not_pushed_on_by_a_pause() {
+        let day_ms = 24 * 60 * MINUTE;
+        let now_ns = |ms: i64| (ms as u64) * 1_000_000;
+        let mut clock = EventClock { watermark_ms: Some(10 * day_ms), ..Default::default() };
+        clock.tick(now_ns(12 * day_ms), MINUTE);
+        assert_eq!(clock.tick(now_ns(12 * day_ms + 10_000), MINUTE), None, "two days behind: a backfill");
+        let live = 12 * day_ms - 61 * MINUTE;
+        let mut clock = EventClock { watermark_ms: Some(live), ..Default::default() };
+        clock.tick(now_ns(12 * day_ms), MINUTE);
+        assert_eq!(clock.tick(now_ns(12 * day_ms + 10_000), MINUTE), Some(live + 10_000), "an hour and the allowance behind is still live");
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub mod testing;
 
 pub use config::ConfigError;
 
-pub use sluice_kit::{canonical, hex, labels, sketch, time, uuid, windows};
+pub use sluice_kit::{canonical, distinct, hex, labels, sketch, time, uuid, windows};
 
 #[doc(hidden)]
 pub mod bindings {
