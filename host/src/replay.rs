@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use async_nats::HeaderMap;
-use async_nats::jetstream::{consumer, kv};
+use async_nats::jetstream::{self, consumer, kv};
 use base64::Engine as _;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -94,7 +94,7 @@ pub async fn run(connection: &Connection, options: &Options) -> Result<()> {
         anyhow::bail!("--to names no subject");
     }
     crate::subject::check(&options.to, true).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
-    let letters = read(connection, options).await?;
+    let mut letters = Letters::open(connection, options).await?;
     let mut dry = match &options.dry_run {
         Some(file) => Some(DryRun::new(file)?),
         None => None,
@@ -121,7 +121,10 @@ pub async fn run(connection: &Connection, options: &Options) -> Result<()> {
     };
     let mut totals: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut sent: BTreeMap<String, String> = BTreeMap::new();
-    for letter in &letters {
+    let mut picked = 0;
+    while let Some(letter) = letters.next().await? {
+        picked += 1;
+        let letter = &letter;
         let fate = match (&mut dry, &replayed) {
             // Plugins run synchronously (WASI's calls block): off the async threads.
             (Some(dry), _) => tokio::task::block_in_place(|| dry.run(letter, options)),
@@ -159,7 +162,7 @@ pub async fn run(connection: &Connection, options: &Options) -> Result<()> {
         totals.insert("failed again", failed.len());
     }
     let summary: Vec<String> = totals.iter().map(|(word, n)| format!("{n} {word}")).collect();
-    println!("{} dead letter(s) picked: {}", letters.len(), if summary.is_empty() { "nothing to do".to_string() } else { summary.join(", ") });
+    println!("{picked} dead letter(s) picked: {}", if summary.is_empty() { "nothing to do".to_string() } else { summary.join(", ") });
     Ok(())
 }
 
@@ -167,45 +170,69 @@ fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
 
-/// The dead letters `options` picks, in the order they were stored.
-async fn read(connection: &Connection, options: &Options) -> Result<Vec<Letter>> {
-    let js = &connection.jetstream;
-    let (stream, filter) = match js.get_stream(&options.from).await {
-        Ok(stream) => (stream, None),
-        Err(_) => {
-            crate::subject::check(&options.from, true).map_err(|e| anyhow::anyhow!("--from is neither a stream nor a subject: {e}"))?;
-            let name = js.stream_by_subject(&options.from).await.with_context(|| format!("no stream is named {:?} or stores its subjects", options.from))?;
-            (js.get_stream(&name).await.with_context(|| format!("stream {name}"))?, Some(options.from.clone()))
-        }
-    };
-    let config = consumer::pull::OrderedConfig { filter_subject: filter.unwrap_or_default(), ..Default::default() };
-    let mut consumer = stream.create_consumer(config).await.context("cannot read the dead letters")?;
-    let pending = consumer.info().await.context("cannot read the dead letters")?.num_pending;
-    let mut messages = consumer.messages().await.context("cannot read the dead letters")?;
-    let mut letters = Vec::new();
-    let mut read = 0;
-    while read < pending {
-        let Some(message) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await.context("the dead letters stopped coming")? else { break };
-        let message = message.context("cannot read a dead letter")?;
-        read += 1;
-        let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (sequence, stored_ms) = (info.stream_sequence, (info.published.unix_timestamp_nanos() / 1_000_000) as i64);
-        if options.until_ms.is_some_and(|until| stored_ms >= until) {
-            break;
-        }
-        if options.since_ms.is_some_and(|since| stored_ms < since) {
-            continue;
-        }
-        let Ok(envelope) = serde_json::from_slice::<Envelope>(&message.payload) else {
-            println!("#{sequence} {}: not a dead letter, passed over", message.subject);
-            continue;
-        };
-        if options.stage.as_ref().is_some_and(|s| *s != envelope.stage) || options.code.as_ref().is_some_and(|c| *c != envelope.code) {
-            continue;
-        }
-        letters.push(Letter { sequence, envelope, headers: original_headers(message.headers.as_ref()) });
+/// The dead letters `options` picks, read in the order they were stored, one
+/// at a time (a stream of two weeks of them need not fit in memory); those
+/// stored while replaying (the events that fail again) are not read.
+struct Letters<'a> {
+    options: &'a Options,
+    messages: consumer::pull::Ordered,
+    /// Letters the stream held when reading began, and how many were read.
+    pending: u64,
+    read: u64,
+}
+
+impl<'a> Letters<'a> {
+    async fn open(connection: &Connection, options: &'a Options) -> Result<Self> {
+        let stream = source(connection, &options.from).await?;
+        let filter = if stream.cached_info().config.name == options.from { String::new() } else { options.from.clone() };
+        let config = consumer::pull::OrderedConfig { filter_subject: filter, ..Default::default() };
+        let mut consumer = stream.create_consumer(config).await.context("cannot read the dead letters")?;
+        let pending = consumer.info().await.context("cannot read the dead letters")?.num_pending;
+        let messages = consumer.messages().await.context("cannot read the dead letters")?;
+        Ok(Self { options, messages, pending, read: 0 })
     }
-    Ok(letters)
+
+    async fn next(&mut self) -> Result<Option<Letter>> {
+        let options = self.options;
+        while self.read < self.pending {
+            let Ok(message) = tokio::time::timeout(Duration::from_secs(10), self.messages.next()).await else {
+                // Letters past their age can go while they are read.
+                println!("no more dead letters came for 10 s ({} of {} read); stopping there", self.read, self.pending);
+                return Ok(None);
+            };
+            let Some(message) = message else { return Ok(None) };
+            let message = message.context("cannot read a dead letter")?;
+            self.read += 1;
+            let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (sequence, stored_ms) = (info.stream_sequence, (info.published.unix_timestamp_nanos() / 1_000_000) as i64);
+            if options.until_ms.is_some_and(|until| stored_ms >= until) {
+                return Ok(None);
+            }
+            if options.since_ms.is_some_and(|since| stored_ms < since) {
+                continue;
+            }
+            let Ok(envelope) = serde_json::from_slice::<Envelope>(&message.payload) else {
+                println!("#{sequence} {}: not a dead letter, passed over", message.subject);
+                continue;
+            };
+            if options.stage.as_ref().is_some_and(|s| *s != envelope.stage) || options.code.as_ref().is_some_and(|c| *c != envelope.code) {
+                continue;
+            }
+            return Ok(Some(Letter { sequence, envelope, headers: original_headers(message.headers.as_ref()) }));
+        }
+        Ok(None)
+    }
+}
+
+/// The stream `from` names, or the one that stores the subject `from`.
+async fn source(connection: &Connection, from: &str) -> Result<jetstream::stream::Stream> {
+    let js = &connection.jetstream;
+    if let Ok(stream) = js.get_stream(from).await {
+        return Ok(stream);
+    }
+    crate::subject::check(from, true).map_err(|e| anyhow::anyhow!("--from is neither a stream nor a subject: {e}"))?;
+    let name = js.stream_by_subject(from).await.with_context(|| format!("no stream is named {from:?} or stores its subjects"))?;
+    js.get_stream(&name).await.with_context(|| format!("stream {name}"))
 }
 
 /// The original's headers: the letter's, less what the host stamped on it.
@@ -280,11 +307,7 @@ async fn replay(connection: &Connection, record: &kv::Store, letter: &Letter, op
 
 /// The dead letters stored from now on, on the subjects of the stream read.
 async fn watch_dead_letters(connection: &Connection, options: &Options) -> Result<consumer::pull::Ordered> {
-    let js = &connection.jetstream;
-    let stream = match js.get_stream(&options.from).await {
-        Ok(stream) => stream,
-        Err(_) => js.get_stream(js.stream_by_subject(&options.from).await?).await?,
-    };
+    let stream = source(connection, &options.from).await?;
     let config = consumer::pull::OrderedConfig { deliver_policy: consumer::DeliverPolicy::New, ..Default::default() };
     let consumer = stream.create_consumer(config).await.context("cannot watch the dead letters")?;
     consumer.messages().await.context("cannot watch the dead letters")
