@@ -238,7 +238,7 @@ mod tests {
         let mut clock = EventClock { watermark_ms: Some(10 * day_ms), ..Default::default() };
         clock.tick(now_ns(12 * day_ms), MINUTE);
         assert_eq!(clock.tick(now_ns(12 * day_ms + 10_000), MINUTE), None, "two days behind: a backfill");
-        let live = 12 * day_ms - 61 * MINUTE;
+        let live = 12 * day_ms - 60 * MINUTE;
         let mut clock = EventClock { watermark_ms: Some(live), ..Default::default() };
         clock.tick(now_ns(12 * day_ms), MINUTE);
         assert_eq!(clock.tick(now_ns(12 * day_ms + 10_000), MINUTE), Some(live + 10_000), "an hour and the allowance behind is still live");
