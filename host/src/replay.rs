@@ -17,7 +17,7 @@
 //! become of it. A letter whose body was cut to fit the stream cannot be
 //! replayed, and replay says so and why.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -120,7 +120,7 @@ pub async fn run(connection: &Connection, options: &Options) -> Result<()> {
         None => Some(watch_dead_letters(connection, options).await?),
     };
     let mut totals: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let mut sent: BTreeMap<String, String> = BTreeMap::new();
+    let mut sent: BTreeSet<String> = BTreeSet::new();
     let mut picked = 0;
     while let Some(letter) = letters.next().await? {
         picked += 1;
@@ -134,7 +134,7 @@ pub async fn run(connection: &Connection, options: &Options) -> Result<()> {
         let envelope = &letter.envelope;
         let (word, detail) = match &fate {
             Fate::Replayed => {
-                sent.insert(envelope.body_sha256.clone(), envelope.subject.clone());
+                sent.insert(envelope.body_sha256.clone());
                 ("replayed", String::new())
             }
             Fate::AlreadyReplayed => ("already replayed", String::new()),
@@ -315,17 +315,13 @@ async fn watch_dead_letters(connection: &Connection, options: &Options) -> Resul
 
 /// The replayed events (by SHA-256 of the body) that got a dead letter again
 /// within `wait`: subject, stage, code, message.
-async fn failed_again(
-    mut watch: consumer::pull::Ordered,
-    sent: &BTreeMap<String, String>,
-    wait: Duration,
-) -> BTreeMap<String, (String, String, String, String)> {
+async fn failed_again(mut watch: consumer::pull::Ordered, sent: &BTreeSet<String>, wait: Duration) -> BTreeMap<String, (String, String, String, String)> {
     let mut failed = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + wait;
     while failed.len() < sent.len() {
         let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, watch.next()).await else { break };
         if let Ok(envelope) = serde_json::from_slice::<Envelope>(&message.payload)
-            && sent.contains_key(&envelope.body_sha256)
+            && sent.contains(&envelope.body_sha256)
         {
             failed.insert(envelope.body_sha256.clone(), (envelope.subject, envelope.stage, envelope.code, envelope.message));
         }
