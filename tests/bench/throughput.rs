@@ -16,6 +16,10 @@
 //! (plugins/tag, tag-py, tag-js) over core NATS instead, with the CPU time
 //! per event and the peak resident memory of each sluice process.
 //! `--storyforge` runs only the StoryForge file on one host.
+//! `--swaps` runs only the StoryForge file on one host at full speed while
+//! its ingest is swapped for a new version every `SWAP_EVERY`: how long
+//! each swap holds output up, beside the longest pause in as long a span
+//! just before it.
 //! `--in-process` runs only the StoryForge ingest in this process, without
 //! NATS, in WebAssembly and natively (`in_process.rs`); the default run ends
 //! with it.
@@ -44,6 +48,12 @@ const QUIET: Duration = Duration::from_secs(3);
 
 struct Measured {
     name: String,
+    /// For a run with swaps: each swap's pause and the pause before it.
+    swaps: Vec<SwapPause>,
+    /// For a run with swaps: each worker's swap, as its log says: how long
+    /// the new version took to start (µs), and how long the swap held the
+    /// worker up.
+    worker_swaps: Vec<(u64, u64)>,
     /// The rate the events were sent at; `None`: as fast as they could be.
     paced: Option<f64>,
     sent: usize,
@@ -79,6 +89,11 @@ fn main() {
             &[(Transport::Core, Subject::Sluice), (Transport::Core, Subject::Tag("tag_py")), (Transport::Core, Subject::Tag("tag_js"))]
         } else if std::env::args().any(|a| a == "--storyforge") {
             &[(Transport::JetStream, Subject::StoryForge { hosts: 1 })]
+        } else if std::env::args().any(|a| a == "--swaps") {
+            let server = ManagedServer::start().await.expect("nats-server");
+            results.push(measure(&server.url, Transport::JetStream, Subject::StoryForgeSwaps, events, None).await);
+            server.stop().await;
+            &[]
         } else {
             &[
                 (Transport::Core, Subject::Relay),
@@ -106,7 +121,8 @@ fn main() {
         results
     });
     print_table(events, &results);
-    if !std::env::args().any(|a| a == "--languages" || a == "--storyforge") {
+    print_swaps(&results);
+    if !std::env::args().any(|a| a == "--languages" || a == "--storyforge" || a == "--swaps") {
         in_process::run(events, support::HASH_KEY);
     }
 }
@@ -130,6 +146,9 @@ enum Subject {
     StoryForge {
         hosts: usize,
     },
+    /// `pipelines/storyforge.toml` on one host, its ingest swapped for a new
+    /// version every `SWAP_EVERY` while it runs.
+    StoryForgeSwaps,
     /// tag+route with `tag` in another language: this component for it.
     Tag(&'static str),
 }
@@ -137,14 +156,16 @@ enum Subject {
 async fn measure(url: &str, transport: Transport, subject: Subject, events: usize, paced: Option<f64>) -> Measured {
     let client = async_nats::ConnectOptions::new().subscription_capacity(1 << 21).connect(url).await.unwrap();
     let js = jetstream::new(client.clone());
-    let storyforge = matches!(subject, Subject::StoryForge { .. });
+    let storyforge = matches!(subject, Subject::StoryForge { .. } | Subject::StoryForgeSwaps);
     if transport == Transport::JetStream && !storyforge {
         for (name, subjects) in [("IN", "in.>"), ("OUT", "out.>")] {
             js.create_stream(jetstream::stream::Config { name: name.into(), subjects: vec![subjects.into()], ..Default::default() }).await.unwrap();
         }
     }
     let (input_prefix, output_subjects): (&str, &[&str]) = match subject {
-        Subject::StoryForge { .. } => ("storyforge.raw.bench", &["storyforge.analytics.>", "storyforge.anonymous.>", "storyforge.dlq.>"]),
+        Subject::StoryForge { .. } | Subject::StoryForgeSwaps => {
+            ("storyforge.raw.bench", &["storyforge.analytics.>", "storyforge.anonymous.>", "storyforge.dlq.>"])
+        }
         _ => ("in.web", &["out.>"]),
     };
     let mut subscriptions = Vec::new();
@@ -157,12 +178,18 @@ async fn measure(url: &str, transport: Transport, subject: Subject, events: usiz
     let workspace = tempfile::tempdir().unwrap();
     let mut sluices = Vec::new();
     let mut relay = None;
+    let mut swapper = None;
     match subject {
         Subject::Sluice => sluices.push(start_sluice(&write_pipeline(workspace.path(), transport, "tag"), url)),
         Subject::Tag(component) => sluices.push(start_sluice(&write_pipeline(workspace.path(), transport, component), url)),
         Subject::StoryForge { hosts } => {
             let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/storyforge.toml");
             sluices.extend((0..hosts).map(|_| start_sluice(&file, url)));
+        }
+        Subject::StoryForgeSwaps => {
+            let file = swappable_storyforge(workspace.path());
+            sluices.push(start_swapping_sluice(&file, url));
+            swapper = Some(file);
         }
         Subject::Relay => relay = Some(tokio::spawn(relay_task(client.clone(), transport))),
         Subject::PipelinedRelay => relay = Some(tokio::spawn(pipelined_relay_task(client.clone()))),
@@ -172,7 +199,7 @@ async fn measure(url: &str, transport: Transport, subject: Subject, events: usiz
     let cpu_before = cpu(&sluices);
 
     let bodies: Vec<bytes::Bytes> = match subject {
-        Subject::StoryForge { .. } => storyforge_day(),
+        Subject::StoryForge { .. } | Subject::StoryForgeSwaps => storyforge_day(),
         _ => (0..64).map(|n| body(n).into()).collect(),
     };
     let started = Instant::now();
@@ -208,6 +235,11 @@ async fn measure(url: &str, transport: Transport, subject: Subject, events: usiz
         })
     };
 
+    // Each swap: when its file was written.
+    let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let swaps = swapper.map(|file| tokio::spawn(swap_repeatedly(file, written.clone())));
+    // Each output's arrival, and which of `versions` made it.
+    let (mut arrivals, mut versions): (Vec<(Instant, usize)>, Vec<String>) = (Vec::new(), Vec::new());
     let mut seen = HashSet::with_capacity(events);
     let mut duplicates = 0;
     let mut latencies_us = Vec::with_capacity(events);
@@ -218,11 +250,30 @@ async fn measure(url: &str, transport: Transport, subject: Subject, events: usiz
         let headers = message.headers.as_ref().expect("headers pass through");
         let sent: u64 = headers.get(SENT_HEADER).unwrap().as_str().parse().unwrap();
         latencies_us.push(now_ns().saturating_sub(sent) / 1000);
+        if swaps.is_some() {
+            let version = headers.get("Sluice-Pipeline-Version").map_or("", |v| v.as_str());
+            let index = versions.iter().position(|v| v == version).unwrap_or_else(|| {
+                versions.push(version.to_string());
+                versions.len() - 1
+            });
+            arrivals.push((last, index));
+        }
         if !seen.insert(headers.get(SEQ_HEADER).unwrap().as_str().parse::<usize>().unwrap()) {
             duplicates += 1;
         }
     }
     publisher.await.unwrap();
+    if let Some(swaps) = swaps {
+        swaps.abort();
+    }
+    let swaps = swap_pauses(&arrivals, &written.lock().unwrap());
+    // What each ingest worker's swap took to start beside, and held it up.
+    let worker_swaps: Vec<(u64, u64)> = sluices
+        .iter()
+        .flat_map(|(s, _)| s.log().events("Worker swapped version."))
+        .filter(|e| e["pipeline"] == "storyforge-ingest")
+        .map(|e| (e["start_us"].as_u64().unwrap_or(0), e["paused_us"].as_u64().unwrap_or(0)))
+        .collect();
 
     let cpu_s = cpu(&sluices).zip(cpu_before).map(|(after, before)| after - before).filter(|_| !sluices.is_empty());
     let peak_rss_mib = sluices.iter().filter_map(|(s, _)| peak_rss_mib(s.pid())).reduce(f64::max);
@@ -242,12 +293,26 @@ async fn measure(url: &str, transport: Transport, subject: Subject, events: usiz
             Subject::Sluice => "sluice tag+route".into(),
             Subject::StoryForge { hosts: 1 } => "sluice storyforge.toml".into(),
             Subject::StoryForge { hosts } => format!("sluice storyforge.toml, {hosts} hosts"),
+            Subject::StoryForgeSwaps => "sluice storyforge.toml, ingest swapped".into(),
             Subject::Tag(component) => format!("sluice {component}+route"),
         }
     );
     let pace = paced.map_or_else(|| "full speed".to_string(), |rate| format!("paced at {rate:.0}/s"));
     eprintln!("bench: {name}, {pace}: {} of {events} received", seen.len());
-    Measured { name, paced, sent: events, received: seen.len(), duplicates, elapsed: last - started, latencies_us, slow_consumer_events, cpu_s, peak_rss_mib }
+    Measured {
+        name,
+        swaps,
+        worker_swaps,
+        paced,
+        sent: events,
+        received: seen.len(),
+        duplicates,
+        elapsed: last - started,
+        latencies_us,
+        slow_consumer_events,
+        cpu_s,
+        peak_rss_mib,
+    }
 }
 
 /// User and system CPU seconds of a process so far, from /proc.
@@ -362,6 +427,105 @@ fn start_sluice(file: &Path, url: &str) -> (Sluice, &'static str) {
     let name = if pipelines == 2 { "storyforge-ingest" } else { "bench" };
     let sluice = Sluice::command(&["run", file.to_str().unwrap(), "--nats", url, "--no-watch", "--stats-interval", "60s"]).echo_problems().started(pipelines);
     (sluice, name)
+}
+
+/// How often the swap run writes a new version of the ingest.
+const SWAP_EVERY: Duration = Duration::from_millis(1500);
+
+/// One swap of the ingest under load, from when its file was written until
+/// the first output of the new version: the longest pause between two
+/// outputs in that span, and in as long a span just before the file was
+/// written (the pause there is how bursty output is anyway).
+struct SwapPause {
+    during: Duration,
+    before: Duration,
+}
+
+/// `pipelines/storyforge.toml`, copied into `dir` with its paths made
+/// absolute, for the swap run to rewrite.
+fn swappable_storyforge(dir: &Path) -> std::path::PathBuf {
+    let pipelines = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines").canonicalize().unwrap();
+    let text = std::fs::read_to_string(pipelines.join("storyforge.toml")).unwrap();
+    let text = text
+        .replace("dir = \"../target/wasm32-wasip2/release\"", &format!("dir = {:?}", pipelines.join("../target/wasm32-wasip2/release")))
+        .replace("files = \"schemas/storyforge/v1\"", &format!("files = {:?}", pipelines.join("schemas/storyforge/v1")));
+    assert!(text.contains(SKEW), "the ingest's enrich stage has {SKEW}, which the swap run changes");
+    let file = dir.join("storyforge.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// What the swap run changes in the ingest, back and forth: each change is
+/// a new version of the ingest alone.
+const SKEW: &str = "max_clock_skew_ms = 300_000";
+
+/// Rewrites `file` every `SWAP_EVERY`, noting when.
+async fn swap_repeatedly(file: std::path::PathBuf, written: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>) {
+    let original = std::fs::read_to_string(&file).unwrap();
+    for n in 1.. {
+        tokio::time::sleep(SWAP_EVERY).await;
+        let text = if n % 2 == 1 { original.replace(SKEW, "max_clock_skew_ms = 300_001") } else { original.clone() };
+        let next = file.with_extension("toml.next");
+        std::fs::write(&next, text).unwrap();
+        std::fs::rename(&next, &file).unwrap();
+        written.lock().unwrap().push(Instant::now());
+    }
+}
+
+/// Each swap's pause: `arrivals` are the outputs in order, with the
+/// version that made each.
+fn swap_pauses(arrivals: &[(Instant, usize)], written: &[Instant]) -> Vec<SwapPause> {
+    let longest_gap = |from: Instant, to: Instant| {
+        let times: Vec<Instant> = arrivals.iter().map(|(at, _)| *at).filter(|at| (from..=to).contains(at)).collect();
+        let edges = std::iter::once(from).chain(times).chain(std::iter::once(to)).collect::<Vec<_>>();
+        edges.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+    };
+    let mut pauses = Vec::new();
+    for (at, next) in written.iter().zip(written.iter().skip(1).map(Some).chain(std::iter::once(None))) {
+        // The version running when the file was written, and the first output of another after it.
+        let Some(running) = arrivals.iter().rev().find(|(t, _)| t <= at).map(|(_, v)| *v) else { continue };
+        let Some((swapped, _)) = arrivals.iter().find(|(t, v)| t > at && *v != running && next.is_none_or(|next| t < next)) else { continue };
+        let span = *swapped - *at;
+        pauses.push(SwapPause { during: longest_gap(*at, *swapped), before: longest_gap(*at - span, *at) });
+    }
+    pauses
+}
+
+fn print_swaps(results: &[Measured]) {
+    for r in results.iter().filter(|r| !r.swaps.is_empty()) {
+        let mut during: Vec<u64> = r.swaps.iter().map(|s| s.during.as_micros() as u64).collect();
+        let mut before: Vec<u64> = r.swaps.iter().map(|s| s.before.as_micros() as u64).collect();
+        during.sort_unstable();
+        before.sort_unstable();
+        let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
+        println!(
+            "
+{}: {} swaps taken up under load
+",
+            r.name,
+            r.swaps.len()
+        );
+        println!("| pause | p50 ms | p99 ms | max ms |");
+        println!("|---|---:|---:|---:|");
+        let mut start: Vec<u64> = r.worker_swaps.iter().map(|(start, _)| *start).collect();
+        let mut paused: Vec<u64> = r.worker_swaps.iter().map(|(_, paused)| *paused).collect();
+        start.sort_unstable();
+        paused.sort_unstable();
+        for (what, sorted) in [
+            ("at the collector, while a swap is under way", &during),
+            ("at the collector, in as long a span just before it", &before),
+            ("a worker's swap: the new version's start, beside (sluice's log)", &start),
+            ("a worker's swap: what it held the worker up (sluice's log)", &paused),
+        ] {
+            println!("| {what} | {} | {} | {} |", ms(percentile(sorted, 0.5)), ms(percentile(sorted, 0.99)), ms(sorted.last().copied().unwrap_or(0)));
+        }
+    }
+}
+
+/// `sluice run` on `file`, watching it.
+fn start_swapping_sluice(file: &Path, url: &str) -> (Sluice, &'static str) {
+    let sluice = Sluice::command(&["run", file.to_str().unwrap(), "--nats", url, "--stats-interval", "60s"]).echo_problems().started(2);
+    (sluice, "storyforge-ingest")
 }
 
 /// SIGTERM, then the slow-consumer reports from sluice's final progress report.

@@ -106,7 +106,9 @@ async fn rejected_events_replayed_after_a_schema_is_widened_come_out_once_and_a_
 
     // The schema takes the new mode: a hot swap. Now the ten would pass.
     widen_safety_mode(&workspace.path("schemas/storyforge/v1"));
-    sluice.wait_for("Swapping to the new version between batches.", 1, WAIT);
+    // The ingest's workers, one per core, each start the new version beside and swap.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    sluice.wait_for("Worker swapped version.", workers, WAIT);
     let (ok, printed) =
         replay(&nats, &["--from", "storyforge.dlq.validate", "--code", "invalid_property", "--to", "storyforge.raw.>", "--dry-run", "--pipeline", pipeline]);
     assert!(ok, "{printed}");

@@ -96,7 +96,8 @@ async fn a_new_component_is_swapped_in_when_its_file_changes() {
     nats.publish_stored([("raw.0".to_string(), event(0, serde_json::json!({})))]).await;
     let before = header(&out.take(1, WAIT).await[0], "Sluice-Pipeline-Version").unwrap();
     workspace.copy_plugin("chaos", "stage.wasm");
-    sluice.wait_for("Swapping to the new version between batches.", 1, WAIT);
+    // Each of the two workers starts the new instances beside, then swaps.
+    sluice.wait_for("Worker swapped version.", 2, WAIT);
 
     nats.publish_stored([("raw.1".to_string(), event(1, serde_json::json!({ "chaos": "split" })))]).await;
     // chaos splits the event in two; route sends both to out.scene_generated.

@@ -26,7 +26,7 @@ pub struct Delivery {
 
 /// The most inputs a sink with `state_every` holds unacked, waiting for
 /// its state to be stored; it stores sooner rather than hold more.
-pub const HELD_INPUTS: usize = 65_536;
+pub const HELD_INPUTS: usize = 16_384;
 
 /// What is left of a delivery once its event is taken: its name, and how to
 /// ack or nak it.
@@ -203,7 +203,7 @@ impl Source {
     }
 }
 
-fn from_jetstream(message: JetStreamMessage) -> Delivery {
+fn from_jetstream(mut message: JetStreamMessage) -> Delivery {
     let info = message.info().ok();
     let id = info.as_ref().map(|info| format!("{}:{}", info.stream, info.stream_sequence));
     let sequence = info.as_ref().map(|info| info.stream_sequence);
@@ -213,6 +213,14 @@ fn from_jetstream(message: JetStreamMessage) -> Delivery {
         .and_then(|info| u64::try_from(info.published.unix_timestamp_nanos()).ok())
         .map_or_else(std::time::SystemTime::now, |ns| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns));
     let event = Event { subject: message.subject.to_string(), headers: headers(message.headers.as_ref()), body: message.payload.to_vec() };
+    // The receipt needs the reply subject to settle the message, nothing of
+    // what it carried. Its subjects are made owned copies: parts of the
+    // client's read buffer would keep the whole buffer alive as long as the
+    // input is unsettled (a sink with `state_every` holds thousands).
+    message.message.payload = bytes::Bytes::new();
+    message.message.headers = None;
+    message.message.subject = message.message.subject.as_str().into();
+    message.message.reply = message.message.reply.as_ref().map(|reply| reply.as_str().into());
     Delivery { event, receipt: Receipt { id, sequence, delivered, arrived, settle: Settle::JetStream(message) } }
 }
 

@@ -1,7 +1,9 @@
 //! One worker of one pipeline: read a batch, run it through the chain, publish
 //! the outputs and dead letters, then ack the inputs. A new pipeline version is
 //! taken up only between two batches, so a swap never splits a batch, loses
-//! an event or processes one twice.
+//! an event or processes one twice. Its instances are started on another
+//! thread while the worker goes on with the running version, so that under
+//! load a swap holds output up no longer than handing a sink's state over.
 //!
 //! A transform pipeline's worker does not wait for NATS to confirm a
 //! batch's messages before it runs the next: once they are sent, their
@@ -105,6 +107,29 @@ struct Delivered {
     given_up: Vec<(Outbound, String)>,
 }
 
+/// A new version's chain being started on a blocking thread (its
+/// instances' `init` may read granted files through WASI's blocking calls).
+struct Starting {
+    version: Arc<PipelineVersion>,
+    /// The chain, and how long it took to start.
+    chain: tokio::task::JoinHandle<anyhow::Result<(Chain, Duration)>>,
+}
+
+impl Starting {
+    /// Starts the newest version's chain.
+    fn begin(versions: &mut watch::Receiver<Arc<PipelineVersion>>) -> Self {
+        let version = versions.borrow_and_update().clone();
+        let chain = tokio::task::spawn_blocking({
+            let version = version.clone();
+            move || {
+                let began = std::time::Instant::now();
+                Chain::start(version).map(|chain| (chain, began.elapsed()))
+            }
+        });
+        Self { version, chain }
+    }
+}
+
 pub struct Worker {
     pub index: usize,
     pub connection: Connection,
@@ -148,6 +173,10 @@ impl Worker {
         let mut in_flight = tokio::task::JoinSet::new();
         tracing::debug!(pipeline = %name, worker = self.index, "Worker started.");
         let state_every = chain.version.spec.state_every;
+        // A new version's chain, started off this worker while it goes on
+        // with the running one: swapping it in costs the worker no more
+        // than handing over the sink's state.
+        let mut starting: Option<Starting> = None;
         loop {
             // Inputs a sink holds are acked once its state is stored: when no
             // batch comes to store it, the time does.
@@ -155,6 +184,18 @@ impl Worker {
             let batch = tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                started = async { (&mut starting.as_mut().expect("guarded").chain).await }, if starting.is_some() => {
+                    let version = starting.take().expect("guarded").version;
+                    self.swap(&mut chain, version, started);
+                    if versions.has_changed().unwrap_or(false) {
+                        starting = Some(Starting::begin(&mut versions));
+                    }
+                    continue;
+                }
+                Ok(()) = versions.changed(), if starting.is_none() => {
+                    starting = Some(Starting::begin(&mut versions));
+                    continue;
+                }
                 _ = tokio::time::sleep_until(store_at), if !kept.held.is_empty() => {
                     if self.fenced_out(&name) {
                         break;
@@ -165,9 +206,6 @@ impl Worker {
                 _ = ticker.tick(), if has_sink => {
                     if self.fenced_out(&name) {
                         break;
-                    }
-                    if versions.has_changed().unwrap_or(false) {
-                        self.swap(&mut chain, &mut versions);
                     }
                     self.tick(&mut chain, &mut kept).await;
                     continue;
@@ -180,9 +218,6 @@ impl Worker {
                 batches = self.source.reader(&self.connection, max_events, max_wait).await?;
                 continue;
             };
-            if versions.has_changed().unwrap_or(false) {
-                self.swap(&mut chain, &mut versions);
-            }
             if has_sink {
                 if self.fenced_out(&name) {
                     break;
@@ -221,28 +256,42 @@ impl Worker {
         out
     }
 
-    /// Takes up the newest version, or keeps the current one if its instances
-    /// cannot be started here. Instances start off the async threads: `init`
-    /// may read granted files through WASI's blocking calls.
-    fn swap(&self, chain: &mut Chain, versions: &mut watch::Receiver<Arc<PipelineVersion>>) {
-        let version = versions.borrow_and_update().clone();
-        // A sink's state goes over to the new version's sink.
-        let state = match tokio::task::block_in_place(|| chain.hand_over()) {
-            Ok(state) => state,
+    /// Takes up a version whose chain has started (`started`), or keeps the
+    /// running one if it could not start here. The running chain's sink
+    /// hands its state over to the new chain's.
+    fn swap(&self, chain: &mut Chain, version: Arc<PipelineVersion>, started: Result<anyhow::Result<(Chain, Duration)>, tokio::task::JoinError>) {
+        let (mut new, start) = match started.map_err(anyhow::Error::from).and_then(|started| started) {
+            Ok(started) => started,
             Err(error) => {
-                tracing::error!(pipeline = %version.spec.name, worker = self.index, error = format!("{error:#}"), "Cannot take the sink's state to hand it over; keeping the running version.");
-                return;
+                return tracing::error!(
+                    pipeline = %version.spec.name, worker = self.index, version = %version.id, error = format!("{error:#}"),
+                    "Cannot start the new version in this worker; keeping the running one."
+                );
             }
         };
-        let started = tokio::task::block_in_place(|| Chain::start(version.clone()).and_then(|mut new| new.take_over(state).map(|()| new)));
-        match started {
-            Ok(new) => {
-                tracing::debug!(pipeline = %version.spec.name, worker = self.index, from = %chain.version.id, to = %version.id, "Worker swapped version.");
-                *chain = new;
+        let paused = std::time::Instant::now();
+        let has_sink = chain.version.sink.is_some();
+        let mut hand_over = || {
+            chain
+                .hand_over()
+                .context("cannot take the sink's state to hand it over")
+                .and_then(|state| new.take_over(state).context("the new sink cannot take the state over"))
+        };
+        // Only a sink has a state to hand over, which calls into both instances.
+        let handed = if has_sink { tokio::task::block_in_place(hand_over) } else { hand_over() };
+        match handed {
+            Ok(()) => {
+                let old = std::mem::replace(chain, new);
+                let (from, to) = (old.version.id.clone(), &chain.version.id);
+                // Its instances' memories are unmapped beside too.
+                tokio::task::spawn_blocking(move || drop(old));
+                // `start_us`: what starting the version took, beside; `paused_us`: what the swap held this worker up.
+                let (start_us, paused_us) = (start.as_micros() as u64, paused.elapsed().as_micros() as u64);
+                tracing::debug!(pipeline = %version.spec.name, worker = self.index, %from, %to, start_us, paused_us, "Worker swapped version.");
             }
             Err(error) => tracing::error!(
                 pipeline = %version.spec.name, worker = self.index, version = %version.id, error = format!("{error:#}"),
-                "Cannot start the new version in this worker; keeping the running one."
+                "Cannot hand the sink's state over to the new version; keeping the running one."
             ),
         }
     }
