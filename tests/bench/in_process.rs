@@ -3,8 +3,8 @@
 //! a worker runs it) and natively (the same plugin crates compiled for this
 //! machine, `tests/bench/native`), the whole chain and each stage alone.
 //! Both take the day's events the host admits (a JSON object, no name
-//! twice), so both chains see the same events; the WebAssembly run counts
-//! the host's own admission check too, the native one has none.
+//! twice), so both chains see the same events, and both run the host's own
+//! admission check on them (`sluice_kit::body`).
 //! What separates the two is what WebAssembly costs; what separates the
 //! chain from the NATS runs is what the transport and the worker cost.
 
@@ -131,7 +131,7 @@ pub fn native(binary: &Path, spec: &PipelineSpec, inputs: &Path, events: usize, 
 /// file for both runs.
 fn admitted(day: &Path, dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(day).unwrap();
-    let lines: Vec<&str> = text.lines().filter(|l| sluice::pipeline::body::check(l.as_bytes()).is_ok()).collect();
+    let lines: Vec<&str> = text.lines().filter(|l| sluice_kit::body::check(l.as_bytes()).is_ok()).collect();
     let file = dir.join("admitted.jsonl");
     std::fs::write(&file, lines.join("\n")).unwrap();
     file

@@ -298,7 +298,7 @@ impl Chain {
             return Err(("too_large", format!("the body is {} bytes; this pipeline accepts at most {}", event.body.len(), spec.max_event_bytes)));
         }
         if spec.format == BodyFormat::Json {
-            super::body::check(&event.body).map_err(|message| ("malformed", message))?;
+            sluice_kit::body::check(&event.body).map_err(|message| ("malformed", message))?;
         }
         Ok(())
     }

@@ -4,10 +4,9 @@
 //!   runnable: components compiled and linked, `init` tried, a content hash.
 //! - `chain`: one worker's instances of a version, and the batch path through
 //!   them: admission checks, each stage in turn, poison-event isolation.
-//! - `body`: the host's check of a JSON body (one object, no name twice).
+//! - `body` (in `sluice_kit::body`): the host's check of a JSON body (one object, no name twice).
 //! - `dead_letter`: the envelope a rejected event is published in.
 
-pub mod body;
 pub mod chain;
 pub mod dead_letter;
 pub mod version;

@@ -13,6 +13,7 @@
 //!
 //! Everything here is plain Rust and is unit-tested on the host target.
 
+pub mod body;
 pub mod canonical;
 pub mod config_path;
 pub mod distinct;

@@ -88,7 +88,9 @@ fn main() {
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     for batch in batches {
-        let mut events = batch;
+        // The host's admission check, as the WebAssembly run does it.
+        let (mut events, refused): (Vec<Event>, Vec<Event>) = batch.into_iter().partition(|event| sluice_kit::body::check(&event.body).is_ok());
+        rejects += refused.len();
         for stage in &mut stages {
             let outcomes = stage.run(events.clone());
             let mut kept = Vec::with_capacity(events.len());

@@ -1,4 +1,5 @@
-//! The host's check of a JSON body before any plugin sees it: UTF-8, one
+//! The host's check of a JSON body before any plugin sees it (here so that
+//! the native benchmark of the plugins does the same work): UTF-8, one
 //! JSON object, nested no deeper than serde_json's limit (128), and no name
 //! twice in one object.
 //!
@@ -8,8 +9,8 @@
 
 use std::fmt;
 
+use crate::names::{Name, Names};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use sluice_kit::names::{Name, Names};
 
 /// Why a body is not a JSON object the pipeline can take.
 pub fn check(body: &[u8]) -> Result<(), String> {
