@@ -12,6 +12,12 @@
 //! and a bit per milestone: about 40 bytes in the map and 16 in the queue
 //! that expires them in sign-up order.
 //!
+//! Past that, the activation still remembers each user's profile, for the
+//! cohort values (`goal`, …) of their later events, which lack them: 8 bytes
+//! of key, the profile and the hour of their last event, until `remember_for`
+//! has passed since it (16 bytes a user in the snapshot, about 30 in the
+//! map), for at most `max_remembered` users.
+//!
 //! Users are counted by the window they signed up in. A milestone's share
 //! for that window is published once every user in it is decided: `within`
 //! after the window's end, past the late allowance. A user who never
@@ -41,6 +47,16 @@ struct User {
     /// A bit per milestone reached, in the order of `State::milestones`.
     reached: u8,
 }
+
+/// A user whose cohort values are remembered for their later events.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Remembered {
+    profile: u32,
+    /// The hour (since the Unix epoch, by event time) of their last event.
+    seen_hour: u32,
+}
+
+const HOUR_MS: i64 = 3_600_000;
 
 /// The cohort groups a user counts in, and their sign-up's values of the
 /// cohort fields (for rollups of their later events, which lack them).
@@ -80,6 +96,13 @@ pub struct State {
     windows: Vec<CohortWindow>,
     /// Sign-ups not followed because `max_users` were.
     untracked: u64,
+    /// Users whose profile is remembered for their later events, by the
+    /// first 8 bytes of their key.
+    #[serde(with = "packed::remembered", default)]
+    remembered: HashMap<u64, Remembered>,
+    /// Event time through which users not seen for `remember_for` were let go.
+    #[serde(default)]
+    swept_ms: i64,
     #[serde(skip)]
     profile_ids: HashMap<Profile, u32>,
     /// Users by sign-up (as they came, so in order within the allowance).
@@ -90,6 +113,10 @@ pub struct State {
 impl State {
     pub fn users(&self) -> usize {
         self.users.len()
+    }
+
+    pub fn remembered(&self) -> usize {
+        self.remembered.len()
     }
 }
 
@@ -191,6 +218,7 @@ impl Activation {
         }
         let profile = self.profile(event, settings);
         let profile_id = intern(state, profile);
+        self.remember(state, key, profile_id, at_ms, tally);
         state.users.insert(key, User { signed_up_ms: at_ms, profile: profile_id, reached: 0 });
         state.expiry.push_back(key);
         for width in &self.config.widths {
@@ -231,11 +259,30 @@ impl Activation {
         Profile { traits, groups }
     }
 
-    /// The sign-up's value of a cohort field for the user of `event`, while
-    /// the user is followed.
-    pub fn trait_of(&self, state: &State, event: &Map<String, Value>, cohort: &str, settings: &Settings) -> Option<String> {
-        let user = state.users.get(&user_key(event, settings)?)?;
-        state.profiles.get(user.profile as usize)?.traits.get(cohort).cloned()
+    /// Keeps a signing-up user's profile for their later events.
+    fn remember(&self, state: &mut State, key: u128, profile: u32, at_ms: i64, tally: &mut Tally) {
+        let short = short_key(key);
+        if !state.remembered.contains_key(&short) && state.remembered.len() >= self.config.max_remembered {
+            tally.unremembered_users += 1;
+            return;
+        }
+        state.remembered.insert(short, Remembered { profile, seen_hour: hour_of(at_ms) });
+    }
+
+    /// The sign-up's cohort values of the user of `event` (at event time
+    /// `at_ms`), if they are remembered; they are kept another
+    /// `remember_for` from now.
+    pub fn recall(&self, state: &mut State, event: &Map<String, Value>, at_ms: i64, settings: &Settings) -> Option<Labels> {
+        let key = user_key(event, settings)?;
+        let profile = match state.remembered.get_mut(&short_key(key)) {
+            Some(user) => {
+                user.seen_hour = user.seen_hour.max(hour_of(at_ms));
+                user.profile
+            }
+            // Followed but not remembered: `max_remembered` were.
+            None => state.users.get(&key)?.profile,
+        };
+        state.profiles.get(profile as usize).map(|profile| profile.traits.clone())
     }
 
     /// Event time is decided through `decided_ms` (no event before it can
@@ -258,6 +305,12 @@ impl Activation {
         }
         let all = self.config.milestones.len();
         state.windows.retain(|w| w.published.len() < all);
+        // Users unseen for `remember_for` are let go, looked for once an hour of event time.
+        if decided_ms.saturating_sub(state.swept_ms) >= HOUR_MS {
+            let remember_ms = self.config.remember_ms;
+            state.remembered.retain(|_, user| (i64::from(user.seen_hour) + 1) * HOUR_MS + remember_ms >= decided_ms);
+            state.swept_ms = decided_ms;
+        }
         let longest = self.config.longest_ms();
         while let Some(key) = state.expiry.front().copied() {
             match state.users.get(&key) {
@@ -315,6 +368,16 @@ fn user_key(event: &Map<String, Value>, settings: &Settings) -> Option<u128> {
     Some(u128::from_be_bytes(key))
 }
 
+/// The key a remembered user is kept under: the first 8 bytes of theirs.
+fn short_key(key: u128) -> u64 {
+    (key >> 64) as u64
+}
+
+/// The hour since the Unix epoch that event time `at_ms` falls in.
+fn hour_of(at_ms: i64) -> u32 {
+    u32::try_from(at_ms.max(0) / HOUR_MS).unwrap_or(u32::MAX)
+}
+
 /// The id of `profile`, added if new.
 fn intern(state: &mut State, profile: Profile) -> u32 {
     if let Some(id) = state.profile_ids.get(&profile) {
@@ -337,9 +400,9 @@ fn other_profile(profile: &Profile) -> Profile {
     Profile { traits: Labels::new(), groups: profile.groups.iter().map(|(cut, labels)| (cut.clone(), other(labels))).collect() }
 }
 
-/// Drops the profiles no followed user has.
+/// Drops the profiles no followed or remembered user has.
 fn compact(state: &mut State) {
-    let used: BTreeSet<u32> = state.users.values().map(|u| u.profile).collect();
+    let used: BTreeSet<u32> = state.users.values().map(|u| u.profile).chain(state.remembered.values().map(|u| u.profile)).collect();
     let mut renumbered = HashMap::new();
     let mut kept = Vec::with_capacity(used.len());
     for old in used {
@@ -347,6 +410,9 @@ fn compact(state: &mut State) {
         kept.push(state.profiles[old as usize].clone());
     }
     for user in state.users.values_mut() {
+        user.profile = renumbered[&user.profile];
+    }
+    for user in state.remembered.values_mut() {
         user.profile = renumbered[&user.profile];
     }
     state.profiles = kept;
@@ -366,32 +432,74 @@ mod packed {
     const RECORD: usize = 29;
 
     pub fn serialize<S: Serializer>(users: &HashMap<u128, User>, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut bytes = Vec::with_capacity(users.len() * RECORD);
-        for (key, user) in users {
+        write(serializer, users, RECORD, |key, user, bytes| {
             bytes.extend_from_slice(&key.to_be_bytes());
             bytes.extend_from_slice(&user.signed_up_ms.to_be_bytes());
             bytes.extend_from_slice(&user.profile.to_be_bytes());
             bytes.push(user.reached);
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<HashMap<u128, User>, D::Error> {
+        // Each record is RECORD bytes long, so the slices have their lengths.
+        records(deserializer, RECORD, "users", |record| {
+            let key = u128::from_be_bytes(record[0..16].try_into().expect("16 bytes"));
+            let signed_up_ms = i64::from_be_bytes(record[16..24].try_into().expect("8 bytes"));
+            let profile = u32::from_be_bytes(record[24..28].try_into().expect("4 bytes"));
+            (key, User { signed_up_ms, profile, reached: record[28] })
+        })
+    }
+
+    /// The remembered users as 16-byte records (key, profile, hour last seen).
+    pub mod remembered {
+        use std::collections::HashMap;
+
+        use serde::{Deserializer, Serializer};
+
+        use super::super::Remembered;
+
+        const RECORD: usize = 16;
+
+        pub fn serialize<S: Serializer>(users: &HashMap<u64, Remembered>, serializer: S) -> Result<S::Ok, S::Error> {
+            super::write(serializer, users, RECORD, |key, user, bytes| {
+                bytes.extend_from_slice(&key.to_be_bytes());
+                bytes.extend_from_slice(&user.profile.to_be_bytes());
+                bytes.extend_from_slice(&user.seen_hour.to_be_bytes());
+            })
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<HashMap<u64, Remembered>, D::Error> {
+            super::records(deserializer, RECORD, "remembered users", |record| {
+                let key = u64::from_be_bytes(record[0..8].try_into().expect("8 bytes"));
+                let profile = u32::from_be_bytes(record[8..12].try_into().expect("4 bytes"));
+                let seen_hour = u32::from_be_bytes(record[12..16].try_into().expect("4 bytes"));
+                (key, Remembered { profile, seen_hour })
+            })
+        }
+    }
+
+    /// `map` as one hex string of `size`-byte records, each written by `record`.
+    fn write<S: Serializer, K, V>(serializer: S, map: &HashMap<K, V>, size: usize, record: impl Fn(&K, &V, &mut Vec<u8>)) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::with_capacity(map.len() * size);
+        for (key, value) in map {
+            record(key, value, &mut bytes);
         }
         serializer.serialize_str(&sluice_plugin::hex(&bytes))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<HashMap<u128, User>, D::Error> {
+    /// A hex string of `size`-byte records, each read by `read`.
+    fn records<'de, D: Deserializer<'de>, K: std::hash::Hash + Eq, V>(
+        deserializer: D,
+        size: usize,
+        what: &str,
+        read: impl Fn(&[u8]) -> (K, V),
+    ) -> Result<HashMap<K, V>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
         let bytes = from_hex(&text).map_err(serde::de::Error::custom)?;
-        if bytes.len() % RECORD != 0 {
-            return Err(serde::de::Error::custom(format!("the users are {} bytes, not a whole number of {RECORD}-byte records", bytes.len())));
+        if bytes.len() % size != 0 {
+            return Err(serde::de::Error::custom(format!("the {what} are {} bytes, not a whole number of {size}-byte records", bytes.len())));
         }
-        // Each record is RECORD bytes long, so the slices have their lengths.
-        Ok(bytes
-            .chunks_exact(RECORD)
-            .map(|record| {
-                let key = u128::from_be_bytes(record[0..16].try_into().expect("16 bytes"));
-                let signed_up_ms = i64::from_be_bytes(record[16..24].try_into().expect("8 bytes"));
-                let profile = u32::from_be_bytes(record[24..28].try_into().expect("4 bytes"));
-                (key, User { signed_up_ms, profile, reached: record[28] })
-            })
-            .collect())
+        Ok(bytes.chunks_exact(size).map(read).collect())
     }
 
     fn from_hex(text: &str) -> Result<Vec<u8>, String> {
@@ -543,6 +651,65 @@ mod tests {
         assert_eq!(back.users, state.users);
         let broken = text.replacen("\"users\":\"", "\"users\":\"0", 1);
         assert!(serde_json::from_str::<State>(&broken).is_err());
+    }
+
+    /// The `goal` labels of the minute's lock rollup published by `out`.
+    fn lock_goals(out: &[Output], minute_of: i64) -> Vec<Value> {
+        let start = time::format_rfc3339(minute_of);
+        let locks = out.iter().find(|o| o.subject == "agg.locks.minute" && o.body["start"] == start.as_str()).expect("the minute's locks");
+        locks.body["groups"].as_array().unwrap().iter().filter(|g| g["cut"] == "goal").map(|g| g["labels"]["goal"].clone()).collect()
+    }
+
+    #[test]
+    fn a_users_goal_is_remembered_long_after_sign_up_while_they_are_active_and_forgotten_after_remember_for() {
+        const DAY: i64 = 24 * HOUR;
+        let mut engine = Engine::new(settings());
+        // u1 signs up, then is active every 20 days; u2 signs up and is not seen again for 31 days.
+        let mut bodies = vec![sign_ups()[0].clone(), sign_ups()[1].clone()];
+        for day in [20, 40, 60] {
+            bodies.push(event("scene_locked", "u1", T0 + day * DAY, json!({})));
+        }
+        bodies.insert(3, event("scene_locked", "u2", T0 + 2 * HOUR + 31 * DAY, json!({})));
+        // Event time moves on past each of those minutes.
+        bodies.push(event("scene_locked", "u9", T0 + 70 * DAY, json!({})));
+        let mut tally = Tally::default();
+        let out = engine.consume(bodies.iter().map(Vec::as_slice), T0 + 71 * DAY, &mut tally);
+        for day in [20, 40, 60] {
+            assert_eq!(lock_goals(&out, T0 + day * DAY), [json!("creator")], "day {day}: u1 is still a creator");
+        }
+        assert_eq!(lock_goals(&out, T0 + 2 * HOUR + 31 * DAY), [json!("(absent)")], "u2 was unseen for 31 days: forgotten");
+        assert_eq!(engine.users_followed(), 0, "nobody is followed after 48 h");
+        assert_eq!(engine.users_remembered(), 1, "u1 only");
+    }
+
+    #[test]
+    fn remembered_users_survive_a_snapshot() {
+        let mut engine = Engine::new(settings());
+        let mut kept = crate::engine::State::default();
+        engine.with_state(&mut kept, |engine| feed(engine, &sign_ups()[..3]));
+        let text = serde_json::to_string(&kept).unwrap();
+        let back: crate::engine::State = serde_json::from_str(&text).unwrap();
+        let mut next = Engine::new(settings());
+        let mut kept = next.adopt(back).unwrap();
+        let at = T0 + 10 * 24 * HOUR;
+        let (out, _) =
+            next.with_state(&mut kept, |next| feed(next, &[event("scene_locked", "u2", at, json!({})), event("scene_locked", "u9", at + HOUR, json!({}))]));
+        assert_eq!(lock_goals(&out, at), [json!("marketer")]);
+        let broken = text.replacen("\"remembered\":\"", "\"remembered\":\"00", 1);
+        assert!(serde_json::from_str::<crate::engine::State>(&broken).is_err(), "a record cut short is refused");
+    }
+
+    #[test]
+    fn past_max_remembered_sign_ups_are_counted_and_followed_users_keep_their_goal() {
+        let mut config = settings();
+        config.activation.as_mut().unwrap().max_remembered = 1;
+        let mut engine = Engine::new(config);
+        let (_, tally) = feed(&mut engine, &sign_ups()[..3]);
+        assert_eq!((tally.unremembered_users, engine.users_remembered(), engine.users_followed()), (2, 1, 3));
+        // u3 is not remembered but still followed: their goal comes from the sign-up they are followed by.
+        let at = T0 + 4 * HOUR;
+        let (out, _) = feed(&mut engine, &[event("scene_locked", "u3", at, json!({})), event("scene_locked", "u9", at + HOUR, json!({}))]);
+        assert_eq!(lock_goals(&out, at), [json!("creator")]);
     }
 
     #[test]

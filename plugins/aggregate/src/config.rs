@@ -38,8 +38,9 @@
 //! `(absent)`. `cohorts` cut every rollup again: each group once more per
 //! value of a cohort field (`goal = creator`), and, for a field holding an
 //! object (`experiment_assignments`), per entry (`experiment`, `variant`).
-//! A cohort field an event lacks is read from its user's sign-up while the
-//! activation still follows that user.
+//! A cohort field an event lacks is read from its user's sign-up: the
+//! activation keeps each user's cohort values until `remember_for` (30 days)
+//! has passed since their last event, for at most `max_remembered` users.
 //!
 //! The activation shares follow each user from their sign-up event: a
 //! milestone is reached when the user's first `event` of it comes within
@@ -125,6 +126,14 @@ pub struct ActivationConfig {
     /// `untracked`, never silently.
     #[serde(default = "default_max_users")]
     pub max_users: usize,
+    /// How long a user's cohort values (their sign-up's `goal`, …) are kept
+    /// for their later events after their last event.
+    #[serde(default = "default_remember_for")]
+    pub remember_for: String,
+    /// Most users whose cohort values are kept; sign-ups past it are
+    /// counted as `unremembered_users`.
+    #[serde(default = "default_max_remembered")]
+    pub max_remembered: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +175,12 @@ fn default_signed_up() -> String {
     "user_signed_up".into()
 }
 fn default_max_users() -> usize {
+    2_000_000
+}
+fn default_remember_for() -> String {
+    "30d".into()
+}
+fn default_max_remembered() -> usize {
     2_000_000
 }
 fn yes() -> bool {
@@ -239,6 +254,8 @@ pub struct Activation {
     pub widths: Vec<Width>,
     pub milestones: Vec<Milestone>,
     pub max_users: usize,
+    pub remember_ms: i64,
+    pub max_remembered: usize,
 }
 
 impl Activation {
@@ -408,7 +425,11 @@ fn check_activation(raw: ActivationConfig) -> Result<Activation, ConfigError> {
     if milestones.len() > 8 {
         return Err(ConfigError::at("milestones", format!("{} milestones: at most 8", milestones.len())));
     }
-    Ok(Activation { signed_up: raw.signed_up, by: raw.by, widths, milestones, max_users: raw.max_users })
+    let remember_ms = duration_ms(&raw.remember_for).map_err(|e| ConfigError::at("remember_for", e))?;
+    if remember_ms < 0 {
+        return Err(ConfigError::at("remember_for", "must not be negative"));
+    }
+    Ok(Activation { signed_up: raw.signed_up, by: raw.by, widths, milestones, max_users: raw.max_users, remember_ms, max_remembered: raw.max_remembered })
 }
 
 #[cfg(test)]

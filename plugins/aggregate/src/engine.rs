@@ -52,6 +52,7 @@ pub struct Tally {
     pub missing_value: u64,
     pub over_group_limit: u64,
     pub untracked_users: u64,
+    pub unremembered_users: u64,
 }
 
 /// All the stage keeps between batches: its snapshot.
@@ -197,8 +198,15 @@ impl Engine {
             {
                 activation.count(&mut self.state.activation, name, &event, at_ms, &self.settings, tally);
             }
+            // Cohort values the event lacks are its user's, from their sign-up.
+            let traits = match &self.activation {
+                Some(activation) if !rollups.is_empty() && !self.settings.cohorts.is_empty() => {
+                    activation.recall(&mut self.state.activation, &event, at_ms, &self.settings)
+                }
+                _ => None,
+            };
             for index in rollups {
-                self.count(index, name, &event, at_ms, tally);
+                self.count(index, name, &event, at_ms, traits.as_ref(), tally);
             }
         }
         outputs
@@ -225,7 +233,12 @@ impl Engine {
         self.state.activation.users()
     }
 
-    fn count(&mut self, index: usize, name: &str, event: &Map<String, Value>, at_ms: i64, tally: &mut Tally) {
+    /// How many users' cohort values the activation remembers.
+    pub fn users_remembered(&self) -> usize {
+        self.state.activation.remembered()
+    }
+
+    fn count(&mut self, index: usize, name: &str, event: &Map<String, Value>, at_ms: i64, traits: Option<&Labels>, tally: &mut Tally) {
         let rollup = &self.settings.rollups[index];
         if !labels::matches_all(event, &rollup.filter) {
             return;
@@ -241,7 +254,7 @@ impl Engine {
             None => None,
         };
         let hit = rollup.share.as_ref().is_some_and(|share| share.event.as_deref().is_none_or(|e| e == name) && labels::matches_all(event, &share.filter));
-        let targets = self.targets(rollup, event);
+        let targets = self.targets(rollup, event, traits);
         // An event without the field counts, but adds no distinct value.
         let distinct_value = rollup.distinct.as_ref().and_then(|field| event.get(field)).and_then(labels::scalar);
         let sketch = (!rollup.quantiles.is_empty()).then_some(self.settings.accuracy);
@@ -279,17 +292,16 @@ impl Engine {
     }
 
     /// The groups an event counts towards: its `by` labels, and those again
-    /// with each cohort's labels.
-    fn targets(&self, rollup: &Rollup, event: &Map<String, Value>) -> Vec<Target> {
+    /// with each cohort's labels (from `traits`, its user's, when the event
+    /// lacks the field).
+    fn targets(&self, rollup: &Rollup, event: &Map<String, Value>, traits: Option<&Labels>) -> Vec<Target> {
         let base = by_labels(&rollup.by, event);
         let mut targets = vec![Target::new(ALL, base.clone())];
         if !rollup.cohorts {
             return targets;
         }
         for cohort in &self.settings.cohorts {
-            // A field the event lacks is read from the user's sign-up while
-            // the activation follows them.
-            let remembered = || self.activation.as_ref().and_then(|a| a.trait_of(&self.state.activation, event, cohort, &self.settings)).map(Value::String);
+            let remembered = || traits.and_then(|traits| traits.get(cohort)).cloned().map(Value::String);
             let value = event.get(cohort).cloned().or_else(remembered);
             for labels in cut(&base, cohort, value.as_ref()) {
                 targets.push(Target::new(cohort, labels));

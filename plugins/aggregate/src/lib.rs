@@ -45,6 +45,7 @@ impl Sink for AggregateSink {
             ("missing_value", tally.missing_value),
             ("over_group_limit", tally.over_group_limit),
             ("untracked_users", tally.untracked_users),
+            ("unremembered_users", tally.unremembered_users),
         ]);
         events(outputs)
     }
