@@ -14,7 +14,7 @@
 //! `(other)` group per cut for the rest); a group is a few counters and, for
 //! quantiles, a sketch whose size depends on the spread of the values.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -78,13 +78,15 @@ impl Default for State {
 struct Window {
     width_ms: i64,
     start_ms: i64,
-    rollups: BTreeMap<String, Groups>,
+    rollups: HashMap<String, Groups>,
 }
 
-/// A rollup's groups in one window, by their series key.
+/// A rollup's groups in one window, by their series key (hashed: keys share
+/// long prefixes, which an ordered map compares byte by byte at each step;
+/// they are published in key order).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Groups {
-    groups: BTreeMap<String, Group>,
+    groups: HashMap<String, Group>,
     /// Events counted in `(other)` because `max_groups` was reached.
     #[serde(default, skip_serializing_if = "is_zero")]
     over_limit: u64,
@@ -258,27 +260,41 @@ impl Engine {
         // An event without the field counts, but adds no distinct value.
         let distinct_value = rollup.distinct.as_ref().and_then(|field| event.get(field)).and_then(labels::scalar);
         let sketch = (!rollup.quantiles.is_empty()).then_some(self.settings.accuracy);
+        // The key of an `(other)` group or a new one, when a target is not a group yet.
+        let mut other_key;
         for width in self.settings.widths.iter().filter(|w| rollup.widths.contains(&w.ms)) {
             let start_ms = step_start(at_ms, width.ms);
             let window = match self.state.windows.iter().position(|w| w.width_ms == width.ms && w.start_ms == start_ms) {
                 Some(at) => &mut self.state.windows[at],
                 None => {
-                    self.state.windows.push(Window { width_ms: width.ms, start_ms, rollups: BTreeMap::new() });
+                    self.state.windows.push(Window { width_ms: width.ms, start_ms, rollups: HashMap::new() });
                     self.state.windows.last_mut().expect("just pushed")
                 }
             };
-            let groups = window.rollups.entry(rollup.name.clone()).or_default();
+            // Looked up before an entry is made: a name or key is cloned only for a new one.
+            if !window.rollups.contains_key(&rollup.name) {
+                window.rollups.insert(rollup.name.clone(), Groups::default());
+            }
+            let groups = window.rollups.get_mut(&rollup.name).expect("just made");
             for target in &targets {
-                let over = !groups.groups.contains_key(&target.key) && groups.groups.len() >= self.settings.max_groups;
-                let (key, labels) = if over {
-                    groups.over_limit += 1;
-                    tally.over_group_limit += 1;
-                    let other = other_labels(&target.labels);
-                    (labels::series_key(&target.cut, &other), other)
+                let key = if groups.groups.contains_key(&target.key) {
+                    &target.key
                 } else {
-                    (target.key.clone(), target.labels.clone())
+                    let (key, labels) = if groups.groups.len() >= self.settings.max_groups {
+                        groups.over_limit += 1;
+                        tally.over_group_limit += 1;
+                        let other = other_labels(&target.labels);
+                        (labels::series_key(&target.cut, &other), other)
+                    } else {
+                        (target.key.clone(), target.labels.clone())
+                    };
+                    if !groups.groups.contains_key(&key) {
+                        groups.groups.insert(key.clone(), Group { cut: target.cut.clone(), labels, summary: Summary::default(), distinct: None });
+                    }
+                    other_key = key;
+                    &other_key
                 };
-                let group = groups.groups.entry(key).or_insert_with(|| Group { cut: target.cut.clone(), labels, summary: Summary::default(), distinct: None });
+                let group = groups.groups.get_mut(key).expect("just made");
                 if let Some(value) = &distinct_value {
                     group.distinct.get_or_insert_with(Distinct::default).add(value.as_bytes());
                 }
@@ -344,7 +360,9 @@ impl Engine {
             .filter_map(|rollup| {
                 let groups = window.rollups.get(&rollup.name)?;
                 let total: u64 = groups.groups.values().filter(|g| g.cut == ALL).map(|g| g.summary.samples).sum();
-                let rows: Vec<Value> = groups.groups.values().map(|group| row(rollup, group)).collect();
+                let mut keyed: Vec<(&String, &Group)> = groups.groups.iter().collect();
+                keyed.sort_unstable_by_key(|(key, _)| *key);
+                let rows: Vec<Value> = keyed.into_iter().map(|(_, group)| row(rollup, group)).collect();
                 let mut body = json!({
                     "rollup": rollup.name,
                     "window": width.name,
