@@ -416,8 +416,20 @@ fn run_sink(
     result: &mut BatchResult,
 ) -> Result<(Vec<Event>, Vec<usize>)> {
     let credit = origins.last().copied().unwrap_or_default();
-    let emitted = match step(sink, Call::Consume(&events)) {
-        Ok(emitted) => emitted,
+    // As `step` does, but a batch kept to be made again is moved, not copied.
+    let made = Call::Consume(&events).make(&mut sink.instance).and_then(|emitted| {
+        if sink.since.is_none() {
+            sink.state = Some(sink.instance.snapshot()?);
+        }
+        Ok(emitted)
+    });
+    let emitted = match made {
+        Ok(emitted) => {
+            if let Some(since) = sink.since.as_mut() {
+                since.push(Made::Consume(events));
+            }
+            emitted
+        }
         Err(fault) => {
             result.faults += 1;
             tracing::warn!(pipeline = %prepared.context.pipeline, stage = %prepared.spec.name, %fault, "Sink faulted on a batch; restarting it from its last state and feeding it event by event.");
