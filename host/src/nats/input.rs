@@ -55,6 +55,16 @@ enum Settle {
 }
 
 impl Receipt {
+    /// Lets go of the client's read buffer, for a receipt kept unsettled a
+    /// while (a sink with `state_every` holds thousands): its subjects, parts
+    /// of that buffer, would keep the whole buffer alive.
+    pub fn detach(&mut self) {
+        if let Settle::JetStream(message) = &mut self.settle {
+            message.message.subject = message.message.subject.as_str().into();
+            message.message.reply = message.message.reply.as_ref().map(|reply| reply.as_str().into());
+        }
+    }
+
     /// Marks the event done (core events need nothing); false if JetStream
     /// did not take the ack.
     pub async fn ack(&self) -> bool {
@@ -214,13 +224,9 @@ fn from_jetstream(mut message: JetStreamMessage) -> Delivery {
         .map_or_else(std::time::SystemTime::now, |ns| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns));
     let event = Event { subject: message.subject.to_string(), headers: headers(message.headers.as_ref()), body: message.payload.to_vec() };
     // The receipt needs the reply subject to settle the message, nothing of
-    // what it carried. Its subjects are made owned copies: parts of the
-    // client's read buffer would keep the whole buffer alive as long as the
-    // input is unsettled (a sink with `state_every` holds thousands).
+    // what it carried.
     message.message.payload = bytes::Bytes::new();
     message.message.headers = None;
-    message.message.subject = message.message.subject.as_str().into();
-    message.message.reply = message.message.reply.as_ref().map(|reply| reply.as_str().into());
     Delivery { event, receipt: Receipt { id, sequence, delivered, arrived, settle: Settle::JetStream(message) } }
 }
 

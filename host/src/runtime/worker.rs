@@ -421,7 +421,9 @@ impl Worker {
             for delivery in counted {
                 // Counted by the live sink only: acked once its state is stored.
                 if delivery.receipt.sequence.is_some_and(|sequence| sequence > kept.counted_through) {
-                    kept.held.push(delivery.receipt);
+                    let mut receipt = delivery.receipt;
+                    receipt.detach();
+                    kept.held.push(receipt);
                 } else {
                     self.ack(&delivery.receipt).await;
                 }
@@ -473,9 +475,15 @@ impl Worker {
             return self.fail(&receipts).await;
         }
         kept.consumed_through = through;
-        kept.held.extend(receipts);
         if store {
+            kept.held.extend(receipts);
             self.settle_held(kept).await;
+        } else {
+            // Held until the state is stored.
+            kept.held.extend(receipts.into_iter().map(|mut receipt| {
+                receipt.detach();
+                receipt
+            }));
         }
     }
 
