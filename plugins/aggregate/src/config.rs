@@ -465,6 +465,11 @@ mod tests {
         refused(r#"{ "windows": ["1m", "1h"], "rollup": [{ "name": "a", "events": ["x"], "windows": ["1d"] }] }"#, "not one of the stage's");
         refused(r#"{ "activation": { "milestones": [] } }"#, "no milestones");
         refused(r#"{ "activation": { "milestones": [{ "name": "m", "event": "e", "within": "a day" }] } }"#, "not a duration");
+        let remembering =
+            |value: &str| format!(r#"{{ "activation": {{ "milestones": [{{ "name": "m", "event": "e", "within": "1d" }}], "remember_for": {value} }} }}"#);
+        refused(&remembering(r#""a month""#), "remember_for");
+        refused(&remembering("30"), "remember_for");
+        assert_eq!(parse(&remembering(r#""90d""#)).unwrap().activation.unwrap().remember_ms, 90 * 86_400_000);
         refused(
             r#"{ "rollup": [{ "name": "m", "events": ["x"] }], "activation": { "milestones": [{ "name": "m", "event": "e", "within": "1d" }] } }"#,
             "also a rollup",
