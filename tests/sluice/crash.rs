@@ -154,32 +154,15 @@ async fn a_sink_state_larger_than_a_nats_message_is_kept_in_parts_across_a_sigki
 /// The tally of `tally_pipeline`, storing its state at most every 300 ms,
 /// its summaries kept in a stream that drops a republished one.
 fn periodic_tally_pipeline() -> String {
-    r#"
-    [[stream]]
-    name = "RAW"
-    subjects = ["raw.>"]
-
-    [[stream]]
-    name = "COUNTS"
-    subjects = ["counts.>"]
-    duplicate_window = "2m"
-
-    [[pipeline]]
-    name = "tally"
-    input = { subject = "raw.>", stream = "RAW", ack_wait = "2s" }
-    output = { jetstream = true }
-    dead_letter = "dlq"
-    workers = 1
-    tick = "1h"
-    batch = { max_events = 100, max_wait = "5ms" }
-    state_every = "300ms"
-
-      [[pipeline.stage]]
-      name = "tally"
-      component = "{plugin:tally}"
-      config = { subject_prefix = "counts" }
-    "#
-    .to_string()
+    let tally = Pipeline::jetstream("tally", "raw.>", "RAW")
+        .input("ack_wait = \"2s\"")
+        .set("output = { jetstream = true }")
+        .set("workers = 1")
+        .set("tick = \"1h\"")
+        .set("batch = { max_events = 100, max_wait = \"5ms\" }")
+        .set("state_every = \"300ms\"")
+        .stage("tally", "tally", "{ subject_prefix = \"counts\" }");
+    PipelineFile::new().stream("RAW", &["raw.>"], "").stream("COUNTS", &["counts.>"], "duplicate_window = \"2m\"").pipeline(tally).toml().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
